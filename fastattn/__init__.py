@@ -1,0 +1,9 @@
+"""fastattn: fused ReLU (ByteScale), top-K sparse and adaptive-span attention for PyTorch.
+
+Public API only; see SPEC.md for what each op computes.
+"""
+from ._ext import extension_error
+from .ops.softmax_attention import softmax_attention
+
+__version__ = "0.1.0"
+__all__ = ["softmax_attention", "extension_error", "__version__"]

@@ -1,0 +1,55 @@
+"""`python -m fastattn {info,bench,train,generate}`."""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+
+def _info(args) -> int:
+    import torch
+
+    import fastattn
+    from fastattn import dispatch
+
+    print(f"fastattn {fastattn.__version__}")
+    print(f"python {platform.python_version()}  torch {torch.__version__}  "
+          f"cuda {torch.version.cuda or 'none'}  machine {platform.machine()}  cpus {torch.get_num_threads()}")
+    try:
+        import triton
+        print(f"triton {triton.__version__}")
+    except ImportError as exc:
+        print(f"triton: not installed ({exc})")
+    err = fastattn.extension_error()
+    print("fastattn._C: " + ("loaded" if err is None else f"NOT loaded: {err}"))
+    for op, backends in dispatch.report().items():
+        print(f"\n{op}")
+        for b, why in backends.items():
+            print(f"  {b:<10} {why}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastattn")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions, backends available and why the others are not")
+    p_bench = sub.add_parser("bench", help="kernel benchmarks (see bench/)", add_help=False)
+    p_train = sub.add_parser("train", help="train a model from a YAML config", add_help=False)
+    p_gen = sub.add_parser("generate", help="generate text from a checkpoint", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.cmd == "info":
+        return _info(args)
+    if args.cmd == "bench":
+        from .bench_runner import main as bench_main
+        return bench_main(rest)
+    if args.cmd == "train":
+        from .train.cli import train_main
+        return train_main(rest)
+    if args.cmd == "generate":
+        from .train.cli import generate_main
+        return generate_main(rest)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

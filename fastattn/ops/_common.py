@@ -1,0 +1,86 @@
+"""Validation and argument normalization shared by the public ops (SPEC.md, common conventions)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_qkv(q, k, v, op: str):
+    """Validate q (B, Hq, Nq, D), k (B, Hk, Nk, D), v (B, Hk, Nk, Dv); return the sizes.
+
+    Raises TypeError/ValueError naming the offending argument and what is accepted.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must have 4 dims (B, H, N, D), got shape {tuple(t.shape)}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{op}: {name} dtype must be one of float32, float16, bfloat16, float64; "
+                            f"got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{op}: q, k, v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
+    B, Hq, Nq, D = q.shape
+    Bk, Hk, Nk, Dk = k.shape
+    if Bk != B or v.shape[0] != B:
+        raise ValueError(f"{op}: batch sizes differ: q {B}, k {Bk}, v {v.shape[0]}")
+    if v.shape[1] != Hk:
+        raise ValueError(f"{op}: k and v must have the same number of heads, got k {Hk}, v {v.shape[1]}")
+    if v.shape[2] != Nk:
+        raise ValueError(f"{op}: k and v must have the same length, got k {Nk}, v {v.shape[2]}")
+    if Dk != D:
+        raise ValueError(f"{op}: q and k head dims differ: q {D}, k {Dk}")
+    if Hk == 0 or Hq % Hk != 0:
+        raise ValueError(f"{op}: q heads ({Hq}) must be a multiple of k/v heads ({Hk}) (MHA, GQA or MQA)")
+    if D == 0 or v.shape[3] == 0:
+        raise ValueError(f"{op}: head dims must be positive, got D={D}, Dv={v.shape[3]}")
+    return B, Hq, Hk, Nq, Nk, D, v.shape[3]
+
+
+def default_scale(scale, D: int, op: str) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(D)
+    if isinstance(scale, torch.Tensor) or not isinstance(scale, (int, float)):
+        raise TypeError(f"{op}: scale must be a python float or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be finite, got {scale}")
+    return float(scale)
+
+
+def check_backend(backend, op: str):
+    from ..dispatch import BACKENDS
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+
+
+def per_head(value, Hq: int, like: torch.Tensor, name: str, op: str, *, min_value=None,
+             strict_min=False) -> torch.Tensor:
+    """A float or (Hq,) tensor parameter as an fp32 (or fp64 for fp64 inputs) (Hq,) tensor.
+
+    Tensors keep their autograd graph (the cast is differentiable).
+    """
+    dt = torch.float64 if like.dtype == torch.float64 else torch.float32
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            value = value.expand(Hq)
+        if value.shape != (Hq,):
+            raise ValueError(f"{op}: {name} must be a float or a ({Hq},) tensor (one per query head), "
+                             f"got shape {tuple(value.shape)}")
+        if value.device != like.device:
+            raise ValueError(f"{op}: {name} must be on {like.device}, got {value.device}")
+        t = value.to(dt)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        t = torch.full((Hq,), float(value), dtype=dt, device=like.device)
+    else:
+        raise TypeError(f"{op}: {name} must be a float or a ({Hq},) tensor, got {type(value).__name__}")
+    if min_value is not None and not torch.compiler.is_compiling():
+        bad = (t.detach() <= min_value) if strict_min else (t.detach() < min_value)
+        if bool(bad.any()):
+            rel = ">" if strict_min else ">="
+            raise ValueError(f"{op}: {name} must be {rel} {min_value}, got {t.detach().tolist()}")
+    return t

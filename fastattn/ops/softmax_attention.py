@@ -1,0 +1,84 @@
+"""fastattn.softmax_attention: the softmax baseline (SPEC.md §1) on every backend."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import dispatch
+from ..reference import softmax_attention_ref
+from ._common import check_backend, check_qkv, default_scale
+
+OP = "softmax_attention"
+
+
+@torch.library.custom_op("fastattn::softmax_attention_fwd", mutates_args=())
+def softmax_attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float,
+                          backend: str) -> tuple[Tensor, Tensor]:
+    """-> out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) fp32 (+inf on rows with no key)."""
+    fn = dispatch.kernel(OP, "fwd", backend)
+    return fn(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale)
+
+
+@softmax_attention_fwd.register_fake
+def _(q, k, v, causal, scale, backend):
+    B, Hq, Nq, _ = q.shape
+    return q.new_empty(B, Hq, Nq, v.shape[-1]), q.new_empty(B, Hq, Nq, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastattn::softmax_attention_bwd", mutates_args=())
+def softmax_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                          causal: bool, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """-> dq, dk, dv shaped and typed like q, k, v."""
+    fn = dispatch.kernel(OP, "bwd", backend)
+    return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
+              lse.contiguous(), causal, scale)
+
+
+@softmax_attention_bwd.register_fake
+def _(dout, q, k, v, out, lse, causal, scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.causal, ctx.scale, ctx.backend = causal, scale, backend
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = softmax_attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale, ctx.backend)
+    return dq, dk, dv, None, None, None
+
+
+softmax_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
+                      scale: float | None = None, backend: str = "auto") -> Tensor:
+    """Softmax attention, the baseline the other ops are measured against (SPEC.md §1).
+
+    Args:
+        q: (B, Hq, Nq, D); k: (B, Hk, Nk, D); v: (B, Hk, Nk, Dv), with Hq % Hk == 0 (MHA/GQA/MQA).
+        causal: key j allowed for query i iff j <= i + (Nk - Nq) (bottom-right aligned, so a
+            query block appended to a KV cache sees the whole cache).
+        scale: defaults to 1 / sqrt(D).
+        backend: "auto" | "reference" | "triton" | "cpu" | "cuda" (FASTATTN_BACKEND overrides auto).
+
+    Returns:
+        (B, Hq, Nq, Dv) in q's dtype; rows with no allowed key are zeros.
+
+    Example:
+        >>> q = torch.randn(2, 8, 128, 64); k = v = torch.randn(2, 2, 128, 64)
+        >>> fastattn.softmax_attention(q, k, v, causal=True).shape
+        torch.Size([2, 8, 128, 64])
+    """
+    check_qkv(q, k, v, OP)
+    check_backend(backend, OP)
+    scale = default_scale(scale, q.shape[-1], OP)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    name = dispatch.resolve(OP, backend, q, needs_backward=needs_grad)
+    if name == "reference":
+        return softmax_attention_ref(q, k, v, causal=causal, scale=scale)
+    return softmax_attention_fwd(q, k, v, causal, scale, name)[0]
