@@ -78,6 +78,38 @@ def _triton_error() -> str | None:
     return None
 
 
+@torch.compiler.assume_constant_result
+def _environment_reason(op: str, backend: str, device_type: str) -> str | None:
+    """Why this machine cannot run `backend` for `op` on `device_type` tensors (None: it can).
+
+    Depends only on the build and the environment, so torch.compile treats it as a constant.
+    """
+    if backend == "cpu":
+        if device_type != "cpu":
+            return f"the cpu backend takes CPU tensors, got {device_type} tensors"
+        if _ext.extension_error():
+            return f"fastattn._C did not load: {_ext.extension_error()}"
+        if not _ext.has_kernel(f"{op}_fwd", "CPU"):
+            return f"fastattn._C has no CPU kernel for {op} (extension built from older sources?)"
+    elif backend == "cuda":
+        if device_type != "cuda":
+            return f"the cuda backend takes CUDA tensors, got {device_type} tensors"
+        if _ext.extension_error():
+            return f"fastattn._C did not load: {_ext.extension_error()}"
+        if not _ext.has_kernel(f"{op}_fwd", "CUDA"):
+            return ("fastattn._C was built without CUDA (torch without CUDA, nvcc missing, "
+                    "or FASTATTN_SKIP_CUDA_BUILD=1)")
+    elif backend == "triton":
+        err = _triton_error()
+        if err:
+            return err
+        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors, numerics only)"
+        if device_type not in ("cpu", "cuda"):
+            return f"triton does not run on {device_type} tensors"
+    return None
+
+
 def unavailable_reason(op: str, backend: str, device: torch.device | str = "cpu",
                        dtype: torch.dtype = torch.float32, head_dim: int = 64,
                        features=(), needs_backward: bool = False) -> str | None:
@@ -88,29 +120,9 @@ def unavailable_reason(op: str, backend: str, device: torch.device | str = "cpu"
     sup = TABLE.get(op, {}).get(backend)
     if sup is None:
         return f"{op} has no {backend} backend"
-    if backend == "cpu":
-        if device.type != "cpu":
-            return f"the cpu backend takes CPU tensors, got {device.type} tensors"
-        if _ext.extension_error():
-            return f"fastattn._C did not load: {_ext.extension_error()}"
-        if not _ext.has_kernel(f"{op}_fwd", "CPU"):
-            return f"fastattn._C has no CPU kernel for {op} (extension built from older sources?)"
-    elif backend == "cuda":
-        if device.type != "cuda":
-            return f"the cuda backend takes CUDA tensors, got {device.type} tensors"
-        if _ext.extension_error():
-            return f"fastattn._C did not load: {_ext.extension_error()}"
-        if not _ext.has_kernel(f"{op}_fwd", "CUDA"):
-            return ("fastattn._C was built without CUDA (torch without CUDA, nvcc missing, "
-                    "or FASTATTN_SKIP_CUDA_BUILD=1)")
-    elif backend == "triton":
-        err = _triton_error()
-        if err:
-            return err
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            return "triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors, numerics only)"
-        if device.type not in ("cpu", "cuda"):
-            return f"triton does not run on {device.type} tensors"
+    why = _environment_reason(op, backend, device.type)
+    if why:
+        return why
     if dtype not in sup.dtypes:
         return f"{backend} {op} takes dtypes {[str(d) for d in sup.dtypes]}, got {dtype}"
     if head_dim > sup.max_head_dim:

@@ -106,7 +106,7 @@ def test_auto_picks_cpu_kernel():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(q=torch.randn(2, 4, 8)), "q must have 4 dims"),
-    (dict(k=torch.randn(1, 3, 8, 16)), "multiple of k/v heads"),
+    (dict(k=torch.randn(1, 3, 8, 16), v=torch.randn(1, 3, 8, 16)), "multiple of k/v heads"),
     (dict(k=torch.randn(1, 2, 8, 32)), "head dims differ"),
     (dict(v=torch.randn(1, 2, 9, 16)), "same length"),
     (dict(k=torch.randn(2, 2, 8, 16)), "batch sizes differ"),
