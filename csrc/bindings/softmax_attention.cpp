@@ -1,0 +1,76 @@
+// torch.library glue for softmax_attention: schemas, CPU and Meta kernels (+ CUDA forward when built).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cpu/softmax_attention.h"
+
+#ifdef FASTATTN_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include "cuda/softmax_attention.cuh"
+#endif
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           bool causal, double scale) {
+  return fastattn::cpu::softmax_attention_fwd_cpu(q, k, v, at::Tensor(), causal, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cpu(const at::Tensor& dout, const at::Tensor& q,
+                                                       const at::Tensor& k, const at::Tensor& v,
+                                                       const at::Tensor& out, const at::Tensor& lse, bool causal,
+                                                       double scale) {
+  return fastattn::cpu::softmax_attention_bwd_cpu(dout, q, k, v, out, lse, at::Tensor(), causal, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> fwd_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                            bool, double) {
+  return {at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options()),
+          at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_meta(const at::Tensor&, const at::Tensor& q,
+                                                        const at::Tensor& k, const at::Tensor& v,
+                                                        const at::Tensor&, const at::Tensor&, bool, double) {
+  return {at::empty_like(q), at::empty_like(k), at::empty_like(v)};
+}
+
+#ifdef FASTATTN_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                            bool causal, double scale) {
+  TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), "softmax_attention_fwd: CUDA tensors expected");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
+  TORCH_CHECK(q.size(3) <= 256 && v.size(3) <= 256, "head dims must be <= 256");
+  auto [out, lse] = fwd_meta(q, k, v, causal, scale);
+  out = at::empty(out.sizes(), q.options());
+  lse = at::empty(lse.sizes(), q.options().dtype(at::kFloat));
+  fastattn::cuda::SoftmaxParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
+                                  q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3),
+                                  causal, static_cast<float>(scale)};
+  const int dtype = q.scalar_type() == at::kFloat ? 0 : (q.scalar_type() == at::kHalf ? 1 : 2);
+  fastattn::cuda::softmax_attention_fwd_cuda(p, dtype, at::cuda::getCurrentCUDAStream());
+  return {out, lse};
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
+  m.def("softmax_attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)");
+  m.def("softmax_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
+        "float scale) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
+  m.impl("softmax_attention_fwd", &fwd_cpu);
+  m.impl("softmax_attention_bwd", &bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
+  m.impl("softmax_attention_fwd", &fwd_meta);
+  m.impl("softmax_attention_bwd", &bwd_meta);
+}
+
+#ifdef FASTATTN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("softmax_attention_fwd", &fwd_cuda); }
+#endif

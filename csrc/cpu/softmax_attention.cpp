@@ -1,0 +1,240 @@
+// Fused, tiled CPU softmax attention (flash-style), forward and backward. See softmax_attention.h.
+//
+// Forward: one task per (batch, query head, query tile of kBlockM rows); the task streams key tiles
+// of kBlockN keys: S = scale * Q K^T (MKL gemm), online softmax row update, acc += P V (gemm).
+// Scratch is tile-sized; no Nq x Nk buffer. Causal tasks stop at the last key their rows can see.
+// Backward: one task per (batch, kv head, key tile): it owns dK, dV of its keys (no races) and
+// walks the query tiles of every query head in its GQA group, recomputing P from the saved lse:
+//   dV += P^T dO, dP = dO V^T, dS = P (dP - delta), dK += scale dS^T Q, dQ += scale dS K.
+// dQ rows are shared between tasks, so each thread accumulates into its own fp32 dQ buffer
+// (threads x |q| floats: linear in N), summed at the end. 5 GEMMs per tile pair, no recompute pass.
+#include "cpu/softmax_attention.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/tile_gemm.h"
+
+namespace fastattn::cpu {
+namespace {
+
+constexpr int64_t kBlockM = 64;   // query rows per task (fwd) / per inner step (bwd)
+constexpr int64_t kBlockN = 256;  // keys per tile (fwd)
+constexpr int64_t kBlockNB = 128; // keys per task (bwd)
+
+struct Dims {
+  int64_t B, Hq, Hk, Nq, Nk, D, Dv;
+  int64_t group() const { return Hq / Hk; }
+  int64_t offset() const { return Nk - Nq; }  // i' = i + offset (bottom-right alignment)
+};
+
+// Number of keys query row i may see (j < limit), before tau: all, or i' + 1 when causal.
+inline int64_t key_limit(const Dims& d, bool causal, int64_t i) {
+  return causal ? std::clamp<int64_t>(i + d.offset() + 1, 0, d.Nk) : d.Nk;
+}
+
+// Masks row `srow` of a tile starting at key j0 with `cols` keys: causal and tau -> -inf.
+inline void mask_row(float* srow, int64_t j0, int64_t cols, int64_t limit, const float* tau_row) {
+  const int64_t lim = std::clamp<int64_t>(limit - j0, 0, cols);
+  for (int64_t c = lim; c < cols; ++c) srow[c] = -kInf;
+  if (tau_row != nullptr) {
+    const float t = *tau_row;
+    for (int64_t c = 0; c < lim; ++c) srow[c] = srow[c] >= t ? srow[c] : -kInf;
+  }
+}
+
+template <typename T>
+void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, float* lse, const Dims& d,
+                bool causal, float scale) {
+  const int64_t n_qt = (d.Nq + kBlockM - 1) / kBlockM;
+  at::parallel_for(0, d.B * d.Hq * n_qt, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> S(kBlockM * kBlockN), acc(kBlockM * d.Dv), m(kBlockM), l(kBlockM);
+    std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : kBlockM * d.D);
+    std::vector<float> kbuf(std::is_same_v<T, float> ? 0 : kBlockN * d.D);
+    std::vector<float> vbuf(std::is_same_v<T, float> ? 0 : kBlockN * d.Dv);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq;
+      const int64_t hk = h / d.group();
+      const int64_t i0 = t * kBlockM, rows = std::min(kBlockM, d.Nq - i0);
+      const T* qt = q + ((b * d.Hq + h) * d.Nq + i0) * d.D;
+      const T* kh = k + (b * d.Hk + hk) * d.Nk * d.D;
+      const T* vh = v + (b * d.Hk + hk) * d.Nk * d.Dv;
+      const float* tau_t = tau ? tau + (b * d.Hq + h) * d.Nq + i0 : nullptr;
+      const float* Q = tile_ptr(qt, rows, d.D, qbuf.data());
+      std::fill(m.begin(), m.end(), -kInf);
+      std::fill(l.begin(), l.end(), 0.0f);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      const int64_t kend = key_limit(d, causal, i0 + rows - 1);  // last row sees the most keys
+      for (int64_t j0 = 0; j0 < kend; j0 += kBlockN) {
+        const int64_t cols = std::min(kBlockN, kend - j0);
+        const float* K = tile_ptr(kh + j0 * d.D, cols, d.D, kbuf.data());
+        gemm_nt(rows, cols, d.D, scale, Q, d.D, K, d.D, 0.0f, S.data(), kBlockN);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* s = S.data() + r * kBlockN;
+          const int64_t limit = key_limit(d, causal, i0 + r);
+          if (limit < j0 + cols || tau_t) mask_row(s, j0, cols, limit, tau_t ? tau_t + r : nullptr);
+          const float m_new = std::max(m[r], row_max(s, cols));
+          if (m_new == -kInf) {  // nothing allowed yet in this row: P row is all zero
+            std::fill(s, s + cols, 0.0f);
+            continue;
+          }
+          const float sum = exp_shift_sum(s, cols, m_new);
+          const float alpha = fast_exp(m[r] - m_new);  // 0 when m was -inf
+          if (alpha != 1.0f) scale_row(acc.data() + r * d.Dv, d.Dv, alpha);
+          l[r] = l[r] * alpha + sum;
+          m[r] = m_new;
+        }
+        const float* V = tile_ptr(vh + j0 * d.Dv, cols, d.Dv, vbuf.data());
+        gemm_nn(rows, d.Dv, cols, 1.0f, S.data(), kBlockN, V, d.Dv, 1.0f, acc.data(), d.Dv);
+      }
+      T* ot = out + ((b * d.Hq + h) * d.Nq + i0) * d.Dv;
+      float* lt = lse + (b * d.Hq + h) * d.Nq + i0;
+      for (int64_t r = 0; r < rows; ++r) {
+        float* a = acc.data() + r * d.Dv;
+        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        for (int64_t c = 0; c < d.Dv; ++c) a[c] *= inv;
+        store_row(a, d.Dv, ot + r * d.Dv);
+        lt[r] = l[r] > 0.0f ? m[r] + std::log(l[r]) : kInf;
+      }
+    }
+  });
+}
+
+template <typename T>
+void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
+                const float* tau, float* dq_acc, T* dk, T* dv, const Dims& d, bool causal, float scale) {
+  const int64_t n_kt = (d.Nk + kBlockNB - 1) / kBlockNB;
+  const int64_t q_numel = d.B * d.Hq * d.Nq * d.D;
+  at::parallel_for(0, d.B * d.Hk * n_kt, 1, [&](int64_t begin, int64_t end) {
+    float* dq_mine = dq_acc + at::get_thread_num() * q_numel;
+    std::vector<float> P(kBlockM * kBlockNB), dP(kBlockM * kBlockNB);
+    std::vector<float> dK(kBlockNB * d.D), dV(kBlockNB * d.Dv);
+    std::vector<float> qbuf(kBlockM * d.D), obuf(kBlockM * d.Dv), kbuf(kBlockNB * d.D), vbuf(kBlockNB * d.Dv);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t jt = task % n_kt, bhk = task / n_kt, hk = bhk % d.Hk, b = bhk / d.Hk;
+      const int64_t j0 = jt * kBlockNB, cols = std::min(kBlockNB, d.Nk - j0);
+      const float* K = tile_ptr(k + ((b * d.Hk + hk) * d.Nk + j0) * d.D, cols, d.D, kbuf.data());
+      const float* V = tile_ptr(v + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv, cols, d.Dv, vbuf.data());
+      std::fill(dK.begin(), dK.end(), 0.0f);
+      std::fill(dV.begin(), dV.end(), 0.0f);
+      // Causal: query i sees key j0 iff i + offset >= j0.
+      const int64_t i_first = causal ? std::clamp<int64_t>(j0 - d.offset(), 0, d.Nq) : 0;
+      for (int64_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
+        const int64_t row0 = (b * d.Hq + h) * d.Nq;
+        for (int64_t i0 = (i_first / kBlockM) * kBlockM; i0 < d.Nq; i0 += kBlockM) {
+          const int64_t rows = std::min(kBlockM, d.Nq - i0);
+          const float* Q = tile_ptr(q + (row0 + i0) * d.D, rows, d.D, qbuf.data());
+          const float* dO = tile_ptr(dout + (row0 + i0) * d.Dv, rows, d.Dv, obuf.data());
+          gemm_nt(rows, cols, d.D, scale, Q, d.D, K, d.D, 0.0f, P.data(), kBlockNB);
+          gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, V, d.Dv, 0.0f, dP.data(), kBlockNB);
+          for (int64_t r = 0; r < rows; ++r) {
+            float* p = P.data() + r * kBlockNB;
+            float* dp = dP.data() + r * kBlockNB;
+            const int64_t i = i0 + r;
+            mask_row(p, j0, cols, key_limit(d, causal, i), tau ? tau + row0 + i : nullptr);
+            const float L = lse[row0 + i], dl = delta[row0 + i];
+            for (int64_t c = 0; c < cols; ++c) {
+              const float pv = fast_exp(p[c] - L);  // L = +inf on empty rows -> 0
+              p[c] = pv;
+              dp[c] = pv * (dp[c] - dl);  // dS (scale applied in the GEMMs below)
+            }
+          }
+          gemm_tn(cols, d.Dv, rows, 1.0f, P.data(), kBlockNB, dO, d.Dv, 1.0f, dV.data(), d.Dv);
+          gemm_tn(cols, d.D, rows, scale, dP.data(), kBlockNB, Q, d.D, 1.0f, dK.data(), d.D);
+          gemm_nn(rows, d.D, cols, scale, dP.data(), kBlockNB, K, d.D, 1.0f, dq_mine + (row0 + i0) * d.D, d.D);
+        }
+      }
+      T* dkt = dk + ((b * d.Hk + hk) * d.Nk + j0) * d.D;
+      T* dvt = dv + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv;
+      for (int64_t c = 0; c < cols; ++c) {
+        store_row(dK.data() + c * d.D, d.D, dkt + c * d.D);
+        store_row(dV.data() + c * d.Dv, d.Dv, dvt + c * d.Dv);
+      }
+    }
+  });
+}
+
+Dims dims_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return Dims{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+}
+
+void check_tau(const at::Tensor& tau, const at::Tensor& q) {
+  if (tau.numel() == 0) return;
+  TORCH_CHECK(tau.scalar_type() == at::kFloat && tau.is_contiguous() && tau.dim() == 3 &&
+                  tau.size(0) == q.size(0) && tau.size(1) == q.size(1) && tau.size(2) == q.size(2),
+              "tau must be a contiguous float32 (B, Hq, Nq) tensor or empty, got ", tau.sizes(), " ",
+              tau.scalar_type());
+}
+
+}  // namespace
+
+void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  for (const auto* t : {&q, &k, &v}) {
+    TORCH_CHECK(t->dim() == 4, op, ": q, k, v must be 4-D (B, H, N, D), got ", t->sizes());
+    TORCH_CHECK(t->is_contiguous(), op, ": q, k, v must be contiguous");
+    TORCH_CHECK(t->device().is_cpu(), op, ": the cpu kernels take CPU tensors, got ", t->device());
+  }
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": dtype must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(k.scalar_type() == dt && v.scalar_type() == dt, op, ": q, k, v must share a dtype");
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), op, ": batch sizes differ");
+  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0 && v.size(1) == k.size(1), op,
+              ": q heads must be a multiple of k/v heads (k and v heads equal)");
+  TORCH_CHECK(k.size(2) == v.size(2), op, ": k and v lengths differ");
+  TORCH_CHECK(k.size(3) == q.size(3), op, ": q and k head dims differ");
+  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 256 && v.size(3) >= 1 && v.size(3) <= 256, op,
+              ": head dims must be in [1, 256], got D=", q.size(3), " Dv=", v.size(3));
+}
+
+std::tuple<at::Tensor, at::Tensor> softmax_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& v, const at::Tensor& tau,
+                                                             bool causal, double scale) {
+  check_attention_inputs("softmax_attention_fwd", q, k, v);
+  check_tau(tau, q);
+  const Dims d = dims_of(q, k, v);
+  auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
+  auto lse = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse};
+  const float* tau_p = tau.numel() ? tau.data_ptr<float>() : nullptr;
+  dispatch_float_types(q.scalar_type(), "softmax_attention_fwd", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    fwd_kernel<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), tau_p,
+                         out.data_ptr<scalar_t>(), lse.data_ptr<float>(), d, causal, static_cast<float>(scale));
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& tau, bool causal, double scale) {
+  check_attention_inputs("softmax_attention_bwd", q, k, v);
+  check_tau(tau, q);
+  const Dims d = dims_of(q, k, v);
+  TORCH_CHECK(dout.sizes() == out.sizes() && out.size(3) == d.Dv && dout.scalar_type() == q.scalar_type() &&
+                  dout.is_contiguous() && out.is_contiguous(),
+              "softmax_attention_bwd: dout and out must be contiguous (B, Hq, Nq, Dv) in q's dtype");
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous() && lse.numel() == d.B * d.Hq * d.Nq,
+              "softmax_attention_bwd: lse must be a contiguous float32 (B, Hq, Nq) tensor");
+  auto dk = at::empty_like(k), dv = at::empty_like(v);
+  if (q.numel() == 0 || k.numel() == 0) {
+    return {at::zeros_like(q), dk.zero_(), dv.zero_()};
+  }
+  // delta_i = dO_i . O_i (fp32): the softmax backward's row term.
+  const auto delta = (dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
+  auto dq_acc = at::zeros({at::get_num_threads(), d.B, d.Hq, d.Nq, d.D}, q.options().dtype(at::kFloat));
+  const float* tau_p = tau.numel() ? tau.data_ptr<float>() : nullptr;
+  dispatch_float_types(q.scalar_type(), "softmax_attention_bwd", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    bwd_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+                         v.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(), tau_p,
+                         dq_acc.data_ptr<float>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), d, causal,
+                         static_cast<float>(scale));
+  });
+  return {dq_acc.sum(0).to(q.scalar_type()), dk, dv};
+}
+
+}  // namespace fastattn::cpu
