@@ -48,7 +48,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tenso
                                   q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3),
                                   causal, static_cast<float>(scale)};
   const int dtype = q.scalar_type() == at::kFloat ? 0 : (q.scalar_type() == at::kHalf ? 1 : 2);
-  fastattn::cuda::softmax_attention_fwd_cuda(p, dtype, at::cuda::getCurrentCUDAStream());
+  const cudaError_t err = fastattn::cuda::softmax_attention_fwd_cuda(p, dtype, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "softmax_attention_fwd (cuda): ", cudaGetErrorString(err));
   return {out, lse};
 }
 #endif
