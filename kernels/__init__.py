@@ -1,0 +1,7 @@
+"""Triton kernels of fastattn, installed as the subpackage `fastattn.kernels`.
+
+One module per op (`<op>.py`) with @triton.jit `<op>_*_kernel` functions, host launchers
+`<op>_fwd` / `<op>_bwd` taking the same arguments as the C++ ops, and `aot_specs(dtype, head_dim)`
+describing the default GPU configurations for the ahead-of-time compile check
+(fastattn/compile_check.py). Under TRITON_INTERPRET=1 they run on CPU tensors (numerics only).
+"""

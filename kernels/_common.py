@@ -1,0 +1,23 @@
+"""Launcher helpers shared by the Triton kernels."""
+import os
+
+import torch
+import triton
+
+
+def interpreting() -> bool:
+    """True under TRITON_INTERPRET=1 (kernels then run on CPU tensors, numerics only)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def upcast_dots(dtype: torch.dtype) -> bool:
+    """The interpreter computes bf16 tl.dot wrongly: feed it fp32 operands there."""
+    return interpreting() and dtype == torch.bfloat16
+
+
+def block_d(d: int) -> int:
+    """Head dims are padded to a power of two (>= 16 for tl.dot) and masked."""
+    return max(16, triton.next_power_of_2(d))
+
+
+TL_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
