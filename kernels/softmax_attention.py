@@ -14,8 +14,8 @@ import triton.language as tl
 
 from ._common import block_d, interpreting, upcast_dots
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
