@@ -1,0 +1,162 @@
+"""What every benchmark shares: the FLOPs definition, timing, peak memory, machine info, output.
+
+FLOPs (one definition for the whole suite): forward 4*B*H*Nq*Nk*D (x0.5 when causal), backward
+2.5x forward, forward+backward 3.5x forward. Sparse ops also report the FLOPs they actually need
+(`required`). CPU timing: fixed thread count, warm-up, median of `reps` runs; CUDA timing:
+triton.testing.do_bench. Benchmarks are never timed tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+MODE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
+
+
+def attention_flops(B, H, Nq, Nk, D, causal=False, mode="fwd") -> float:
+    """4*B*H*Nq*Nk*D forward, x0.5 causal, x2.5 backward, x3.5 forward+backward."""
+    f = 4.0 * B * H * Nq * Nk * D
+    if causal:
+        f *= 0.5
+    return f * MODE_FACTOR[mode]
+
+
+def time_ms(fn, reps: int = 5, warmup: int = 1, device: str = "cpu") -> float:
+    """Median wall time of fn() in ms."""
+    if device == "cuda":
+        import triton.testing
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+@dataclass
+class Row:
+    op: str
+    impl: str            # e.g. "fastattn cpu", "torch sdpa", "reference"
+    shape: str
+    dtype: str
+    mode: str            # fwd | fwd+bwd
+    ms: float | None
+    gflops: float | None  # nominal FLOPs / time (GFLOP/s on CPU, same unit on GPU for comparability)
+    peak_mb: float | None = None
+    extra: dict = field(default_factory=dict)
+    note: str = ""
+
+
+def run_case(op, impl, shape, dtype, mode, fn, flops, reps=5, device="cpu", note="", **extra) -> Row:
+    try:
+        ms = time_ms(fn, reps=reps, device=device)
+    except Exception as exc:  # a peer that cannot run this config is reported, not fatal
+        return Row(op, impl, shape, dtype, mode, None, None, note=f"failed: {type(exc).__name__}: {exc}"[:200],
+                   extra=extra)
+    return Row(op, impl, shape, dtype, mode, ms, flops / ms / 1e6, extra=extra, note=note)
+
+
+def machine_name() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.+)", f.read())
+            if m:
+                cpu = m.group(1)
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        cpu = torch.cuda.get_device_name(0)
+    name = f"{cpu}-{os.cpu_count()}c" if not torch.cuda.is_available() else cpu
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower()
+
+
+def _version(cmd) -> str:
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        return "not found"
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"error: {exc}"
+    lines = [line for line in out.splitlines() if line.strip()]
+    return lines[-1] if cmd[0] == "nvcc" and lines else (lines[0] if lines else "?")
+
+
+def machine_info(threads: int) -> dict:
+    info = {"machine": machine_name(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_threads_used": threads, "cpus": os.cpu_count(), "gcc": _version(["gcc", "--version"]),
+            "nvcc": _version(["nvcc", "--version"]), "cuda_device": torch.cuda.get_device_name(0)
+            if torch.cuda.is_available() else "none"}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = "not installed"
+    return info
+
+
+def print_info(info: dict) -> None:
+    print("# fastattn benchmarks")
+    for k, v in info.items():
+        print(f"  {k:<16} {v}")
+    print()
+
+
+def markdown(rows: list[Row]) -> str:
+    head = "| op | impl | shape | dtype | mode | median ms | GFLOP/s | peak MB | notes |"
+    lines = [head, "|---|---|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items())
+        notes = "; ".join(x for x in (extra, r.note) if x)
+        lines.append(f"| {r.op} | {r.impl} | {r.shape} | {r.dtype} | {r.mode} | "
+                     f"{'-' if r.ms is None else f'{r.ms:.2f}'} | {'-' if r.gflops is None else f'{r.gflops:.1f}'} | "
+                     f"{'-' if r.peak_mb is None else f'{r.peak_mb:.1f}'} | {notes} |")
+    return "\n".join(lines)
+
+
+def save(rows: list[Row], info: dict, out_dir: str, name: str) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump({"machine": info, "rows": [asdict(r) for r in rows]}, f, indent=1)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(f"Machine: {info['machine']}, torch {info['torch']}, {info['cpu_threads_used']} threads\n\n")
+        f.write(markdown(rows) + "\n")
+    return out_dir
+
+
+def peak_memory_subprocess(snippet: str, timeout: float = 600) -> float | None:
+    """Peak RSS growth (MB) of running `snippet` in a fresh Python: VmHWM after minus RSS before.
+
+    The snippet runs after `import torch, fastattn`; what it allocates shows as the delta.
+    """
+    code = (
+        "import torch, fastattn, re\n"
+        "def _rss(key):\n"
+        "    txt = open('/proc/self/status').read()\n"
+        "    return int(re.search(key + r':\\s+(\\d+)', txt).group(1))\n"
+        "torch.set_num_threads(1)\n"
+        "_base = _rss('VmRSS')\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"  # reset VmHWM to the current RSS
+        f"{snippet}\n"
+        "print('PEAK_KB', _rss('VmHWM') - _base)\n"
+    )
+    try:
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    m = re.search(r"PEAK_KB (-?\d+)", res.stdout)
+    return int(m.group(1)) / 1024 if m else None
