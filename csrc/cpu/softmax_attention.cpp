@@ -16,7 +16,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu/tile_gemm.h"
+#include "cpu/attention_common.h"
 
 namespace fastattn::cpu {
 namespace {
@@ -24,27 +24,6 @@ namespace {
 constexpr int64_t kBlockM = 64;   // query rows per task (fwd) / per inner step (bwd)
 constexpr int64_t kBlockN = 256;  // keys per tile (fwd)
 constexpr int64_t kBlockNB = 128; // keys per task (bwd)
-
-struct Dims {
-  int64_t B, Hq, Hk, Nq, Nk, D, Dv;
-  int64_t group() const { return Hq / Hk; }
-  int64_t offset() const { return Nk - Nq; }  // i' = i + offset (bottom-right alignment)
-};
-
-// Number of keys query row i may see (j < limit), before tau: all, or i' + 1 when causal.
-inline int64_t key_limit(const Dims& d, bool causal, int64_t i) {
-  return causal ? std::clamp<int64_t>(i + d.offset() + 1, 0, d.Nk) : d.Nk;
-}
-
-// Masks row `srow` of a tile starting at key j0 with `cols` keys: causal and tau -> -inf.
-inline void mask_row(float* srow, int64_t j0, int64_t cols, int64_t limit, const float* tau_row) {
-  const int64_t lim = std::clamp<int64_t>(limit - j0, 0, cols);
-  for (int64_t c = lim; c < cols; ++c) srow[c] = -kInf;
-  if (tau_row != nullptr) {
-    const float t = *tau_row;
-    for (int64_t c = 0; c < lim; ++c) srow[c] = srow[c] >= t ? srow[c] : -kInf;
-  }
-}
 
 template <typename T>
 void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, float* lse, const Dims& d,
@@ -157,44 +136,13 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
   });
 }
 
-Dims dims_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  return Dims{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
-}
-
-void check_tau(const at::Tensor& tau, const at::Tensor& q) {
-  if (tau.numel() == 0) return;
-  TORCH_CHECK(tau.scalar_type() == at::kFloat && tau.is_contiguous() && tau.dim() == 3 &&
-                  tau.size(0) == q.size(0) && tau.size(1) == q.size(1) && tau.size(2) == q.size(2),
-              "tau must be a contiguous float32 (B, Hq, Nq) tensor or empty, got ", tau.sizes(), " ",
-              tau.scalar_type());
-}
-
 }  // namespace
-
-void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  for (const auto* t : {&q, &k, &v}) {
-    TORCH_CHECK(t->dim() == 4, op, ": q, k, v must be 4-D (B, H, N, D), got ", t->sizes());
-    TORCH_CHECK(t->is_contiguous(), op, ": q, k, v must be contiguous");
-    TORCH_CHECK(t->device().is_cpu(), op, ": the cpu kernels take CPU tensors, got ", t->device());
-  }
-  const auto dt = q.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
-              ": dtype must be float32, float16 or bfloat16, got ", dt);
-  TORCH_CHECK(k.scalar_type() == dt && v.scalar_type() == dt, op, ": q, k, v must share a dtype");
-  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), op, ": batch sizes differ");
-  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0 && v.size(1) == k.size(1), op,
-              ": q heads must be a multiple of k/v heads (k and v heads equal)");
-  TORCH_CHECK(k.size(2) == v.size(2), op, ": k and v lengths differ");
-  TORCH_CHECK(k.size(3) == q.size(3), op, ": q and k head dims differ");
-  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 256 && v.size(3) >= 1 && v.size(3) <= 256, op,
-              ": head dims must be in [1, 256], got D=", q.size(3), " Dv=", v.size(3));
-}
 
 std::tuple<at::Tensor, at::Tensor> softmax_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
                                                              const at::Tensor& v, const at::Tensor& tau,
                                                              bool causal, double scale) {
   check_attention_inputs("softmax_attention_fwd", q, k, v);
-  check_tau(tau, q);
+  check_tau("softmax_attention_fwd", tau, q);
   const Dims d = dims_of(q, k, v);
   auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
   auto lse = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
@@ -212,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const at::Tensor& tau, bool causal, double scale) {
   check_attention_inputs("softmax_attention_bwd", q, k, v);
-  check_tau(tau, q);
+  check_tau("softmax_attention_bwd", tau, q);
   const Dims d = dims_of(q, k, v);
   TORCH_CHECK(dout.sizes() == out.sizes() && out.size(3) == d.Dv && dout.scalar_type() == q.scalar_type() &&
                   dout.is_contiguous() && out.is_contiguous(),

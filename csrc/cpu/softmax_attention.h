@@ -19,7 +19,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const at::Tensor& tau, bool causal, double scale);
 
-// Shared input checks for the attention ops (names the offending argument).
-void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
-
 }  // namespace fastattn::cpu

@@ -1,4 +1,6 @@
 """Pure-PyTorch references: SPEC.md made executable (fp64-capable; they materialize Nq x Nk)."""
+from .relu_attention import relu_attention_ref
 from .softmax_attention import softmax_attention_ref
+from .topk_attention import topk_attention_ref, topk_threshold_ref
 
-__all__ = ["softmax_attention_ref"]
+__all__ = ["softmax_attention_ref", "relu_attention_ref", "topk_attention_ref", "topk_threshold_ref"]

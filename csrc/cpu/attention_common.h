@@ -1,0 +1,48 @@
+// Shapes and masking shared by the fused CPU attention kernels (SPEC.md common conventions).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/tile_gemm.h"
+
+namespace fastattn::cpu {
+
+struct Dims {
+  int64_t B, Hq, Hk, Nq, Nk, D, Dv;
+  int64_t group() const { return Hq / Hk; }
+  int64_t offset() const { return Nk - Nq; }  // i' = i + offset (bottom-right alignment)
+};
+
+inline Dims dims_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return Dims{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+}
+
+// Number of keys query row i may see (j < limit), before top-K: all, or i' + 1 when causal.
+inline int64_t key_limit(const Dims& d, bool causal, int64_t i) {
+  return causal ? std::clamp<int64_t>(i + d.offset() + 1, 0, d.Nk) : d.Nk;
+}
+
+// Masks one score row of a tile starting at key j0 with `cols` keys: beyond `limit` (causal) and
+// below the top-K threshold *tau_row (when given) -> -inf.
+inline void mask_row(float* srow, int64_t j0, int64_t cols, int64_t limit, const float* tau_row) {
+  const int64_t lim = std::clamp<int64_t>(limit - j0, 0, cols);
+  for (int64_t c = lim; c < cols; ++c) srow[c] = -kInf;
+  if (tau_row != nullptr) {
+    const float t = *tau_row;
+    for (int64_t c = 0; c < lim; ++c) srow[c] = srow[c] >= t ? srow[c] : -kInf;
+  }
+}
+
+// Shared input checks for the attention ops (TORCH_CHECK naming the offending argument).
+void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// tau: empty, or a contiguous fp32 (B, Hq, Nq) tensor.
+void check_tau(const char* op, const at::Tensor& tau, const at::Tensor& q);
+
+// An fp32 (Hq,) per-head parameter (or, when `optional`, an empty tensor).
+void check_head_param(const char* op, const char* name, const at::Tensor& t, int64_t Hq, bool optional);
+
+}  // namespace fastattn::cpu

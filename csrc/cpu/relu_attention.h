@@ -1,0 +1,23 @@
+// Fused, tiled CPU ByteScale ReLU attention (SPEC.md §2), forward and backward.
+// Contract: fastattn/ops/relu_attention.py. Absent alibi_slopes / tau are empty tensors.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace fastattn::cpu {
+
+// -> out (B, Hq, Nq, Dv), den fp32 (B, Hq, Nq), argmax int32 (B, Hq, Nq)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_attention_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& gamma, const at::Tensor& sink,
+    const at::Tensor& alibi_slopes, const at::Tensor& tau, bool causal, double scale, int64_t norm, int64_t quant,
+    bool int8_qkv);
+
+// -> dq, dk, dv, dgamma (Hq,), dsink (Hq,): the gradient of the unquantized op.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_attention_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& den, const at::Tensor& argmax, const at::Tensor& gamma, const at::Tensor& sink,
+    const at::Tensor& alibi_slopes, const at::Tensor& tau, bool causal, double scale, int64_t norm, int64_t quant);
+
+}  // namespace fastattn::cpu
