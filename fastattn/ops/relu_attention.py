@@ -4,11 +4,12 @@ Kernel-level contract (identical positional arguments for torch.ops.fastattn_C.r
 and kernels/relu_attention.py; absent tensors are empty for C++, None for Triton):
   relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv)
       -> out (B,Hq,Nq,Dv), den fp32 (B,Hq,Nq), argmax int32 (B,Hq,Nq)
-  relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm)
-      -> dq, dk, dv, dgamma (Hq,), dsink (Hq,)
+  relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm,
+                     quant) -> dq, dk, dv, dgamma (Hq,), dsink (Hq,)
 gamma/sink/alibi_slopes fp32 (Hq,); tau fp32 (B,Hq,Nq) top-K threshold; norm 0 max / 1 sum / 2 len;
-quant 0 / 7 / 8 bits. The backward is the gradient of the unquantized op (straight-through); for
-int8_qkv it receives the int8-rounded q, k, v.
+quant 0 / 7 / 8 bits. The backward is the gradient of the unquantized op (straight-through: `quant`
+only tells it that `out` was rounded, so the row term sum_j a_ij v_j is recomputed); for int8_qkv it
+receives the int8-rounded q, k, v.
 """
 from __future__ import annotations
 
@@ -52,15 +53,16 @@ def _(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_
 @torch.library.custom_op("fastattn::relu_attention_bwd", mutates_args=())
 def relu_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, den: Tensor, argmax: Tensor,
                        gamma: Tensor, sink: Tensor, alibi_slopes: Tensor | None, tau: Tensor | None, causal: bool,
-                       scale: float, norm: int, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                       scale: float, norm: int, quant: int, backend: str
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "bwd", backend)
     alibi_slopes, tau = _args(backend, alibi_slopes, tau)
     return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), den, argmax,
-              gamma.contiguous(), sink.contiguous(), alibi_slopes, tau, causal, scale, norm)
+              gamma.contiguous(), sink.contiguous(), alibi_slopes, tau, causal, scale, norm, quant)
 
 
 @relu_attention_bwd.register_fake
-def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, backend):
+def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend):
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(gamma),
             torch.empty_like(sink))
 
@@ -69,16 +71,16 @@ def _setup_context(ctx, inputs, output):
     q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend = inputs
     out, den, argmax = output
     ctx.save_for_backward(q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau)
-    ctx.opts = (causal, scale, norm, int8_qkv, backend)
+    ctx.opts = (causal, scale, norm, quant, int8_qkv, backend)
 
 
 def _backward(ctx, dout, _dden, _dargmax):
     q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau = ctx.saved_tensors
-    causal, scale, norm, int8_qkv, backend = ctx.opts
+    causal, scale, norm, quant, int8_qkv, backend = ctx.opts
     if int8_qkv:  # straight-through: the gradient of the op at the rounded inputs
         q, k, v = int8_round(q, -1), int8_round(k, -1), int8_round(v, -2)
     dq, dk, dv, dgamma, dsink = relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes,
-                                                   tau, causal, scale, norm, backend)
+                                                   tau, causal, scale, norm, quant, backend)
     return dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None
 
 

@@ -37,9 +37,9 @@ def quant_bits(quant, Nk: int) -> int:
 
 
 def quantize_weights(p: torch.Tensor, bits: int) -> torch.Tensor:
-    """p in [0, 1] -> floor(p * L + 0.5) / L with L = 2**bits - 1 (straight-through)."""
+    """p in [0, 1] -> floor(p * L + 0.5) / L with L = 2**bits - 1 (no gradient: see the caller)."""
     L = float(2 ** bits - 1)
-    return _straight_through(p, torch.floor(p * L + 0.5) / L)
+    return torch.floor(p.detach() * L + 0.5) / L
 
 
 def relu_attention_ref(q, k, v, causal=False, scale=None, gamma=1.0, alibi_slopes=None, sink=0.0, norm="max",
@@ -87,7 +87,8 @@ def relu_attention_ref(q, k, v, causal=False, scale=None, gamma=1.0, alibi_slope
     den = (head_param(sink).view(1, Hq, 1) + stat).unsqueeze(-1)
     ok = den > 0
     p = torch.where(ok, a / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(a))
+    out = weighted_sum(p, v, q.dtype)
     bits = quant_bits(quant, Nk)
-    if bits:
-        p = quantize_weights(p, bits)
-    return weighted_sum(p, v, q.dtype)
+    if bits:  # value of the quantized op, gradient of the unquantized one (SPEC: straight-through)
+        out = _straight_through(out, weighted_sum(quantize_weights(p, bits), v.detach(), q.dtype))
+    return out
