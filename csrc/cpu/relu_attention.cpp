@@ -26,8 +26,8 @@
 namespace fastattn::cpu {
 namespace {
 
-constexpr int64_t kBM = 64;    // query rows per task / inner step
-constexpr int64_t kBN = 256;   // keys per tile (forward)
+constexpr int64_t kBM = 128;   // query rows per task / inner step
+constexpr int64_t kBN = 512;   // keys per tile (forward)
 constexpr int64_t kBNB = 128;  // keys per task (backward)
 
 struct Relu {
