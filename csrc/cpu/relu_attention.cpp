@@ -154,8 +154,9 @@ void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* den_out, int3
           finish_scores(S.data(), kBN, rows, cols, i0, j0, bh, h, P, true);
           for (int64_t r = 0; r < rows; ++r) {
             float* s = S.data() + r * kBN;
-            const float inv = den[r] > 0.0f ? 1.0f / den[r] : 0.0f;
-            for (int64_t c = 0; c < cols; ++c) s[c] = quantize_weight((s[c] > 0.0f ? s[c] : 0.0f) * inv, P.bits);
+            // a / den as a division, exactly as SPEC writes it, so levels flip only at true ties
+            const float dn = den[r] > 0.0f ? den[r] : kInf;
+            for (int64_t c = 0; c < cols; ++c) s[c] = quantize_weight((s[c] > 0.0f ? s[c] : 0.0f) / dn, P.bits);
           }
           tl.pv(S.data(), kBN, vh + j0 * d.Dv, rows, cols, d.Dv, acc.data());
         }
@@ -263,10 +264,10 @@ void fwd_int8_kernel(const T* q, const T* k, const T* v, T* out, float* den_out,
           scores(j0, cols);
           std::fill(lvl.begin(), lvl.end(), uint8_t{0});
           for (int64_t r = 0; r < rows; ++r) {
-            const float inv = den[r] > 0.0f ? 1.0f / den[r] : 0.0f;
+            const float dn = den[r] > 0.0f ? den[r] : kInf;
             const float* s = S.data() + r * kBN;
             for (int64_t c = 0; c < cols; ++c)
-              lvl[r * kBN + c] = static_cast<uint8_t>(weight_level((s[c] > 0.0f ? s[c] : 0.0f) * inv, P.bits));
+              lvl[r * kBN + c] = static_cast<uint8_t>(weight_level((s[c] > 0.0f ? s[c] : 0.0f) / dn, P.bits));
           }
           for (int64_t r0 = 0; r0 < rows; r0 += 8) {
             const int64_t rr = std::min<int64_t>(8, rows - r0);
