@@ -91,3 +91,14 @@ def assert_matches_reference(fn: Callable, ref: Callable, tensors: dict, dtype: 
             failures.append(f"{name}: max error {err:.3e} > bound {bound:.3e}")
     assert not failures, "; ".join(failures)
     return report
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of the flattened tensors (SageAttention's accuracy metric)."""
+    a, b = a.double().flatten(), b.double().flatten()
+    return (a @ b / (a.norm() * b.norm()).clamp_min(1e-300)).item()
+
+
+def relative_l1(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sum|a - b| / sum|b| (SageAttention's relative L1 error of a against the reference b)."""
+    return ((a.double() - b.double()).abs().sum() / b.double().abs().sum().clamp_min(1e-300)).item()
