@@ -5,6 +5,8 @@ kernels/topk_attention.py; absent tensors are empty for C++, None for Triton):
   topk_attention_threshold(q, k, gamma, alibi_slopes, causal, scale, topk) -> tau fp32 (B,Hq,Nq)
       tau_i = K-th largest s_ij = gamma_h*scale*q_i.k_j - slope_h*|i'-j| over allowed j, -inf if fewer
       than K allowed; shared with relu_attention(topk=K). No Nq x Nk buffer (streaming per-row select).
+      Fused backends lower tau by a tie margin of 2e-5 * max(1, |tau|) so the K-th key survives the
+      attention kernel's recomputation of its score; keys within it are SPEC §3's near-ties.
   topk_attention_fwd(q, k, v, topk, causal, scale) -> out, lse, tau   (softmax over s >= tau)
   topk_attention_bwd(dout, q, k, v, out, lse, tau, causal, scale) -> dq, dk, dv  (selection fixed)
 """

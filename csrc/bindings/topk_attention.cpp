@@ -1,0 +1,68 @@
+// torch.library glue for topk_attention: the threshold op (shared with relu_attention(topk=K)) and
+// the attention op (threshold + the fused softmax kernels restricted to s >= tau).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cpu/softmax_attention.h"
+#include "cpu/topk_attention.h"
+
+namespace {
+
+using fastattn::cpu::softmax_attention_bwd_cpu;
+using fastattn::cpu::softmax_attention_fwd_cpu;
+using fastattn::cpu::topk_attention_threshold_cpu;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       int64_t topk, bool causal, double scale) {
+  auto ones = at::ones({q.size(1)}, q.options().dtype(at::kFloat));
+  auto tau = topk_attention_threshold_cpu(q, k, ones, at::Tensor(), causal, scale, topk);
+  auto [out, lse] = softmax_attention_fwd_cpu(q, k, v, tau, causal, scale);
+  return {out, lse, tau};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cpu(const at::Tensor& dout, const at::Tensor& q,
+                                                       const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                                       const at::Tensor& lse, const at::Tensor& tau, bool causal,
+                                                       double scale) {
+  return softmax_attention_bwd_cpu(dout, q, k, v, out, lse, tau, causal, scale);
+}
+
+at::Tensor threshold_meta(const at::Tensor& q, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double,
+                          int64_t) {
+  return at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_meta(const at::Tensor& q, const at::Tensor&, const at::Tensor& v,
+                                                        int64_t, bool, double) {
+  auto stat = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  return {at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options()), stat, at::empty_like(stat)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_meta(const at::Tensor&, const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& v, const at::Tensor&, const at::Tensor&,
+                                                        const at::Tensor&, bool, double) {
+  return {at::empty_like(q), at::empty_like(k), at::empty_like(v)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
+  m.def("topk_attention_threshold(Tensor q, Tensor k, Tensor gamma, Tensor alibi_slopes, bool causal, float scale, "
+        "int topk) -> Tensor");
+  m.def("topk_attention_fwd(Tensor q, Tensor k, Tensor v, int topk, bool causal, float scale) -> (Tensor, Tensor, "
+        "Tensor)");
+  m.def("topk_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor tau, "
+        "bool causal, float scale) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
+  m.impl("topk_attention_threshold", &topk_attention_threshold_cpu);
+  m.impl("topk_attention_fwd", &fwd_cpu);
+  m.impl("topk_attention_bwd", &bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
+  m.impl("topk_attention_threshold", &threshold_meta);
+  m.impl("topk_attention_fwd", &fwd_meta);
+  m.impl("topk_attention_bwd", &bwd_meta);
+}

@@ -1,0 +1,129 @@
+"""Triton top-K attention (SPEC.md §3): a streaming per-row top-K threshold, then the flash softmax
+kernels of kernels/softmax_attention.py restricted to s >= tau. Same contract as the C++ ops
+(fastattn/ops/topk_attention.py).
+
+Selection: each program keeps, per query row, a register buffer of the K_PAD (= next power of two
+>= K) largest scores seen; every key block of K_PAD scores is concatenated to it and cut back with
+tl.topk (a bitonic top-k), so memory stays O(BLOCK_M * K_PAD). Decoding (few query rows, long key
+sequences) splits the keys over SPLITS programs per row block; their candidate buffers are merged
+with one torch.topk over SPLITS * K_PAD values per row (never Nq x Nk).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import block_d, interpreting, upcast_dots
+from .softmax_attention import softmax_attention_bwd, softmax_attention_fwd
+
+MAX_TOPK = 128
+# tau is lowered by TIE_MARGIN * max(1, |tau|) so that the key defining it survives when the
+# attention kernel recomputes its score with another summation order; keys that close to tau are
+# the near-ties SPEC §3 lets backends select differently. Same margin as csrc/cpu/topk_attention.cpp.
+TIE_MARGIN = 2e-5
+
+
+@triton.jit
+def topk_attention_threshold_kernel(Q, K, GAMMA, SLOPES, CAND, COUNT, Hq, Hk, Nq, Nk, D, scale, keys_per_split,
+                                    CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, UPCAST: tl.constexpr,
+                                    BLOCK_M: tl.constexpr, K_PAD: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Candidates (the K_PAD largest allowed scores) of one (row block, head, key split)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    split = tl.program_id(2)
+    n_splits = tl.num_programs(2)
+    h = bh % Hq
+    bhk = (bh // Hq) * Hk + h // (Hq // Hk)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Nq
+    q = tl.load(Q + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
+                other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    gs = tl.load(GAMMA + h) * scale
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + h)
+    offset = Nk - Nq
+    lo = split * keys_per_split
+    hi = tl.minimum(Nk, lo + keys_per_split)
+    if CAUSAL:
+        hi = tl.minimum(hi, tl.maximum(0, (pid_m + 1) * BLOCK_M + offset))
+    buf = tl.full([BLOCK_M, K_PAD], float("-inf"), dtype=tl.float32)
+    count = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for start_n in range(lo, hi, K_PAD):
+        offs_n = start_n + tl.arange(0, K_PAD)
+        k = tl.load(K + (bhk * Nk + offs_n[None, :]) * D + offs_d[:, None],
+                    mask=(offs_n[None, :] < hi) & (offs_d[:, None] < D), other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k).to(tl.float32) * gs
+        if HAS_ALIBI:
+            s = s - slope * tl.abs((offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32))
+        ok = offs_n[None, :] < hi
+        if CAUSAL:
+            ok = ok & (offs_n[None, :] <= offs_m[:, None] + offset)
+        s = tl.where(ok, s, float("-inf"))
+        count += tl.sum(ok.to(tl.int32), 1)
+        buf = tl.topk(tl.cat(buf, s, dim=1), K_PAD, dim=1)
+    slot = (bh * Nq + offs_m) * n_splits + split
+    tl.store(CAND + slot[:, None] * K_PAD + tl.arange(0, K_PAD)[None, :], buf, mask=row_ok[:, None])
+    tl.store(COUNT + slot, count, mask=row_ok)
+
+
+def topk_attention_threshold(q, k, gamma, alibi_slopes, causal: bool, scale: float, topk: int):
+    """tau fp32 (B, Hq, Nq): the K-th largest allowed score per row, -inf with fewer than K allowed."""
+    if topk > MAX_TOPK:
+        raise ValueError(f"topk={topk} exceeds the triton backend's maximum of {MAX_TOPK}")
+    B, Hq, Nq, D = q.shape
+    Hk, Nk = k.shape[1], k.shape[2]
+    if B * Hq * Nq == 0:
+        return torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
+    K_PAD = max(16, triton.next_power_of_2(topk))
+    BM = 16 if interpreting() or Nq <= 16 else 32
+    row_blocks = triton.cdiv(Nq, BM)
+    # Decoding: split long key ranges so there are enough programs (about 4 per SM-sized unit).
+    splits = 1
+    if row_blocks * B * Hq < 64 and Nk >= 8 * K_PAD:
+        splits = min(triton.cdiv(128, row_blocks * B * Hq), triton.cdiv(Nk, 4 * K_PAD))
+    per_split = triton.cdiv(triton.cdiv(Nk, splits), K_PAD) * K_PAD
+    splits = triton.cdiv(Nk, per_split)
+    cand = torch.empty(B * Hq * Nq * splits, K_PAD, dtype=torch.float32, device=q.device)
+    count = torch.empty(B * Hq * Nq * splits, dtype=torch.int32, device=q.device)
+    topk_attention_threshold_kernel[(row_blocks, B * Hq, splits)](
+        q, k, gamma, alibi_slopes if alibi_slopes is not None else gamma, cand, count, Hq, Hk, Nq, Nk, D,
+        float(scale), per_split, CAUSAL=bool(causal), HAS_ALIBI=alibi_slopes is not None,
+        UPCAST=upcast_dots(q.dtype) or q.dtype == torch.float32, BLOCK_M=BM, K_PAD=K_PAD, BLOCK_D=block_d(D),
+        num_warps=4, num_stages=1)
+    cand = cand.view(B, Hq, Nq, splits * K_PAD)
+    allowed = count.view(B, Hq, Nq, splits).sum(-1)
+    kth = cand.topk(topk, dim=-1).values[..., -1] if splits * K_PAD >= topk else cand.amax(-1)
+    kth = kth - TIE_MARGIN * kth.abs().clamp_min(1.0)  # see TIE_MARGIN
+    return torch.where(allowed >= topk, kth, torch.full_like(kth, float("-inf"))).contiguous()
+
+
+def topk_attention_fwd(q, k, v, topk: int, causal: bool, scale: float):
+    """-> out (B,Hq,Nq,Dv), lse fp32 (B,Hq,Nq), tau fp32 (B,Hq,Nq)."""
+    ones = torch.ones(q.shape[1], dtype=torch.float32, device=q.device)
+    tau = topk_attention_threshold(q, k, ones, None, causal, scale, topk)
+    out, lse = softmax_attention_fwd(q, k, v, causal, scale, tau=tau)
+    return out, lse, tau
+
+
+def topk_attention_bwd(dout, q, k, v, out, lse, tau, causal: bool, scale: float):
+    """The softmax gradient on the selected keys (selection held fixed) -> dq, dk, dv."""
+    return softmax_attention_bwd(dout, q, k, v, out, lse, causal, scale, tau=tau)
+
+
+def aot_specs(dtype: torch.dtype, head_dim: int):
+    """Default GPU configuration of the threshold kernel, for fastattn.compile_check."""
+    from fastattn.compile_check import pointer
+    p, f = pointer(dtype), pointer(torch.float32)
+    return [dict(fn=topk_attention_threshold_kernel, num_warps=4, num_stages=1,
+                 signature={"Q": p, "K": p, "GAMMA": f, "SLOPES": f, "CAND": f, "COUNT": pointer(torch.int32),
+                            "Hq": "i32", "Hk": "i32", "Nq": "i32", "Nk": "i32", "D": "i32", "scale": "fp32",
+                            "keys_per_split": "i32"},
+                 constexprs=dict(CAUSAL=True, HAS_ALIBI=False, UPCAST=False, BLOCK_M=32, K_PAD=64,
+                                 BLOCK_D=block_d(head_dim)))]
