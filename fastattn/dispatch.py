@@ -55,13 +55,6 @@ TABLE: dict[str, dict[str, Support]] = {
         "reference": _REF,
         "cpu": Support(),
         "triton": Support(),
-        "cuda": Support(backward=False),
-    },
-    "adaptive_span_attention": {
-        "reference": _REF,
-        "cpu": Support(features=frozenset({"period", "bidirectional"})),
-        "triton": Support(features=frozenset({"period", "bidirectional"})),
-        "cuda": Support(features=frozenset({"period", "bidirectional"}), backward=False),
     },
 }
 

@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <vector>
 
@@ -22,7 +23,7 @@
 namespace fastattn::cpu {
 namespace {
 
-constexpr int64_t kBM = 32, kBN = 256;
+constexpr int64_t kBM = 64, kBN = 256;
 // tau is lowered by kTieMargin * max(1, |tau|) so the key defining it survives when another kernel
 // recomputes its score with another summation order; keys that close to tau are the near-ties
 // SPEC §3 lets backends select differently. Same margin as kernels/topk_attention.py.
@@ -41,12 +42,19 @@ struct RowTopK {
     buf.resize(K);
     t = *std::min_element(buf.begin(), buf.end());
   }
-  void push(float s) {
-    if (s == -kInf) return;
-    ++allowed;
-    if (static_cast<int64_t>(buf.size()) >= K && s <= t) return;
-    buf.push_back(s);
-    if (static_cast<int64_t>(buf.size()) >= 2 * K) shrink();
+  // One tile row: `n_allowed` of its n scores are allowed (masked ones are -inf, never > t).
+  void push_row(const float* s, int64_t n, int64_t n_allowed) {
+    allowed += n_allowed;
+    float tl = t;  // a local copy keeps the hot compare in a register (push_back may alias t)
+    for (int64_t c = 0; c < n; ++c) {
+      if (s[c] > tl) {  // t stays -inf until the buffer first fills: then everything allowed enters
+        buf.push_back(s[c]);
+        if (static_cast<int64_t>(buf.size()) >= 2 * K) {
+          shrink();
+          tl = t;
+        }
+      }
+    }
   }
   // The candidates: at most K values, the largest seen.
   void finish() {
@@ -61,8 +69,11 @@ void threshold_kernel(const T* q, const T* k, const float* gamma, const float* s
   const int64_t tasks = d.B * d.Hq * n_qt;
   const int64_t threads = at::get_num_threads();
   // Split keys when there are fewer tasks than 4 per thread and the rows are long.
+  // FASTATTN_TOPK_SPLITS=1 turns splitting off (the benchmark's "without key splitting" baseline).
+  const char* env = std::getenv("FASTATTN_TOPK_SPLITS");
   int64_t splits = 1;
   if (tasks < 4 * threads && d.Nk >= 4 * kBN) splits = std::min<int64_t>((4 * threads + tasks - 1) / tasks, d.Nk / kBN);
+  if (env != nullptr && std::atoi(env) >= 1) splits = std::min<int64_t>(std::atoi(env), std::max<int64_t>(1, d.Nk / kBN));
   const int64_t span = (d.Nk + splits - 1) / splits;
   // Candidates of every (task, split, row): K floats + a count of allowed keys and of candidates.
   std::vector<float> cand(splits > 1 ? tasks * splits * kBM * K : 0);
@@ -88,8 +99,9 @@ void threshold_kernel(const T* q, const T* k, const float* gamma, const float* s
           const int64_t i_abs = i0 + r + d.offset();
           if (slopes)
             for (int64_t c = 0; c < cols; ++c) s[c] = relu_score(s[c], 1.0f, slope, i_abs, j0 + c);
-          mask_row(s, j0, cols, key_limit(d, causal, i0 + r), nullptr);
-          for (int64_t c = 0; c < cols; ++c) sel[r].push(s[c]);
+          const int64_t limit = key_limit(d, causal, i0 + r);
+          mask_row(s, j0, cols, limit, nullptr);
+          sel[r].push_row(s, cols, std::clamp<int64_t>(limit - j0, 0, cols));
         }
       }
       for (int64_t r = 0; r < rows; ++r) {

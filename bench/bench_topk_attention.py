@@ -1,0 +1,68 @@
+"""topk_attention: selection (threshold) time and attention time reported separately, against the
+dense C++ softmax in the same run; decoding (Nq = 1) against a long KV cache with and without key
+splitting. Required FLOPs of the attention pass are K-proportional: 4*B*H*Nq*K*D."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import fastattn
+
+from .common import Row, attention_flops, run_case
+
+OP = "topk_attention"
+
+
+def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
+    rows = []
+    B, H, D = 1, 8, 64
+    backend = "cpu" if device == "cpu" else "auto"
+    thr = fastattn.dispatch.kernel(OP, "threshold", "cpu" if device == "cpu" else "triton")
+    ones = torch.ones(H, device=device)  # gamma = 1: softmax top-K
+    empty = torch.empty(0) if device == "cpu" else None
+    Ns = (4096,) if quick else (1024, 4096, 8192)
+    for N in Ns:
+        q, k, v = (torch.randn(B, H, N, D, device=device) for _ in range(3))
+        shape = f"B{B} H{H} N{N} D{D}"
+        dense = attention_flops(B, H, N, N, D)
+        with torch.no_grad():
+            rows.append(run_case(OP, f"dense softmax {backend}", shape, "float32", "fwd",
+                                 lambda: fastattn.softmax_attention(q, k, v, backend=backend), dense, reps=reps,
+                                 device=device))
+            for K in ((64,) if quick else (8, 64)):
+                tau = thr(q, k, ones, empty, False, D ** -0.5, K)
+                rows.append(run_case(OP, f"topk K={K} selection", shape, "float32", "fwd",
+                                     lambda: thr(q, k, ones, empty, False, D ** -0.5, K), dense / 2, reps=reps,
+                                     device=device, note="FLOPs: the Q K^T half"))
+                sel = rows[-1]
+                rows.append(run_case(OP, f"topk K={K} total", shape, "float32", "fwd",
+                                     lambda: fastattn.topk_attention(q, k, v, K, backend=backend), dense, reps=reps,
+                                     device=device, required_gflop=attention_flops(B, H, N, K, D) / 1e9))
+                tot = rows[-1]
+                if sel.ms is not None and tot.ms is not None:  # the attention pass = total - selection
+                    att = tot.ms - sel.ms
+                    rows.append(Row(OP, f"topk K={K} attention pass", shape, "float32", "fwd", att, dense / att / 1e6,
+                                    note="total - selection, same run", extra={"x dense": att / rows[0].ms}))
+                    tot.extra["x dense"] = tot.ms / rows[0].ms
+    # Decoding: one query against a 16k-token cache.
+    for Hd in (1, 8):
+        q = torch.randn(1, Hd, 1, D, device=device)
+        k, v = (torch.randn(1, Hd, 16384, D, device=device) for _ in range(2))
+        shape = f"decode B1 H{Hd} Nq1 Nk16384 D{D}"
+        fl = attention_flops(1, Hd, 1, 16384, D)
+        with torch.no_grad():
+            for label, splits in (("key splitting", None), ("no key splitting", "1")):
+                old = os.environ.pop("FASTATTN_TOPK_SPLITS", None)
+                if splits:
+                    os.environ["FASTATTN_TOPK_SPLITS"] = splits
+                try:
+                    rows.append(run_case(OP, f"topk K=64 {label}", shape, "float32", "fwd",
+                                         lambda: fastattn.topk_attention(q, k, v, 64, backend=backend), fl,
+                                         reps=max(reps, 9), device=device))
+                finally:
+                    os.environ.pop("FASTATTN_TOPK_SPLITS", None)
+                    if old is not None:
+                        os.environ["FASTATTN_TOPK_SPLITS"] = old
+    return rows
+
