@@ -120,7 +120,7 @@ def markdown(rows: list[Row]) -> str:
     head = "| op | impl | shape | dtype | mode | median ms | GFLOP/s | peak MB | notes |"
     lines = [head, "|---|---|---|---|---|---:|---:|---:|---|"]
     for r in rows:
-        extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items())
+        extra = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items())
         notes = "; ".join(x for x in (extra, r.note) if x)
         lines.append(f"| {r.op} | {r.impl} | {r.shape} | {r.dtype} | {r.mode} | "
                      f"{'-' if r.ms is None else f'{r.ms:.2f}'} | {'-' if r.gflops is None else f'{r.gflops:.1f}'} | "
