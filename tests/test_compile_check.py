@@ -72,3 +72,11 @@ def test_cuda_sources_compile(path, cc):
 
 def test_every_cuda_source_is_checked():
     assert compile_check.cuda_sources(), "no csrc/cuda/*.cu found"
+
+
+def test_relu_int8_path_uses_integer_mma(default_rows):
+    """int8_qkv: Q K^T and the 7-bit P V must lower to integer tensor-core MMA (s8 x s8 -> s32)."""
+    fwd = [r for r in default_rows if r["kernel"] == "relu_attention_fwd_kernel"]
+    for cc in CCS:
+        kinds = [k for r in fwd if r["cc"] == cc for k in r["mma"]]
+        assert any(".s8" in k for k in kinds), f"sm_{cc}: no integer MMA among {kinds}"
