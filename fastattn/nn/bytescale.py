@@ -1,0 +1,52 @@
+"""ByteScaleAttention: multi-head ReLU (ByteScale) attention with learnable per-head gamma and sink,
+ALiBi slopes and fused weight quantization (quant="auto" by default)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import fastattn
+
+from .attention import MultiHeadAttention
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """The geometric ALiBi slopes 2^(-8 h / n) (h = 1..n), interleaved as in the ALiBi paper for
+    non-powers of two."""
+    def pow2(n):
+        start = 2 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+    if math.log2(n_heads).is_integer():
+        return torch.tensor(pow2(n_heads))
+    p = 2 ** math.floor(math.log2(n_heads))
+    return torch.tensor(pow2(p) + pow2(2 * p)[0::2][: n_heads - p])
+
+
+class ByteScaleAttention(MultiHeadAttention):
+    """Multi-head ByteScale attention (SPEC §2) on top of MultiHeadAttention (projections, GQA, RoPE,
+    KV cache). gamma and sink are learnable per head (sink = softplus(raw) >= 0).
+
+        >>> attn = ByteScaleAttention(256, n_heads=8, n_kv_heads=2, rope=False)
+        >>> attn(torch.randn(2, 16, 256)).shape
+        torch.Size([2, 16, 256])
+    """
+
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, norm: str = "max",
+                 quant="auto", alibi: bool = True, init_sink: float = 1.0, **kw):
+        super().__init__(dim, n_heads, n_kv_heads, **kw)
+        self.norm, self.quant = norm, quant
+        self.gamma = nn.Parameter(torch.ones(n_heads))
+        self.sink_raw = nn.Parameter(torch.full((n_heads,), math.log(math.expm1(init_sink))))
+        self.register_buffer("slopes", alibi_slopes(n_heads) if alibi else None, persistent=False)
+
+    @property
+    def sink(self) -> torch.Tensor:
+        return F.softplus(self.sink_raw)
+
+    def attend(self, q, k, v):
+        return fastattn.relu_attention(q, k, v, causal=self.causal, gamma=self.gamma, sink=self.sink,
+                                       alibi_slopes=self.slopes, norm=self.norm, quant=self.quant,
+                                       backend=self.backend)
