@@ -3,9 +3,10 @@
 Public API only; see SPEC.md for what each op computes.
 """
 from ._ext import extension_error
+from .ops.adaptive_span_attention import adaptive_span_attention
 from .ops.relu_attention import relu_attention
 from .ops.softmax_attention import softmax_attention
 from .ops.topk_attention import topk_attention
 
 __version__ = "0.1.0"
-__all__ = ["softmax_attention", "relu_attention", "topk_attention", "extension_error", "__version__"]
+__all__ = ["softmax_attention", "relu_attention", "topk_attention", "adaptive_span_attention", "extension_error", "__version__"]

@@ -56,6 +56,9 @@ TABLE: dict[str, dict[str, Support]] = {
         "cpu": Support(),
         "triton": Support(),
     },
+    "adaptive_span_attention": {  # fused kernels not written yet
+        "reference": _REF,
+    },
 }
 
 
