@@ -56,8 +56,10 @@ TABLE: dict[str, dict[str, Support]] = {
         "cpu": Support(),
         "triton": Support(),
     },
-    "adaptive_span_attention": {  # fused kernels not written yet
+    "adaptive_span_attention": {  # cpu: C++ kernels pending (dispatch says "no CPU kernel" until built)
         "reference": _REF,
+        "cpu": Support(features=frozenset({"period", "bidirectional"})),
+        "triton": Support(features=frozenset({"period", "bidirectional"})),
     },
 }
 

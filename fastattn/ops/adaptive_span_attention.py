@@ -1,5 +1,50 @@
-"""fastattn.adaptive_span_attention (SPEC.md §4). Only the reference backend exists so far: the fused
-kernels that skip out-of-span key tiles and gated-off queries are not written yet (dispatch says so)."""
+"""fastattn.adaptive_span_attention: adaptive span + periodic query gate (SPEC.md §4) on every backend.
+
+Kernel-level contract (identical positional arguments for the Triton launchers
+kernels/adaptive_span_attention.py and the C++ ops torch.ops.fastattn_C.adaptive_span_attention_*;
+absent period/phase are None for Triton and EMPTY tensors (numel() == 0) for C++):
+
+  adaptive_span_attention_fwd(q, k, v, span, period, phase, ramp: float, duty: float, causal: bool,
+                              scale: float) -> (out, lse)
+  adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale)
+      -> (dq, dk, dv, dspan, dperiod, dphase)
+
+Inputs: q (B,Hq,Nq,D), k (B,Hk,Nk,D), v (B,Hk,Nk,Dv), dout/out (B,Hq,Nq,Dv), contiguous, one dtype
+(fp32/fp16/bf16); span, period, phase contiguous fp32 (Hq,) (period > 0; phase given whenever period
+is); causal=False means bidirectional (distance |x|). i' = i + Nk - Nq, x_ij = i' - j.
+
+Math (fp32 accumulation):
+  m_ij   = clamp((R + span_h - x_ij) / R, 0, 1) on allowed keys (causal: x >= 0), else 0; computed in
+           fp32 as ((R + span_h) - x) / R. Keys with m = 0 contribute nothing.
+  gate   (only with period) computed in fp64, rounded to fp32: t = (i' + phase_h) / period_h,
+           u = 2 (t - floor t) - 1, tri = |u|, z = (tri - duty) / (1 - duty), g = clamp(z, 0, 1).
+           No period: g = 1.
+  fwd:   lse_i = log sum_j m_ij exp(s_ij) (UNGATED, fp32 (B,Hq,Nq)); out_i = g_i * o~_i with
+         o~_i = sum_j m_ij exp(s_ij - lse_i) v_j, in q's dtype. Rows with g = 0 are never computed:
+         out = 0 and lse = +inf there. Rows with no key with m > 0: out = 0, lse = +inf.
+  bwd:   P~_ij = m_ij exp(s_ij - lse_i); delta_i = dout_i . out_i (= do~_i . o~_i with do~ = g do);
+         dPraw_ij = dout_i . v_j; dP_ij = g_i dPraw_ij; dS_ij = P~_ij (dP_ij - delta_i);
+         dq_i = scale sum_j dS_ij k_j; dk_j = scale sum_i dS_ij q_i; dv_j = sum_i P~_ij do~_i
+         (dk, dv summed over the GQA group of each kv head); rows with g = 0 get dq = 0 and add nothing.
+         dspan_h = (1/R) sum_{b,i,j: m_ij > 0, x_ij >= span_h} exp(s_ij - lse_i) (dP_ij - delta_i)
+           (the ramp's derivative region, the boundary x = span included: torch.clamp's convention,
+           which the reference's autograd follows).
+         dg_i = sum_j P~_ij dPraw_ij (= dout_i . o~_i, accumulated in fp32 in the key loop: dividing
+           the rounded `out` by a tiny g would lose precision in fp16).
+         dg/dt = 2 sign(u) / (1 - duty) where z > 0, else 0 (g = 0 rows are skipped: their gate
+           derivative is defined as 0; the reference implements the same convention);
+         dphase_h = sum_{b,i} dg_i dg/dt / period_h; dperiod_h = sum_{b,i} dg_i dg/dt (-t_i / period_h).
+         dspan/dperiod/dphase fp32 (Hq,); without period, dperiod and dphase are EMPTY (0,) fp32
+         tensors.
+Skipping (what makes the method pay; a backend that does not skip is wrong, not slow): build on the
+host, per head, the active query positions (g > 0) compacted in order and run query tiles over those
+compacted rows; per query tile, visit only keys j in [max(0, i'_first - reach_h),
+min(Nk, i'_last + 1)) (bidirectional: up to i'_last + reach_h + 1), reach_h = floor(fp32(R + span_h))
+(capped at Nq + Nk); per key tile, only the compacted query rows whose i' lies in [n0, n1 - 1 + reach_h]
+(bidirectional: from n0 - reach_h). `fastattn.kernels.adaptive_span_attention.plan` computes exactly
+this with O(Hq * Nq) torch ops and `tile_counts` counts the resulting tiles; mirror them. No buffer
+larger than tile-sized scratch and O(B * Hq * Nq) row statistics.
+"""
 from __future__ import annotations
 
 import torch
@@ -12,32 +57,115 @@ from ._common import check_backend, check_qkv, default_scale, per_head
 OP = "adaptive_span_attention"
 
 
+def _args(backend: str, *tensors):
+    """None -> empty tensor for the C++ ops (their schema takes Tensor), kept None for Triton."""
+    if backend == "triton":
+        return tensors
+    return tuple(torch.empty(0, dtype=torch.float32) if t is None else t for t in tensors)
+
+
+@torch.library.custom_op("fastattn::adaptive_span_attention_fwd", mutates_args=())
+def adaptive_span_attention_fwd(q: Tensor, k: Tensor, v: Tensor, span: Tensor, period: Tensor | None,
+                                phase: Tensor | None, ramp: float, duty: float, causal: bool, scale: float,
+                                backend: str) -> tuple[Tensor, Tensor]:
+    """-> out (B, Hq, Nq, Dv) gated, in q's dtype; lse (B, Hq, Nq) fp32, ungated (+inf where g = 0)."""
+    fn = dispatch.kernel(OP, "fwd", backend)
+    period, phase = _args(backend, period, phase)
+    return fn(q.contiguous(), k.contiguous(), v.contiguous(), span.float().contiguous(),
+              period if period is None else period.float().contiguous(),
+              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale)
+
+
+@adaptive_span_attention_fwd.register_fake
+def _(q, k, v, span, period, phase, ramp, duty, causal, scale, backend):
+    B, Hq, Nq, _ = q.shape
+    return q.new_empty(B, Hq, Nq, v.shape[-1]), q.new_empty(B, Hq, Nq, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastattn::adaptive_span_attention_bwd", mutates_args=())
+def adaptive_span_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                                span: Tensor, period: Tensor | None, phase: Tensor | None, ramp: float,
+                                duty: float, causal: bool, scale: float, backend: str
+                                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> dq, dk, dv like q, k, v; dspan (Hq,) fp32; dperiod, dphase (Hq,) fp32 ((0,) without period)."""
+    fn = dispatch.kernel(OP, "bwd", backend)
+    period, phase = _args(backend, period, phase)
+    return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
+              lse.contiguous(), span.float().contiguous(),
+              period if period is None else period.float().contiguous(),
+              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale)
+
+
+@adaptive_span_attention_bwd.register_fake
+def _(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale, backend):
+    n = 0 if period is None else span.shape[0]
+    f32 = dict(dtype=torch.float32, device=q.device)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty(span.shape[0], **f32),
+            torch.empty(n, **f32), torch.empty(n, **f32))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, span, period, phase, ramp, duty, causal, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, span, period, phase)
+    ctx.opts = (ramp, duty, causal, scale, backend)
+    ctx.dtypes = tuple(None if t is None else t.dtype for t in (span, period, phase))
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, span, period, phase = ctx.saved_tensors
+    dq, dk, dv, dspan, dperiod, dphase = adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase,
+                                                                     *ctx.opts)
+    ds, dp, dph = ctx.dtypes
+    return (dq, dk, dv, dspan.to(ds), None if dp is None else dperiod.to(dp), None if dph is None else dphase.to(dph),
+            None, None, None, None, None)
+
+
+adaptive_span_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
 def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: float = 32.0, period=None, phase=None,
                             duty: float = 0.5, causal: bool = True, allow_bidirectional: bool = False,
                             scale: float | None = None, backend: str = "auto") -> Tensor:
     """Adaptive-span softmax attention with an optional learnable periodic query gate (SPEC.md §4).
 
+    p_ij = m_ij exp(s_ij) / sum_k m_ik exp(s_ik) with the soft span mask
+    m_ij = clamp((R + span_h - x_ij) / R, 0, 1), x_ij = i' - j, i' = i + Nk - Nq (bottom-right aligned);
+    with `period`, o_i is multiplied by the triangle-wave gate g_h(i) = clamp((tri - duty) / (1 - duty), 0, 1),
+    tri = |2 frac((i' + phase_h) / period_h) - 1|. Fused backends skip keys beyond span + R and
+    gated-off queries (cost ~ active queries x (span + R + tile)).
+
     Args:
         q: (B, Hq, Nq, D); k: (B, Hk, Nk, D); v: (B, Hk, Nk, Dv); Hq % Hk == 0.
-        span: (Hq,) tensor (or float) >= 0, in tokens; differentiable through the soft ramp.
-        ramp: R > 0, width of the linear ramp m = clamp((R + span - x) / R, 0, 1).
-        period, phase: (Hq,) tensors (period > 0) of the triangle-wave gate; phase defaults to 0.
-        duty: fraction of each period gated off, in [0, 1).
+        span: float or (Hq,) tensor >= 0, in tokens; differentiable through the soft ramp.
+        ramp: R > 0, width of the ramp.
+        period: None or float / (Hq,) tensor > 0 (differentiable): enables the query gate.
+        phase: float / (Hq,) tensor (differentiable), defaults to 0; only with period.
+        duty: fraction of each period gated off, in [0, 1) (not differentiable).
         causal: must be True unless allow_bidirectional=True (distance |i' - j| then).
-        backend: "auto" | "reference" (fused backends: not implemented yet).
+        scale: defaults to 1 / sqrt(D).
+        backend: "auto" | "reference" | "triton" | "cpu" | "cuda".
+
+    Returns:
+        (B, Hq, Nq, Dv) in q's dtype; gated-off rows are zeros.
 
     Example:
         >>> q = k = v = torch.randn(1, 4, 128, 32)
-        >>> out = fastattn.adaptive_span_attention(q, k, v, torch.full((4,), 16.0), ramp=8.0,
-        ...                                        period=torch.full((4,), 4.0), duty=0.5)
+        >>> span = torch.full((4,), 16.0, requires_grad=True)
+        >>> out = fastattn.adaptive_span_attention(q, k, v, span, ramp=8.0, period=torch.full((4,), 4.0),
+        ...                                        duty=0.5)
+        >>> out.shape
+        torch.Size([1, 4, 128, 32])
     """
     B, Hq, Hk, Nq, Nk, D, Dv = check_qkv(q, k, v, OP)
     check_backend(backend, OP)
     scale = default_scale(scale, D, OP)
+    if not isinstance(causal, bool) or not isinstance(allow_bidirectional, bool):
+        raise TypeError(f"{OP}: causal and allow_bidirectional must be bools, got {causal!r}, {allow_bidirectional!r}")
     if not causal and not allow_bidirectional:
         raise ValueError(f"{OP}: causal=False needs allow_bidirectional=True (the span then counts |i' - j|)")
-    if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not ramp > 0:
-        raise ValueError(f"{OP}: ramp must be a float > 0, got {ramp!r}")
+    if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not ramp > 0 or ramp == float("inf"):
+        raise ValueError(f"{OP}: ramp must be a finite float > 0, got {ramp!r}")
     if isinstance(duty, bool) or not isinstance(duty, (int, float)) or not 0 <= duty < 1:
         raise ValueError(f"{OP}: duty must be a float in [0, 1), got {duty!r}")
     span_t = per_head(span, Hq, q, "span", OP, min_value=0.0)
@@ -46,10 +174,13 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: floa
         period_t = per_head(period, Hq, q, "period", OP, min_value=0.0, strict_min=True)
         phase_t = per_head(0.0 if phase is None else phase, Hq, q, "phase", OP)
     elif phase is not None:
-        raise ValueError(f"{OP}: phase needs period")
+        raise ValueError(f"{OP}: phase needs period (phase=None when period=None)")
     feats = tuple(f for f, on in (("period", period is not None), ("bidirectional", not causal)) if on)
     needs_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
                                                  for t in (q, k, v, span, period, phase))
-    dispatch.resolve(OP, backend, q, features=feats, needs_backward=needs_grad)
-    return adaptive_span_attention_ref(q, k, v, span_t, ramp=float(ramp), period=period_t, phase=phase_t,
-                                       duty=float(duty), causal=causal, scale=scale)
+    name = dispatch.resolve(OP, backend, q, features=feats, needs_backward=needs_grad)
+    if name == "reference":
+        return adaptive_span_attention_ref(q, k, v, span_t, ramp=float(ramp), period=period_t, phase=phase_t,
+                                           duty=float(duty), causal=causal, scale=scale)
+    return adaptive_span_attention_fwd(q, k, v, span_t, period_t, phase_t, float(ramp), float(duty), causal,
+                                       scale, name)[0]

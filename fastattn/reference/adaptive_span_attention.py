@@ -7,7 +7,8 @@ from ._common import allowed_mask, compute_dtype, distance, expand_kv, scores, w
 
 def span_mask(Nq: int, Nk: int, span: torch.Tensor, ramp: float, causal: bool, dtype) -> torch.Tensor:
     """m (Hq, Nq, Nk) = clamp((R + span_h - x_ij) / R, 0, 1) on allowed keys, else 0; x = |i'-j|
-    when bidirectional."""
+    when bidirectional. d m / d span = 1/R on span <= x < span + R (torch.clamp passes the gradient
+    at m = 1; keys with m = 0 are dropped by the caller)."""
     x = distance(Nq, Nk, span.device)
     allowed = allowed_mask(Nq, Nk, causal, span.device)
     x = x.abs().to(dtype)
@@ -17,11 +18,17 @@ def span_mask(Nq: int, Nk: int, span: torch.Tensor, ramp: float, causal: bool, d
 
 def query_gate(Nq: int, Nk: int, period: torch.Tensor, phase: torch.Tensor, duty: float, dtype) -> torch.Tensor:
     """g (Hq, Nq): clamp((tri - duty) / (1 - duty), 0, 1), tri = |2 (t - floor t) - 1|,
-    t = (i' + phase_h) / period_h."""
+    t = (i' + phase_h) / period_h.
+
+    Derivative convention at the kink z = (tri - duty) / (1 - duty) = 0: zero (only rows with g > 0
+    carry a gradient), since fused kernels skip g = 0 rows and cannot see their output. The span
+    ramp's kinks follow torch.clamp (x = span counts, m = 0 keys do not): see span_mask.
+    """
     i_abs = (torch.arange(Nq, device=period.device) + (Nk - Nq)).to(dtype)
     t = (i_abs.view(1, -1) + phase.to(dtype).view(-1, 1)) / period.to(dtype).view(-1, 1)
     tri = (2 * (t - torch.floor(t)) - 1).abs()
-    return ((tri - duty) / (1 - duty)).clamp(0.0, 1.0)
+    z = (tri - duty) / (1 - duty)
+    return torch.where(z > 0, z.clamp(max=1.0), torch.zeros_like(z))
 
 
 def adaptive_span_attention_ref(q, k, v, span, ramp=32.0, period=None, phase=None, duty=0.5, causal=True,
