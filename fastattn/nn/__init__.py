@@ -1,6 +1,14 @@
-"""Attention modules built on fastattn's ops."""
-from .attention import KVCache, MultiHeadAttention
+"""Modules built on fastattn's ops: attention layers, RoPE, RMSNorm, SwiGLU, KV cache."""
+from .attention import MultiHeadAttention
+from .cache import KVCache
+from .ffn import SwiGLU
+from .lora import LoRALinear, apply_lora, lora_state_dict, merge_lora
+from .norm import RMSNorm
+from .quant import QuantLinear, quantize_linears
 from .bytescale import ByteScaleAttention, alibi_slopes
+from .adaptive_span import AdaptiveSpanAttention
 from .rope import RotaryEmbedding
 
-__all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "ByteScaleAttention", "alibi_slopes"]
+__all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "RMSNorm", "SwiGLU", "LoRALinear", "apply_lora",
+           "merge_lora", "lora_state_dict", "QuantLinear", "quantize_linears", "ByteScaleAttention", "alibi_slopes",
+           "AdaptiveSpanAttention"]
