@@ -89,6 +89,10 @@ def test_opcheck(backend):
     q, k, v = (t.float().requires_grad_() for t in make_qkv(1, 2, 1, 17, 23, 16, 8))
     torch.library.opcheck(torch.ops.fastattn.softmax_attention_fwd, (q, k, v, True, 0.25, backend))
     torch.library.opcheck(torch.ops.fastattn_C.softmax_attention_fwd, (q.detach(), k.detach(), v.detach(), True, 0.25))
+    qd, kd, vd = q.detach(), k.detach(), v.detach()
+    out, lse = torch.ops.fastattn_C.softmax_attention_fwd(qd, kd, vd, True, 0.25)
+    dout = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.fastattn_C.softmax_attention_bwd, (dout, qd, kd, vd, out, lse, True, 0.25))
 
 
 def test_compile_fullgraph():

@@ -5,7 +5,11 @@
 #include "cpu/softmax_attention.h"
 
 #ifdef FASTATTN_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+// c10's stream and guard headers need only the CUDA runtime (ATen/cuda/CUDAContext.h also pulls in
+// cuBLAS/cuSPARSE), so this branch can be syntax-checked on a machine with a bare CUDA toolkit.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
 #include "cuda/softmax_attention.cuh"
 #endif
 
@@ -38,17 +42,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_meta(const at::Tensor&, const
 #ifdef FASTATTN_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                             bool causal, double scale) {
-  TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), "softmax_attention_fwd: CUDA tensors expected");
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
-  TORCH_CHECK(q.size(3) <= 256 && v.size(3) <= 256, "head dims must be <= 256");
-  auto [out, lse] = fwd_meta(q, k, v, causal, scale);
-  out = at::empty(out.sizes(), q.options());
-  lse = at::empty(lse.sizes(), q.options().dtype(at::kFloat));
+  constexpr const char* op = "softmax_attention_fwd (cuda)";
+  for (const at::Tensor* t : {&q, &k, &v}) {
+    TORCH_CHECK(t->is_cuda() && t->device() == q.device(), op, ": q, k, v must be CUDA tensors on one device");
+    TORCH_CHECK(t->dim() == 4 && t->is_contiguous(), op, ": q, k, v must be contiguous 4-D (B, H, N, D) tensors");
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), op, ": q, k, v must share a dtype");
+  }
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": dtype must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), op, ": batch sizes differ");
+  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0 && v.size(1) == k.size(1), op,
+              ": q heads must be a multiple of k/v heads (k and v heads equal)");
+  TORCH_CHECK(k.size(2) == v.size(2), op, ": k and v lengths differ");
+  TORCH_CHECK(k.size(3) == q.size(3), op, ": q and k head dims differ");
+  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 256 && v.size(3) >= 1 && v.size(3) <= 256, op,
+              ": head dims must be in [1, 256], got D=", q.size(3), " Dv=", v.size(3));
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   fastattn::cuda::SoftmaxParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
                                   q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3),
                                   causal, static_cast<float>(scale)};
-  const int dtype = q.scalar_type() == at::kFloat ? 0 : (q.scalar_type() == at::kHalf ? 1 : 2);
-  const cudaError_t err = fastattn::cuda::softmax_attention_fwd_cuda(p, dtype, at::cuda::getCurrentCUDAStream());
+  const int dtype = dt == at::kFloat ? 0 : (dt == at::kHalf ? 1 : 2);
+  const cudaError_t err = fastattn::cuda::softmax_attention_fwd_cuda(p, dtype, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "softmax_attention_fwd (cuda): ", cudaGetErrorString(err));
   return {out, lse};
 }

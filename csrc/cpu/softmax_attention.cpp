@@ -7,7 +7,10 @@
 // walks the query tiles of every query head in its GQA group, recomputing P from the saved lse:
 //   dV += P^T dO, dP = dO V^T, dS = P (dP - delta), dK += scale dS^T Q, dQ += scale dS K.
 // dQ rows are shared between tasks, so each thread accumulates into its own fp32 dQ buffer
-// (threads x |q| floats: linear in N), summed at the end. 5 GEMMs per tile pair, no recompute pass.
+// (threads x |q| floats: linear in N), summed at the end. 5 GEMMs per tile pair and no second pass:
+// the FlashAttention-2 split (a dK/dV pass over key tiles + a dQ pass over query tiles) recomputes
+// S = QK^T and dP = dO V^T in both passes (7 GEMMs), i.e. ~40% more work, which on a 2-core CPU
+// costs more than one extra |q|-sized fp32 buffer per thread saves.
 #include "cpu/softmax_attention.h"
 
 #include <ATen/ATen.h>
@@ -21,9 +24,19 @@
 namespace fastattn::cpu {
 namespace {
 
-constexpr int64_t kBlockM = 64;   // query rows per task (fwd) / per inner step (bwd)
-constexpr int64_t kBlockN = 256;  // keys per tile (fwd)
+// Tile sizes, tuned at B=1, H=8, D=64, fp32 on 2 cores (N = 1k, 4k; see the report): bigger tiles
+// give MKL larger GEMMs and amortize the per-row softmax bookkeeping; the fp32 scratch per thread
+// (S: kBlockM x kBlockN = 256 KB forward) still sits in L2.
+constexpr int64_t kBlockM = 128;  // query rows per task (fwd)
+constexpr int64_t kBlockN = 512;  // keys per tile (fwd)
+constexpr int64_t kBlockMB = 128; // query rows per inner step (bwd)
 constexpr int64_t kBlockNB = 128; // keys per task (bwd)
+
+// Causal work grows along the query tiles (forward) and shrinks along the key tiles (backward), and
+// at::parallel_for hands each thread one contiguous range of task indices. Visiting tiles in the
+// order 0, n-1, 1, n-2, ... puts heavy and light tiles in every range, so the two threads stay
+// balanced even when B * H is 1. A bijection of [0, n).
+inline int64_t zigzag(int64_t idx, int64_t n) { return (idx % 2 == 0) ? idx / 2 : n - 1 - idx / 2; }
 
 template <typename T>
 void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, float* lse, const Dims& d,
@@ -35,7 +48,7 @@ void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, fl
     std::vector<float> kbuf(std::is_same_v<T, float> ? 0 : kBlockN * d.D);
     std::vector<float> vbuf(std::is_same_v<T, float> ? 0 : kBlockN * d.Dv);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq;
+      const int64_t t = zigzag(task % n_qt, n_qt), bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq;
       const int64_t hk = h / d.group();
       const int64_t i0 = t * kBlockM, rows = std::min(kBlockM, d.Nq - i0);
       const T* qt = q + ((b * d.Hq + h) * d.Nq + i0) * d.D;
@@ -84,16 +97,18 @@ void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, fl
 
 template <typename T>
 void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-                const float* tau, float* dq_acc, T* dk, T* dv, const Dims& d, bool causal, float scale) {
+                const float* tau, float* const* dq_acc, int64_t n_acc, T* dk, T* dv, const Dims& d, bool causal,
+                float scale) {
   const int64_t n_kt = (d.Nk + kBlockNB - 1) / kBlockNB;
-  const int64_t q_numel = d.B * d.Hq * d.Nq * d.D;
   at::parallel_for(0, d.B * d.Hk * n_kt, 1, [&](int64_t begin, int64_t end) {
-    float* dq_mine = dq_acc + at::get_thread_num() * q_numel;
-    std::vector<float> P(kBlockM * kBlockNB), dP(kBlockM * kBlockNB);
+    const int64_t tid = at::get_thread_num();
+    TORCH_CHECK(tid >= 0 && tid < n_acc, "softmax_attention_bwd: thread ", tid, " has no dq buffer (", n_acc, ")");
+    float* dq_mine = dq_acc[tid];
+    std::vector<float> P(kBlockMB * kBlockNB), dP(kBlockMB * kBlockNB);
     std::vector<float> dK(kBlockNB * d.D), dV(kBlockNB * d.Dv);
-    std::vector<float> qbuf(kBlockM * d.D), obuf(kBlockM * d.Dv), kbuf(kBlockNB * d.D), vbuf(kBlockNB * d.Dv);
+    std::vector<float> qbuf(kBlockMB * d.D), obuf(kBlockMB * d.Dv), kbuf(kBlockNB * d.D), vbuf(kBlockNB * d.Dv);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t jt = task % n_kt, bhk = task / n_kt, hk = bhk % d.Hk, b = bhk / d.Hk;
+      const int64_t jt = zigzag(task % n_kt, n_kt), bhk = task / n_kt, hk = bhk % d.Hk, b = bhk / d.Hk;
       const int64_t j0 = jt * kBlockNB, cols = std::min(kBlockNB, d.Nk - j0);
       const float* K = tile_ptr(k + ((b * d.Hk + hk) * d.Nk + j0) * d.D, cols, d.D, kbuf.data());
       const float* V = tile_ptr(v + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv, cols, d.Dv, vbuf.data());
@@ -103,8 +118,8 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
       const int64_t i_first = causal ? std::clamp<int64_t>(j0 - d.offset(), 0, d.Nq) : 0;
       for (int64_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
         const int64_t row0 = (b * d.Hq + h) * d.Nq;
-        for (int64_t i0 = (i_first / kBlockM) * kBlockM; i0 < d.Nq; i0 += kBlockM) {
-          const int64_t rows = std::min(kBlockM, d.Nq - i0);
+        for (int64_t i0 = (i_first / kBlockMB) * kBlockMB; i0 < d.Nq; i0 += kBlockMB) {
+          const int64_t rows = std::min(kBlockMB, d.Nq - i0);
           const float* Q = tile_ptr(q + (row0 + i0) * d.D, rows, d.D, qbuf.data());
           const float* dO = tile_ptr(dout + (row0 + i0) * d.Dv, rows, d.Dv, obuf.data());
           gemm_nt(rows, cols, d.D, scale, Q, d.D, K, d.D, 0.0f, P.data(), kBlockNB);
@@ -173,16 +188,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_bwd_cpu(
   }
   // delta_i = dO_i . O_i (fp32): the softmax backward's row term.
   const auto delta = (dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
-  auto dq_acc = at::zeros({at::get_num_threads(), d.B, d.Hq, d.Nq, d.D}, q.options().dtype(at::kFloat));
+  // One fp32 dQ accumulator per thread (thread 0 writes the result itself; the others' are added
+  // into it at the end): linear in N, and no atomics or locks in the inner loop.
+  const int64_t n_threads = at::get_num_threads();
+  auto dq32 = at::zeros_like(q, q.options().dtype(at::kFloat));
+  auto dq_extra = at::zeros({n_threads - 1, d.B, d.Hq, d.Nq, d.D}, q.options().dtype(at::kFloat));
+  std::vector<float*> dq_acc{dq32.data_ptr<float>()};
+  for (int64_t t = 1; t < n_threads; ++t) dq_acc.push_back(dq_extra.data_ptr<float>() + (t - 1) * q.numel());
   const float* tau_p = tau.numel() ? tau.data_ptr<float>() : nullptr;
   dispatch_float_types(q.scalar_type(), "softmax_attention_bwd", [&](auto tag) {
     using scalar_t = decltype(tag);
     bwd_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                          v.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(), tau_p,
-                         dq_acc.data_ptr<float>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), d, causal,
+                         dq_acc.data(), n_threads, dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), d, causal,
                          static_cast<float>(scale));
   });
-  return {dq_acc.sum(0).to(q.scalar_type()), dk, dv};
+  for (int64_t t = 0; t + 1 < n_threads; ++t) dq32.add_(dq_extra[t]);
+  return {dq32.to(q.scalar_type()), dk, dv};
 }
 
 }  // namespace fastattn::cpu

@@ -38,8 +38,11 @@ __global__ void __launch_bounds__(kWarps * 32) softmax_fwd_kernel(SoftmaxParams 
   __shared__ float ks[kTileN][kSlots * 32];
   __shared__ float vs[kTileN][kSlots * 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t bh = blockIdx.y, b = bh / p.Hq, h = bh % p.Hq, hk = h / (p.Hq / p.Hk);
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  // 1-D grid (gridDim.y/z are capped at 65535, B * Hq is not): block = (b, h) x row block.
+  const int64_t n_rb = (p.Nq + kWarps - 1) / kWarps;
+  const int64_t blk = blockIdx.x, rb = blk % n_rb, bh = blk / n_rb;
+  const int64_t b = bh / p.Hq, h = bh % p.Hq, hk = h / (p.Hq / p.Hk);
+  const int64_t i = rb * kWarps + warp;
   const bool row_ok = i < p.Nq;
   const T* q = static_cast<const T*>(p.q) + ((b * p.Hq + h) * p.Nq + (row_ok ? i : 0)) * p.D;
   const T* k = static_cast<const T*>(p.k) + (b * p.Hk + hk) * p.Nk * p.D;
@@ -53,7 +56,7 @@ __global__ void __launch_bounds__(kWarps * 32) softmax_fwd_kernel(SoftmaxParams 
   }
   const int64_t offset = p.Nk - p.Nq;
   // Keys any row of this block may see.
-  const int64_t last_row = imin(static_cast<int64_t>(blockIdx.x) * kWarps + kWarps - 1, p.Nq - 1);
+  const int64_t last_row = imin(rb * kWarps + kWarps - 1, p.Nq - 1);
   const int64_t kend = p.causal ? imax(0, imin(p.Nk, last_row + offset + 1)) : p.Nk;
   const int64_t limit = p.causal ? imax(0, imin(p.Nk, i + offset + 1)) : p.Nk;
   OnlineSoftmax st;
@@ -92,7 +95,9 @@ __global__ void __launch_bounds__(kWarps * 32) softmax_fwd_kernel(SoftmaxParams 
 
 template <typename T>
 cudaError_t launch(const SoftmaxParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((p.Nq + kWarps - 1) / kWarps), static_cast<unsigned>(p.B * p.Hq));
+  const int64_t blocks = (p.Nq + kWarps - 1) / kWarps * p.B * p.Hq;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x limit (2^31 - 1)
+  const dim3 grid(static_cast<unsigned>(blocks));
   const int64_t dmax = p.D > p.Dv ? p.D : p.Dv;
   if (dmax <= 64) softmax_fwd_kernel<T, 2><<<grid, kWarps * 32, 0, stream>>>(p);
   else if (dmax <= 128) softmax_fwd_kernel<T, 4><<<grid, kWarps * 32, 0, stream>>>(p);
@@ -103,7 +108,8 @@ cudaError_t launch(const SoftmaxParams& p, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t softmax_attention_fwd_cuda(const SoftmaxParams& p, int dtype, cudaStream_t stream) {
-  if (p.D > kMaxD || p.Dv > kMaxD) return cudaErrorInvalidValue;
+  if (p.D < 1 || p.Dv < 1 || p.D > kMaxD || p.Dv > kMaxD) return cudaErrorInvalidValue;
+  if (p.Hk <= 0 || p.Hq % p.Hk != 0) return cudaErrorInvalidValue;
   if (p.B * p.Hq * p.Nq == 0) return cudaSuccess;
   switch (dtype) {
     case 0: return launch<float>(p, stream);

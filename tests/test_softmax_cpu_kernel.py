@@ -1,0 +1,274 @@
+"""C++ CPU softmax_attention kernels (csrc/cpu/softmax_attention.cpp) beyond tests/test_softmax_attention.py:
+head dims 1..256 with Dv != D, several query/key tiles (tile edges, causal tile skipping, empty rows
+across tiles), two threads (per-thread dQ accumulators), the lse output, the top-K threshold `tau`
+(reached through the topk_attention ops, which are thin wrappers over the same entry points),
+and the TORCH_CHECKs of the registered ops.
+"""
+import pytest
+import torch
+
+import fastattn
+from fastattn.testing import assert_matches_reference
+
+from ._shapes import make_qkv
+
+C = torch.ops.fastattn_C
+
+
+def masked_ref(q, k, v, causal, scale, tau=None):
+    """-> out (B, Hq, Nq, Dv), lse (B, Hq, Nq): softmax over keys allowed by the causal mask and,
+    when tau (B, Hq, Nq) is given, by s_ij >= tau_i. Empty rows: out 0, lse +inf. Differentiable
+    (no NaN in the gradients of empty rows)."""
+    G = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+    Nq, Nk = q.shape[2], k.shape[2]
+    s = scale * (q @ k.transpose(-1, -2))  # (B, Hq, Nq, Nk)
+    allowed = torch.ones(Nq, Nk, dtype=torch.bool)
+    if causal:
+        allowed = allowed.tril(diagonal=Nk - Nq)  # bottom-right aligned
+    allowed = allowed.expand_as(s)
+    if tau is not None:
+        allowed = allowed & (s >= tau.to(s.dtype).unsqueeze(-1))
+    s = s.masked_fill(~allowed, float("-inf"))
+    m = s.detach().amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # the shift cancels: no gradient needed
+    e = torch.exp(s - m)  # 0 on masked keys
+    l = e.sum(-1, keepdim=True)
+    l_safe = torch.where(l > 0, l, torch.ones_like(l))
+    out = (e / l_safe) @ v
+    lse = torch.where(l > 0, m + torch.log(l_safe), torch.full_like(l, float("inf"))).squeeze(-1)
+    return out, lse
+
+
+def _cpu(q, k, v, causal):
+    return fastattn.softmax_attention(q, k, v, causal=causal, backend="cpu")
+
+
+def _ref(causal):
+    return lambda q, k, v: masked_ref(q, k, v, causal, q.shape[-1] ** -0.5)[0]
+
+
+@pytest.fixture
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+# (B, Hq, Hk, Nq, Nk, D, Dv): head dims at the limits and Dv != D.
+HEAD_DIMS = [
+    (1, 2, 1, 9, 13, 1, 1),
+    (1, 2, 2, 9, 13, 1, 256),
+    (1, 1, 1, 17, 11, 256, 8),
+    (1, 2, 1, 20, 33, 256, 256),
+    (2, 3, 1, 21, 21, 40, 72),
+    (1, 2, 2, 19, 40, 96, 96),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", HEAD_DIMS, ids=lambda s: "D{}xDv{}".format(s[5], s[6]))
+def test_head_dims(shape, causal):
+    q, k, v = make_qkv(*shape, seed=3)
+    assert_matches_reference(lambda q, k, v: _cpu(q, k, v, causal), _ref(causal), dict(q=q, k=k, v=v),
+                             torch.float32, grad_names=("q", "k", "v"))
+
+
+# Several query tiles (64 rows), forward key tiles (256) and backward key tiles (128); causal with
+# Nq > Nk leaves the first Nq - Nk rows (several whole tiles) without any key.
+MULTI_TILE = [
+    (1, 4, 2, 300, 700, 32, 24),
+    (1, 2, 1, 700, 300, 16, 16),
+    (2, 2, 2, 257, 257, 8, 8),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", MULTI_TILE, ids=lambda s: "N{}x{}".format(s[3], s[4]))
+def test_multi_tile_fp32(shape, causal, nan_fill):
+    q, k, v = make_qkv(*shape, seed=4)
+    assert_matches_reference(lambda q, k, v: _cpu(q, k, v, causal), _ref(causal), dict(q=q, k=k, v=v),
+                             torch.float32, grad_names=("q", "k", "v"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_multi_tile_half(dtype, causal):
+    q, k, v = make_qkv(1, 4, 1, 150, 300, 64, 48, seed=5)
+    assert_matches_reference(lambda q, k, v: _cpu(q, k, v, causal), _ref(causal), dict(q=q, k=k, v=v),
+                             dtype, grad_names=("q", "k", "v"))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_two_threads(causal, two_threads):
+    # Backward tasks on both threads write dQ partial sums into per-thread buffers, summed at the end.
+    q, k, v = make_qkv(2, 4, 2, 200, 260, 32, 32, seed=6)
+    assert_matches_reference(lambda q, k, v: _cpu(q, k, v, causal), _ref(causal), dict(q=q, k=k, v=v),
+                             torch.float32, grad_names=("q", "k", "v"))
+
+
+def test_lse_and_empty_rows(nan_fill):
+    q, k, v = (t.float() for t in make_qkv(1, 2, 1, 150, 70, 24, 24, seed=7))
+    out, lse = C.softmax_attention_fwd(q, k, v, True, 0.3)
+    ref_out, ref_lse = masked_ref(q.double(), k.double(), v.double(), True, 0.3)
+    empty = torch.arange(150) < 80  # rows i with i + (70 - 150) < 0 see no key
+    assert torch.isinf(lse[..., empty]).all() and (lse[..., empty] > 0).all()
+    assert (out[..., empty, :] == 0).all() and torch.isfinite(out).all()
+    torch.testing.assert_close(lse[..., ~empty].double(), ref_lse[..., ~empty], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=1e-5)
+
+
+def test_long_sequence_matches_sdpa():
+    # B * H * N large enough for many tasks per thread, against torch's own SDPA in fp32.
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 4, 1500, 64, generator=g) for _ in range(3))
+    for causal in (False, True):
+        ours = _cpu(q, k, v, causal)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        torch.testing.assert_close(ours, sdpa, atol=2e-5, rtol=1e-4)
+
+
+# ---- the threshold tau (top-K reuses these kernels with s_ij >= tau_i on top of the mask) ----
+
+def _safe_rows(q, k, tau, causal, scale, gap):
+    """Rows whose fp64 scores all lie farther than `gap` from tau (no selection flip by rounding)."""
+    G = q.shape[1] // k.shape[1]
+    s = scale * (q.double() @ k.double().repeat_interleave(G, 1).transpose(-1, -2))
+    near = (s - tau.double().unsqueeze(-1)).abs() < gap
+    if causal:
+        near &= torch.ones(s.shape[-2:], dtype=torch.bool).tril(diagonal=s.shape[-1] - s.shape[-2])
+    return ~near.any(-1)
+
+
+class _TopkCpu(torch.autograd.Function):
+    """softmax_attention_fwd_cpu / _bwd_cpu with the threshold of top-K, via the topk_attention ops."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, topk, causal, scale):
+        out, lse, tau = C.topk_attention_fwd(q, k, v, topk, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse, tau)
+        ctx.causal, ctx.scale = causal, scale
+        return out, lse, tau
+
+    @staticmethod
+    def backward(ctx, dout, _dlse, _dtau):
+        q, k, v, out, lse, tau = ctx.saved_tensors
+        dq, dk, dv = C.topk_attention_bwd(dout.contiguous(), q, k, v, out, lse, tau, ctx.causal, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_tau_forward_backward(causal):
+    q, k, v = make_qkv(1, 4, 2, 90, 300, 32, 16, seed=9)
+    scale, topk = 32 ** -0.5, 20
+    # The kernels see exactly this tau (same fp32 inputs); the reference masks s < tau with it.
+    tau = C.topk_attention_fwd(q.float(), k.float(), v.float(), topk, causal, scale)[2]
+    assert torch.isfinite(tau).all()
+    # topk_attention_threshold lowers tau by 2e-5 * max(1, |tau|) below the K-th score, so the
+    # K-th key sits just above tau; fp32 scores (D=32) are within ~1e-6 of the fp64 ones.
+    rows = _safe_rows(q, k, tau, causal, scale, 5e-6)
+    assert rows.float().mean() > 0.8
+
+    def ours(q, k, v):
+        return _TopkCpu.apply(q, k, v, topk, causal, scale)[0]
+
+    def ref(q, k, v):
+        return masked_ref(q, k, v, causal, scale, tau)[0]
+
+    assert_matches_reference(ours, ref, dict(q=q, k=k, v=v), torch.float32, grad_names=("q", "k", "v"),
+                             row_mask=rows)
+    out, lse, _ = C.topk_attention_fwd(q.float(), k.float(), v.float(), topk, causal, scale)
+    ref_lse = masked_ref(q, k, v, causal, scale, tau)[1]
+    torch.testing.assert_close(lse[rows].double(), ref_lse[rows], atol=1e-5, rtol=1e-5)
+
+
+class _TauBwd(torch.autograd.Function):
+    """Forward by the (fp32) reference with an arbitrary tau; backward by the C++ kernel."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, tau, causal, scale):
+        out, lse = masked_ref(q, k, v, causal, scale, tau)
+        out = out.contiguous()
+        ctx.save_for_backward(q, k, v, out, lse.float().contiguous(), tau)
+        ctx.causal, ctx.scale = causal, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, tau = ctx.saved_tensors
+        dq, dk, dv = C.topk_attention_bwd(dout.contiguous(), q, k, v, out, lse, tau, ctx.causal, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_tau_backward_arbitrary(causal):
+    # tau from the midpoints of sorted fp64 scores (various K per row), plus rows with tau = -inf
+    # (no threshold) and tau = +inf (no key at all: zero gradients, never NaN).
+    B, Hq, Hk, Nq, Nk, D = 1, 2, 1, 70, 150, 16
+    q, k, v = make_qkv(B, Hq, Hk, Nq, Nk, D, D, seed=10)
+    scale = 0.3
+    s = scale * (q @ k.repeat_interleave(Hq // Hk, 1).transpose(-1, -2))
+    if causal:
+        s = s.masked_fill(~torch.ones(Nq, Nk, dtype=torch.bool).tril(diagonal=Nk - Nq), float("-inf"))
+    srt = s.sort(-1, descending=True).values
+    K = (torch.arange(Nq) % 40 + 1).expand(B, Hq, Nq).unsqueeze(-1)  # 1..40 keys per row
+    tau = ((srt.gather(-1, K - 1) + srt.gather(-1, K)) / 2).squeeze(-1)
+    tau[..., ::7] = float("-inf")
+    tau[..., 3::11] = float("inf")
+    tau = tau.float().contiguous()
+    rows = _safe_rows(q, k, tau, causal, scale, 1e-4) | torch.isinf(tau)
+
+    def ours(q, k, v):
+        return _TauBwd.apply(q, k, v, tau, causal, scale)
+
+    def ref(q, k, v):
+        return masked_ref(q, k, v, causal, scale, tau)[0]
+
+    report = assert_matches_reference(ours, ref, dict(q=q, k=k, v=v), torch.float32,
+                                      grad_names=("q", "k", "v"), row_mask=rows)
+    assert all(err < float("inf") for err, _ in report.values())
+
+
+# ---- input checks of the registered C++ ops (RuntimeError with a clear message, never a crash) ----
+
+def _x(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((_x(1, 2, 8, 16).transpose(2, 3), _x(1, 2, 16, 8), _x(1, 2, 16, 8)), "must be contiguous"),
+    ((_x(1, 2, 8, 16, dtype=torch.float64),) * 3, "dtype must be float32, float16 or bfloat16"),
+    ((_x(1, 2, 8, 16), _x(1, 2, 8, 16, dtype=torch.float16), _x(1, 2, 8, 16)), "share a dtype"),
+    ((_x(1, 3, 8, 16), _x(1, 2, 8, 16), _x(1, 2, 8, 16)), "multiple of k/v heads"),
+    ((_x(1, 2, 8, 300), _x(1, 2, 8, 300), _x(1, 2, 8, 16)), "head dims must be in \\[1, 256\\]"),
+    ((_x(1, 2, 8, 16), _x(1, 2, 8, 16), _x(1, 2, 8, 257)), "head dims must be in \\[1, 256\\]"),
+    ((_x(1, 2, 8, 16), _x(1, 2, 8, 32), _x(1, 2, 8, 16)), "head dims differ"),
+    ((_x(1, 2, 8, 16), _x(1, 2, 9, 16), _x(1, 2, 8, 16)), "lengths differ"),
+    ((_x(2, 8, 16), _x(1, 2, 8, 16), _x(1, 2, 8, 16)), "must be 4-D"),
+])
+def test_fwd_op_checks(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        C.softmax_attention_fwd(*args, False, 0.25)
+
+
+def test_bwd_op_checks():
+    q, k, v = _x(1, 2, 8, 16), _x(1, 1, 8, 16), _x(1, 1, 8, 16)
+    out, lse = C.softmax_attention_fwd(q, k, v, False, 0.25)
+    with pytest.raises(RuntimeError, match="lse must be a contiguous float32"):
+        C.softmax_attention_bwd(out, q, k, v, out, lse.double(), False, 0.25)
+    with pytest.raises(RuntimeError, match="lse must be a contiguous float32"):
+        C.softmax_attention_bwd(out, q, k, v, out, lse[..., :4].contiguous(), False, 0.25)
+    with pytest.raises(RuntimeError, match="dout and out must be contiguous"):
+        C.softmax_attention_bwd(out[..., :8].contiguous(), q, k, v, out, lse, False, 0.25)
+    with pytest.raises(RuntimeError, match="dout and out must be contiguous"):
+        C.softmax_attention_bwd(out.half(), q, k, v, out, lse, False, 0.25)
+
+
+def test_meta_shapes():
+    q, k, v = (torch.empty(2, 4, 5, 24, device="meta"), torch.empty(2, 2, 7, 24, device="meta"),
+               torch.empty(2, 2, 7, 40, device="meta"))
+    out, lse = C.softmax_attention_fwd(q, k, v, True, 0.2)
+    assert out.shape == (2, 4, 5, 40) and lse.shape == (2, 4, 5) and lse.dtype == torch.float32
+    dq, dk, dv = C.softmax_attention_bwd(out, q, k, v, out, lse, True, 0.2)
+    assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
