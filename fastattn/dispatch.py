@@ -56,7 +56,7 @@ TABLE: dict[str, dict[str, Support]] = {
         "cpu": Support(),
         "triton": Support(),
     },
-    "adaptive_span_attention": {  # cpu: C++ kernels pending (dispatch says "no CPU kernel" until built)
+    "adaptive_span_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"period", "bidirectional"})),
         "triton": Support(features=frozenset({"period", "bidirectional"})),

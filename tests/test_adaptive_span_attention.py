@@ -2,8 +2,7 @@
 special cases; every fused backend against the reference (forward, q/k/v/span/period/phase gradients);
 the skip plan (never skips needed work, skips the rest); opcheck, torch.compile, errors.
 
-Fused backend tested: "triton" (interpreter here). The C++ "cpu" backend is not written yet: add it
-to FUSED when it lands (test_cpu_backend_reports_why_until_built checks the message meanwhile).
+Fused backends tested: "triton" (interpreter here) and the C++ "cpu" kernels.
 Gradient tests pick span/period/phase away from kinks, and `_assert_away_from_kinks` checks that.
 """
 import math
@@ -18,7 +17,7 @@ from fastattn.testing import assert_matches_reference
 
 from ._shapes import make_qkv, shape_id
 
-FUSED = ["triton"]
+FUSED = ["triton", "cpu"]
 F64 = torch.float64
 
 
@@ -287,7 +286,7 @@ def test_backend_matches_reference_larger(backend, causal):
     _check(backend, case, torch.float16, seed=2)
 
 
-@pytest.mark.parametrize("backend", ["triton"])
+@pytest.mark.parametrize("backend", FUSED)
 def test_opcheck(backend):
     q, k, v = (t.float().requires_grad_() for t in make_qkv(1, 2, 1, 17, 23, 16, 8))
     span = torch.tensor([3.5, 6.5], requires_grad=True)
@@ -298,13 +297,26 @@ def test_opcheck(backend):
     torch.library.opcheck(op, (q, k, v, span, None, None, 4.0, 0.5, False, 0.25, backend))
 
 
-def test_compile_fullgraph():
+def test_opcheck_cpp_ops():
+    """The raw fastattn_C ops (schema, Meta kernels, fake tensors), period given and not."""
+    q, k, v = (t.float() for t in make_qkv(1, 2, 1, 17, 23, 16, 8))
+    span, period, phase = torch.tensor([3.5, 6.5]), torch.tensor([3.3, 2.7]), torch.tensor([0.0, 0.35])
+    none = torch.empty(0)
+    fwd, bwd = torch.ops.fastattn_C.adaptive_span_attention_fwd, torch.ops.fastattn_C.adaptive_span_attention_bwd
+    for per, ph in ((period, phase), (none, none)):
+        torch.library.opcheck(fwd, (q, k, v, span, per, ph, 4.0, 0.5, True, 0.25))
+        out, lse = fwd(q, k, v, span, per, ph, 4.0, 0.5, True, 0.25)
+        torch.library.opcheck(bwd, (torch.randn_like(out), q, k, v, out, lse, span, per, ph, 4.0, 0.5, True, 0.25))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_compile_fullgraph(backend):
     q, k, v = (t.float() for t in make_qkv(1, 2, 2, 16, 16, 16, 16))
     span = torch.tensor([3.5, 6.5], requires_grad=True)
     period = torch.tensor([3.3, 2.7], requires_grad=True)
 
     def f(q, k, v, span, period):
-        return fastattn.adaptive_span_attention(q, k, v, span, ramp=4.0, period=period, backend="triton")
+        return fastattn.adaptive_span_attention(q, k, v, span, ramp=4.0, period=period, backend=backend)
     out = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v, span, period)
     (gs, gp) = torch.autograd.grad(out.square().sum(), (span, period))
     ref = f(q, k, v, span, period)
@@ -313,13 +325,8 @@ def test_compile_fullgraph():
     torch.testing.assert_close((gs, gp), (rs, rp))
 
 
-def test_cpu_backend_reports_why_until_built():
-    from fastattn import _ext
-    if _ext.has_kernel("adaptive_span_attention_fwd", "CPU"):
-        pytest.skip("the C++ kernels are built")
+def test_unavailable_backend_reports_why():
     q = torch.randn(1, 2, 8, 16)
-    with pytest.raises(RuntimeError, match="no CPU kernel for adaptive_span_attention"):
-        fastattn.adaptive_span_attention(q, q, q, torch.ones(2), backend="cpu")
     with pytest.raises(RuntimeError, match="has no cuda backend"):
         fastattn.adaptive_span_attention(q, q, q, torch.ones(2), backend="cuda")
 

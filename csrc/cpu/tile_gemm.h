@@ -108,6 +108,17 @@ inline float row_max(const float* x, int64_t n) {
   return m;
 }
 
+inline float row_sum(const float* x, int64_t n) {
+  float part[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += x[c + l];
+  float sum = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) sum += part[l];
+  for (; c < n; ++c) sum += x[c];
+  return sum;
+}
+
 // x[c] <- exp(x[c] - shift) in place; returns the sum of the new values.
 inline float exp_shift_sum(float* x, int64_t n, float shift) {
   float part[kLanes] = {};

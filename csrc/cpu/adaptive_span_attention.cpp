@@ -1,0 +1,411 @@
+// Fused, tiled CPU adaptive-span attention (SPEC.md §4). See adaptive_span_attention.h and the
+// contract in fastattn/ops/adaptive_span_attention.py, whose skipping plan this file mirrors.
+//
+// Plan (host, O(Hq * Nq)): per head, the active query rows (g > 0) compacted in order, and the
+// reach floor(fp32(R + span_h)) beyond which m = 0.
+// Forward: one task per (batch, head, tile of kBM compacted rows): Q rows are gathered into a dense
+// tile and only keys within reach of the tile's first..last row are visited (online softmax with
+// the span factor m folded into the exponentials); cost ~ active rows x (span + R + tile).
+// Backward: one task per (batch, kv head, key tile) owning dK, dV; it visits only the compacted
+// query rows that can reach its keys, recomputing P~ = m exp(s - lse). dQ, the gate's per-row
+// dg and the span gradient go to per-thread fp32 accumulators (linear in N), summed at the end.
+#include "cpu/adaptive_span_attention.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/attention_common.h"
+
+namespace fastattn::cpu {
+namespace {
+
+// Tile sizes (B=1, H=8, N=4096, D=64, span 256, fp32, 2 cores): 64 compacted rows keep the band a
+// tile spans (rows + span + R) close to what each row needs; 512 keys cover that band in one GEMM for
+// spans up to ~400, so MKL sees few, larger calls.
+constexpr int64_t kBM = 64;    // compacted query rows per forward task
+constexpr int64_t kBN = 512;   // keys per forward tile
+constexpr int64_t kBMB = 64;   // compacted query rows per backward step
+constexpr int64_t kBNB = 256;  // keys per backward task
+
+struct Gate {
+  float g;       // clamp(z, 0, 1)
+  double slope;  // dg/dt where z > 0, else 0
+  double t;      // (i' + phase) / period
+};
+
+// The triangle-wave gate in fp64, term by term as the contract (and the Triton plan) computes it.
+inline Gate gate_at(int64_t ip, double phase, double period, double duty) {
+  const double t = (static_cast<double>(ip) + phase) / period;
+  const double u = 2 * (t - std::floor(t)) - 1;
+  const double z = (std::fabs(u) - duty) / (1 - duty);
+  const double sign = (u > 0) - (u < 0);
+  return {static_cast<float>(std::clamp(z, 0.0, 1.0)), z > 0 ? 2 * sign / (1 - duty) : 0.0, t};
+}
+
+// The raw ramp value (A - x) / R in fp32, exactly as the contract computes m before clamping.
+inline float ramp_raw(float A, float R, int64_t x) { return (A - static_cast<float>(x)) / R; }
+
+// Largest distance x in [-1, Nq + Nk] with pred(ramp_raw(x)) (pred is monotone: true up to some x).
+// Found from floor(A) by stepping, so fp32 rounding at the boundary is decided by the formula itself.
+template <typename Pred>
+int64_t last_distance(float A, float R, const Dims& d, Pred pred) {
+  const int64_t cap = d.Nq + d.Nk;
+  int64_t x = std::clamp<int64_t>(static_cast<int64_t>(std::floor(std::min(A, static_cast<float>(cap)))), 0, cap);
+  while (x >= 0 && !pred(ramp_raw(A, R, x))) --x;
+  while (x < cap && pred(ramp_raw(A, R, x + 1))) ++x;
+  return x;
+}
+
+struct HeadPlan {
+  int64_t reach;               // keys with m > 0 have x <= reach
+  float A;                     // fp32(R + span_h): m = clamp((A - x) / R, 0, 1)
+  int64_t x_keep;              // largest distance with m > 0
+  int64_t x_flat;              // largest distance with (A - x) / R >= 1 (m == 1): forward's flat part
+  int64_t x_flat_strict;       // largest distance with (A - x) / R > 1 (no span gradient): backward's
+  std::vector<int32_t> idx;    // active query rows, increasing
+  std::vector<float> g;        // gate per query row (all 1 without period)
+  std::vector<int32_t> rank;   // rank[i] = number of active rows < i (size Nq + 1)
+};
+
+struct Plan {
+  Dims d;
+  bool causal;
+  float R;
+  std::vector<HeadPlan> heads;
+  std::vector<int64_t> tile_start;  // forward: first task of head h within a batch element (size Hq + 1)
+};
+
+Plan make_plan(const Dims& d, const float* span, const float* period, const float* phase, double ramp, double duty,
+               bool causal) {
+  Plan p{d, causal, static_cast<float>(ramp), std::vector<HeadPlan>(d.Hq), std::vector<int64_t>(d.Hq + 1, 0)};
+  for (int64_t h = 0; h < d.Hq; ++h) {
+    HeadPlan& hp = p.heads[h];
+    hp.A = static_cast<float>(ramp) + span[h];
+    const float r = std::min(hp.A, static_cast<float>(d.Nq + d.Nk + 1));
+    hp.reach = static_cast<int64_t>(std::floor(r));
+    hp.x_keep = last_distance(hp.A, p.R, d, [](float mm) { return mm > 0.0f; });
+    hp.x_flat = last_distance(hp.A, p.R, d, [](float mm) { return mm >= 1.0f; });
+    hp.x_flat_strict = last_distance(hp.A, p.R, d, [](float mm) { return mm > 1.0f; });
+    hp.g.assign(d.Nq, 1.0f);
+    hp.rank.assign(d.Nq + 1, 0);
+    hp.idx.reserve(d.Nq);
+    for (int64_t i = 0; i < d.Nq; ++i) {
+      if (period) hp.g[i] = gate_at(i + d.offset(), phase[h], period[h], duty).g;
+      hp.rank[i + 1] = hp.rank[i] + (hp.g[i] > 0.0f);
+      if (hp.g[i] > 0.0f) hp.idx.push_back(static_cast<int32_t>(i));
+    }
+    const int64_t n = static_cast<int64_t>(hp.idx.size());
+    p.tile_start[h + 1] = p.tile_start[h] + (n + kBM - 1) / kBM;
+  }
+  return p;
+}
+
+// Column segments of one score row (keys j0 .. j0+cols-1 seen from absolute query position ip):
+// keys with m > 0 are [k0, k1); within them the flat part (m == 1, no per-key factor) is [f0, f1);
+// [k0, f0) and [f1, k1) are the ramp (bidirectional rows have a ramp on both sides).
+struct Segments {
+  int64_t k0, f0, f1, k1;
+};
+
+inline Segments row_segments(int64_t x_keep, int64_t x_flat, bool causal, int64_t ip, int64_t j0, int64_t cols) {
+  const int64_t d0 = ip - j0;  // distance of column 0; column c has x = d0 - c
+  auto cl = [cols](int64_t c) { return std::clamp<int64_t>(c, 0, cols); };
+  Segments sg;
+  sg.k0 = cl(d0 - x_keep);
+  sg.k1 = cl(causal ? d0 + 1 : d0 + x_keep + 1);
+  sg.f0 = std::clamp<int64_t>(d0 - x_flat, sg.k0, sg.k1);
+  sg.f1 = causal ? sg.k1 : std::clamp<int64_t>(d0 + x_flat + 1, sg.f0, sg.k1);
+  return sg;
+}
+
+template <typename T>
+void gather_rows(const T* base, const int32_t* rows_idx, int64_t rows, int64_t width, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) load_tile(base + static_cast<int64_t>(rows_idx[r]) * width, width, 1, width,
+                                               dst + r * width, width);
+}
+
+template <typename T>
+void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* lse, const Plan& P, float scale) {
+  const Dims& d = P.d;
+  const int64_t per_batch = P.tile_start[d.Hq];
+  at::parallel_for(0, d.B * per_batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> S(kBM * kBN), acc(kBM * d.Dv), mx(kBM), l(kBM), Q(kBM * d.D);
+    std::vector<float> kbuf(std::is_same_v<T, float> ? 0 : kBN * d.D);
+    std::vector<float> vbuf(std::is_same_v<T, float> ? 0 : kBN * d.Dv);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / per_batch, rem = task % per_batch;
+      const int64_t h = std::upper_bound(P.tile_start.begin(), P.tile_start.end(), rem) - P.tile_start.begin() - 1;
+      const HeadPlan& hp = P.heads[h];
+      const int64_t c0 = (rem - P.tile_start[h]) * kBM;
+      const int64_t rows = std::min<int64_t>(kBM, static_cast<int64_t>(hp.idx.size()) - c0);
+      const int32_t* rid = hp.idx.data() + c0;
+      const int64_t hk = h / d.group(), row0 = (b * d.Hq + h) * d.Nq;
+      gather_rows(q + row0 * d.D, rid, rows, d.D, Q.data());
+      const int64_t ip_first = rid[0] + d.offset(), ip_last = rid[rows - 1] + d.offset();
+      const int64_t lo = std::clamp<int64_t>(ip_first - hp.reach, 0, d.Nk);
+      const int64_t hi = std::min<int64_t>(P.causal ? ip_last + 1 : ip_last + hp.reach + 1, d.Nk);
+      const T* kh = k + (b * d.Hk + hk) * d.Nk * d.D;
+      const T* vh = v + (b * d.Hk + hk) * d.Nk * d.Dv;
+      std::fill(mx.begin(), mx.end(), -kInf);
+      std::fill(l.begin(), l.end(), 0.0f);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t j0 = lo; j0 < hi; j0 += kBN) {
+        const int64_t cols = std::min(kBN, hi - j0);
+        const float* K = tile_ptr(kh + j0 * d.D, cols, d.D, kbuf.data());
+        gemm_nt(rows, cols, d.D, scale, Q.data(), d.D, K, d.D, 0.0f, S.data(), kBN);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* s = S.data() + r * kBN;
+          const int64_t ip = rid[r] + d.offset();
+          const Segments sg = row_segments(hp.x_keep, hp.x_flat, P.causal, ip, j0, cols);
+          if (sg.k0 >= sg.k1) {  // no key of this tile reaches the row: its P row is zero
+            std::fill(s, s + cols, 0.0f);
+            continue;
+          }
+          const float m_new = std::max(mx[r], row_max(s + sg.k0, sg.k1 - sg.k0));
+          std::fill(s, s + sg.k0, 0.0f);
+          std::fill(s + sg.k1, s + cols, 0.0f);
+          float sum = exp_shift_sum(s + sg.f0, sg.f1 - sg.f0, m_new);
+          for (int64_t c = sg.k0; c < sg.k1; ++c) {
+            if (c == sg.f0) c = sg.f1;
+            if (c >= sg.k1) break;
+            const float m = std::min(ramp_raw(hp.A, P.R, std::abs(ip - j0 - c)), 1.0f);
+            s[c] = m * fast_exp(s[c] - m_new);
+            sum += s[c];
+          }
+          const float alpha = fast_exp(mx[r] - m_new);  // 0 when mx was -inf
+          if (alpha != 1.0f) scale_row(acc.data() + r * d.Dv, d.Dv, alpha);
+          l[r] = l[r] * alpha + sum;
+          mx[r] = m_new;
+        }
+        const float* V = tile_ptr(vh + j0 * d.Dv, cols, d.Dv, vbuf.data());
+        gemm_nn(rows, d.Dv, cols, 1.0f, S.data(), kBN, V, d.Dv, 1.0f, acc.data(), d.Dv);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        float* a = acc.data() + r * d.Dv;
+        const int64_t i = rid[r];
+        const float mult = l[r] > 0.0f ? hp.g[i] / l[r] : 0.0f;
+        for (int64_t c = 0; c < d.Dv; ++c) a[c] *= mult;
+        store_row(a, d.Dv, out + (row0 + i) * d.Dv);
+        lse[row0 + i] = l[r] > 0.0f ? mx[r] + std::log(l[r]) : kInf;
+      }
+    }
+  });
+}
+
+// Per-thread accumulators of the backward: dq (B*Hq*Nq*D), dg (B*Hq*Nq), dspan (Hq).
+struct BwdAcc {
+  float* dq;
+  float* dg;
+  float* dspan;
+};
+
+template <typename T>
+void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
+                const std::vector<BwdAcc>& accs, T* dk, T* dv, const Plan& P, float scale) {
+  const Dims& d = P.d;
+  const int64_t n_kt = (d.Nk + kBNB - 1) / kBNB;
+  at::parallel_for(0, d.B * d.Hk * n_kt, 1, [&](int64_t begin, int64_t end) {
+    const int64_t tid = at::get_thread_num();
+    TORCH_CHECK(tid >= 0 && tid < static_cast<int64_t>(accs.size()), "adaptive_span_attention_bwd: thread ", tid,
+                " has no accumulator (", accs.size(), ")");
+    const BwdAcc& mine = accs[tid];
+    std::vector<float> Pm(kBMB * kBNB), dP(kBMB * kBNB), dgv(kBNB);
+    std::vector<float> dK(kBNB * d.D), dV(kBNB * d.Dv), dQt(kBMB * d.D);
+    std::vector<float> Q(kBMB * d.D), dO(kBMB * d.Dv), kbuf(kBNB * d.D), vbuf(kBNB * d.Dv);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t jt = task % n_kt, bhk = task / n_kt, hk = bhk % d.Hk, b = bhk / d.Hk;
+      const int64_t j0 = jt * kBNB, cols = std::min(kBNB, d.Nk - j0);
+      const float* K = tile_ptr(k + ((b * d.Hk + hk) * d.Nk + j0) * d.D, cols, d.D, kbuf.data());
+      const float* V = tile_ptr(v + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv, cols, d.Dv, vbuf.data());
+      std::fill(dK.begin(), dK.end(), 0.0f);
+      std::fill(dV.begin(), dV.end(), 0.0f);
+      for (int64_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
+        const HeadPlan& hp = P.heads[h];
+        // Query rows i that can see a key of this tile: 0 <= i' - j <= reach (|.| bidirectional).
+        const int64_t q_lo = std::clamp<int64_t>((P.causal ? j0 : j0 - hp.reach) - d.offset(), 0, d.Nq);
+        const int64_t q_hi = std::clamp<int64_t>(j0 + cols - 1 + hp.reach - d.offset() + 1, 0, d.Nq);
+        const int64_t c_lo = hp.rank[q_lo], c_hi = std::max<int64_t>(hp.rank[q_hi], c_lo);
+        const int64_t row0 = (b * d.Hq + h) * d.Nq;
+        double span_sum = 0.0;
+        for (int64_t c0 = c_lo; c0 < c_hi; c0 += kBMB) {
+          const int64_t rows = std::min(kBMB, c_hi - c0);
+          const int32_t* rid = hp.idx.data() + c0;
+          // Only the keys of this tile within reach of the chunk's first..last row (as in the
+          // forward): keys no row can see are never loaded into a product.
+          const int64_t ip_first = rid[0] + d.offset(), ip_last = rid[rows - 1] + d.offset();
+          const int64_t jl = std::max(j0, ip_first - hp.reach);
+          const int64_t jh = std::min(j0 + cols, P.causal ? ip_last + 1 : ip_last + hp.reach + 1);
+          if (jh <= jl) continue;
+          const int64_t n = jh - jl, kc = jl - j0;
+          const float* Ks = K + kc * d.D;
+          const float* Vs = V + kc * d.Dv;
+          gather_rows(q + row0 * d.D, rid, rows, d.D, Q.data());
+          gather_rows(dout + row0 * d.Dv, rid, rows, d.Dv, dO.data());
+          gemm_nt(rows, n, d.D, scale, Q.data(), d.D, Ks, d.D, 0.0f, Pm.data(), kBNB);
+          gemm_nt(rows, n, d.Dv, 1.0f, dO.data(), d.Dv, Vs, d.Dv, 0.0f, dP.data(), kBNB);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = rid[r], ip = i + d.offset();
+            float* p = Pm.data() + r * kBNB;
+            float* dp = dP.data() + r * kBNB;
+            const float L = lse[row0 + i], dl = delta[row0 + i], g = hp.g[i];
+            const Segments sg = row_segments(hp.x_keep, hp.x_flat_strict, P.causal, ip, jl, n);
+            std::fill(p, p + sg.k0, 0.0f);
+            std::fill(p + sg.k1, p + n, 0.0f);
+            std::fill(dp, dp + sg.k0, 0.0f);
+            std::fill(dp + sg.k1, dp + n, 0.0f);
+            // Flat part (m == 1): P~ = exp(s - lse).
+            for (int64_t c = sg.f0; c < sg.f1; ++c) {
+              const float pt = fast_exp(p[c] - L);  // L = +inf on empty rows -> 0
+              dgv[c] = pt * dp[c];                  // dg_i term: P~ dPraw
+              const float t = g * dp[c] - dl;       // dP - delta
+              dp[c] = pt * t;                       // dS (scale in the GEMMs)
+              p[c] = pt * g;                        // g P~ for dV
+            }
+            // Ramp (m <= 1, where the span gets its gradient): P~ = m exp(s - lse).
+            double row_span = 0.0;
+            for (int64_t c = sg.k0; c < sg.k1; ++c) {
+              if (c == sg.f0) c = sg.f1;
+              if (c >= sg.k1) break;
+              const float m = std::min(ramp_raw(hp.A, P.R, std::abs(ip - jl - c)), 1.0f);
+              const float e = fast_exp(p[c] - L), pt = m * e, t = g * dp[c] - dl;
+              dgv[c] = pt * dp[c];
+              row_span += e * t;
+              dp[c] = pt * t;
+              p[c] = pt * g;
+            }
+            span_sum += row_span;
+            mine.dg[row0 + i] += row_sum(dgv.data() + sg.k0, sg.k1 - sg.k0);
+          }
+          gemm_tn(n, d.Dv, rows, 1.0f, Pm.data(), kBNB, dO.data(), d.Dv, 1.0f, dV.data() + kc * d.Dv, d.Dv);
+          gemm_tn(n, d.D, rows, scale, dP.data(), kBNB, Q.data(), d.D, 1.0f, dK.data() + kc * d.D, d.D);
+          gemm_nn(rows, d.D, n, scale, dP.data(), kBNB, Ks, d.D, 0.0f, dQt.data(), d.D);
+          for (int64_t r = 0; r < rows; ++r) {
+            float* dst = mine.dq + (row0 + rid[r]) * d.D;
+            const float* src = dQt.data() + r * d.D;
+            for (int64_t c = 0; c < d.D; ++c) dst[c] += src[c];
+          }
+        }
+        mine.dspan[h] += static_cast<float>(span_sum);
+      }
+      T* dkt = dk + ((b * d.Hk + hk) * d.Nk + j0) * d.D;
+      T* dvt = dv + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv;
+      for (int64_t c = 0; c < cols; ++c) {
+        store_row(dK.data() + c * d.D, d.D, dkt + c * d.D);
+        store_row(dV.data() + c * d.Dv, d.Dv, dvt + c * d.Dv);
+      }
+    }
+  });
+}
+
+struct Params {
+  const float* span;
+  const float* period;  // nullptr without the gate
+  const float* phase;
+};
+
+Params check_params(const char* op, const at::Tensor& q, const at::Tensor& span, const at::Tensor& period,
+                    const at::Tensor& phase, double ramp, double duty) {
+  const int64_t Hq = q.size(1);
+  check_head_param(op, "span", span, Hq, false);
+  check_head_param(op, "period", period, Hq, true);
+  check_head_param(op, "phase", phase, Hq, true);
+  TORCH_CHECK((period.numel() == 0) == (phase.numel() == 0), op, ": period and phase are given together or not at all");
+  TORCH_CHECK(ramp > 0 && std::isfinite(ramp), op, ": ramp must be a finite float > 0, got ", ramp);
+  TORCH_CHECK(duty >= 0 && duty < 1, op, ": duty must be in [0, 1), got ", duty);
+  const float* s = span.data_ptr<float>();
+  for (int64_t h = 0; h < Hq; ++h) TORCH_CHECK(s[h] >= 0 && std::isfinite(s[h]), op, ": span must be finite and >= 0, got ", s[h]);
+  if (period.numel() == 0) return {s, nullptr, nullptr};
+  const float* per = period.data_ptr<float>();
+  for (int64_t h = 0; h < Hq; ++h) TORCH_CHECK(per[h] > 0 && std::isfinite(per[h]), op, ": period must be finite and > 0, got ", per[h]);
+  return {s, per, phase.data_ptr<float>()};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> adaptive_span_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                                   const at::Tensor& v, const at::Tensor& span,
+                                                                   const at::Tensor& period, const at::Tensor& phase,
+                                                                   double ramp, double duty, bool causal,
+                                                                   double scale) {
+  constexpr const char* op = "adaptive_span_attention_fwd";
+  check_attention_inputs(op, q, k, v);
+  const Params prm = check_params(op, q, span, period, phase, ramp, duty);
+  const Dims d = dims_of(q, k, v);
+  auto out = at::zeros({d.B, d.Hq, d.Nq, d.Dv}, q.options());
+  auto lse = at::full({d.B, d.Hq, d.Nq}, kInf, q.options().dtype(at::kFloat));
+  if (out.numel() == 0 || d.Nk == 0) return {out, lse};
+  const Plan plan = make_plan(d, prm.span, prm.period, prm.phase, ramp, duty, causal);
+  dispatch_float_types(q.scalar_type(), op, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    fwd_kernel<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                         out.data_ptr<scalar_t>(), lse.data_ptr<float>(), plan, static_cast<float>(scale));
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaptive_span_attention_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const at::Tensor& span, const at::Tensor& period, const at::Tensor& phase, double ramp,
+    double duty, bool causal, double scale) {
+  constexpr const char* op = "adaptive_span_attention_bwd";
+  check_attention_inputs(op, q, k, v);
+  const Params prm = check_params(op, q, span, period, phase, ramp, duty);
+  const Dims d = dims_of(q, k, v);
+  TORCH_CHECK(dout.sizes() == out.sizes() && out.dim() == 4 && out.size(0) == d.B && out.size(1) == d.Hq &&
+                  out.size(2) == d.Nq && out.size(3) == d.Dv && dout.scalar_type() == q.scalar_type() &&
+                  out.scalar_type() == q.scalar_type() && dout.is_contiguous() && out.is_contiguous(),
+              op, ": dout and out must be contiguous (B, Hq, Nq, Dv) tensors in q's dtype");
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous() && lse.numel() == d.B * d.Hq * d.Nq, op,
+              ": lse must be a contiguous float32 (B, Hq, Nq) tensor");
+  const int64_t n_gate = prm.period ? d.Hq : 0;
+  auto f32 = q.options().dtype(at::kFloat);
+  auto dk = at::zeros_like(k), dv = at::zeros_like(v);
+  auto dspan = at::zeros({d.Hq}, f32), dperiod = at::zeros({n_gate}, f32), dphase = at::zeros({n_gate}, f32);
+  if (q.numel() == 0 || d.Nk == 0) return {at::zeros_like(q), dk, dv, dspan, dperiod, dphase};
+  const Plan plan = make_plan(d, prm.span, prm.period, prm.phase, ramp, duty, causal);
+  // delta_i = dout_i . out_i (fp32) = do~_i . o~_i.
+  const auto delta = (dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
+  const int64_t n_threads = at::get_num_threads();
+  const int64_t n_dq = d.B * d.Hq * d.Nq * d.D, n_row = d.B * d.Hq * d.Nq;
+  auto acc = at::zeros({n_threads, n_dq + n_row + d.Hq}, f32);
+  std::vector<BwdAcc> accs;
+  for (int64_t t = 0; t < n_threads; ++t) {
+    float* base = acc.data_ptr<float>() + t * (n_dq + n_row + d.Hq);
+    accs.push_back({base, base + n_dq, base + n_dq + n_row});
+  }
+  dispatch_float_types(q.scalar_type(), op, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    bwd_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+                         v.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(), accs,
+                         dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), plan, static_cast<float>(scale));
+  });
+  const auto total = acc.sum(0);
+  auto dq = total.narrow(0, 0, n_dq).view(q.sizes()).to(q.scalar_type());
+  dspan.copy_(total.narrow(0, n_dq + n_row, d.Hq) / ramp);
+  if (prm.period) {
+    // dperiod_h = sum_{b,i} dg_i dg/dt (-t_i / period_h); dphase_h = sum_{b,i} dg_i dg/dt / period_h.
+    const float* dg = total.data_ptr<float>() + n_dq;
+    float* dper = dperiod.data_ptr<float>();
+    float* dpha = dphase.data_ptr<float>();
+    for (int64_t h = 0; h < d.Hq; ++h) {
+      double sp = 0.0, sh = 0.0;
+      for (int64_t i = 0; i < d.Nq; ++i) {
+        const Gate gt = gate_at(i + d.offset(), prm.phase[h], prm.period[h], duty);
+        if (gt.slope == 0.0) continue;
+        double dgi = 0.0;
+        for (int64_t b = 0; b < d.B; ++b) dgi += dg[(b * d.Hq + h) * d.Nq + i];
+        sh += dgi * gt.slope / prm.period[h];
+        sp += dgi * gt.slope * (-gt.t / prm.period[h]);
+      }
+      dper[h] = static_cast<float>(sp);
+      dpha[h] = static_cast<float>(sh);
+    }
+  }
+  return {dq, dk, dv, dspan, dperiod, dphase};
+}
+
+}  // namespace fastattn::cpu
