@@ -3,7 +3,7 @@
 //
 // Plan (host, O(Hq * Nq)): per head, the active query rows (g > 0) compacted in order, and the
 // reach floor(fp32(R + span_h)) beyond which m = 0.
-// Forward: one task per (batch, head, tile of kBM compacted rows): Q rows are gathered into a dense
+// Forward: one task per (batch, head, tile of <= kBM compacted rows): Q rows are gathered into a dense
 // tile and only keys within reach of the tile's first..last row are visited (online softmax with
 // the span factor m folded into the exponentials); cost ~ active rows x (span + R + tile).
 // Backward: one task per (batch, kv head, key tile) owning dK, dV; it visits only the compacted
@@ -26,7 +26,7 @@ namespace {
 // Tile sizes (B=1, H=8, N=4096, D=64, span 256, fp32, 2 cores): 64 compacted rows keep the band a
 // tile spans (rows + span + R) close to what each row needs; 512 keys cover that band in one GEMM for
 // spans up to ~400, so MKL sees few, larger calls.
-constexpr int64_t kBM = 64;    // compacted query rows per forward task
+constexpr int64_t kBM = 64;    // compacted query rows per forward task (at most; see forward_rows)
 constexpr int64_t kBN = 512;   // keys per forward tile
 constexpr int64_t kBMB = 64;   // compacted query rows per backward step
 constexpr int64_t kBNB = 256;  // keys per backward task
@@ -76,12 +76,18 @@ struct Plan {
   bool causal;
   float R;
   std::vector<HeadPlan> heads;
+  int64_t bm;                       // forward: compacted rows per task
   std::vector<int64_t> tile_start;  // forward: first task of head h within a batch element (size Hq + 1)
 };
 
+// Forward rows per task: a tile's key band is (positions its rows cover) + reach, so with a gate
+// that keeps a fraction f of the queries, 64 compacted rows cover ~64/f positions. Halving the rows
+// when f <= 3/4 keeps the band, and the work per active row, near the ungated kernel's.
+inline int64_t forward_rows(int64_t active, int64_t total) { return 4 * active > 3 * total ? kBM : kBM / 2; }
+
 Plan make_plan(const Dims& d, const float* span, const float* period, const float* phase, double ramp, double duty,
                bool causal) {
-  Plan p{d, causal, static_cast<float>(ramp), std::vector<HeadPlan>(d.Hq), std::vector<int64_t>(d.Hq + 1, 0)};
+  Plan p{d, causal, static_cast<float>(ramp), std::vector<HeadPlan>(d.Hq), kBM, std::vector<int64_t>(d.Hq + 1, 0)};
   for (int64_t h = 0; h < d.Hq; ++h) {
     HeadPlan& hp = p.heads[h];
     hp.A = static_cast<float>(ramp) + span[h];
@@ -98,8 +104,13 @@ Plan make_plan(const Dims& d, const float* span, const float* period, const floa
       hp.rank[i + 1] = hp.rank[i] + (hp.g[i] > 0.0f);
       if (hp.g[i] > 0.0f) hp.idx.push_back(static_cast<int32_t>(i));
     }
-    const int64_t n = static_cast<int64_t>(hp.idx.size());
-    p.tile_start[h + 1] = p.tile_start[h] + (n + kBM - 1) / kBM;
+  }
+  int64_t active = 0;
+  for (const HeadPlan& hp : p.heads) active += static_cast<int64_t>(hp.idx.size());
+  p.bm = forward_rows(active, d.Hq * d.Nq);
+  for (int64_t h = 0; h < d.Hq; ++h) {
+    const int64_t n = static_cast<int64_t>(p.heads[h].idx.size());
+    p.tile_start[h + 1] = p.tile_start[h] + (n + p.bm - 1) / p.bm;
   }
   return p;
 }
@@ -107,6 +118,16 @@ Plan make_plan(const Dims& d, const float* span, const float* period, const floa
 // Column segments of one score row (keys j0 .. j0+cols-1 seen from absolute query position ip):
 // keys with m > 0 are [k0, k1); within them the flat part (m == 1, no per-key factor) is [f0, f1);
 // [k0, f0) and [f1, k1) are the ramp (bidirectional rows have a ramp on both sides).
+// Ramp columns [c0, c1) of a score row whose column 0 has distance d0: s <- m exp(s - shift) with
+// m = min((A - |d0 - c|) / R, 1); returns their sum. Branch-free so GCC vectorizes it.
+inline float ramp_exp(float* s, int64_t c0, int64_t c1, int64_t d0, float A, float R, float shift) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const float x = static_cast<float>(std::abs(d0 - c));
+    s[c] = std::min((A - x) / R, 1.0f) * fast_exp(s[c] - shift);
+  }
+  return row_sum(s + c0, c1 - c0);
+}
+
 struct Segments {
   int64_t k0, f0, f1, k1;
 };
@@ -140,8 +161,8 @@ void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* lse, const Pl
       const int64_t b = task / per_batch, rem = task % per_batch;
       const int64_t h = std::upper_bound(P.tile_start.begin(), P.tile_start.end(), rem) - P.tile_start.begin() - 1;
       const HeadPlan& hp = P.heads[h];
-      const int64_t c0 = (rem - P.tile_start[h]) * kBM;
-      const int64_t rows = std::min<int64_t>(kBM, static_cast<int64_t>(hp.idx.size()) - c0);
+      const int64_t c0 = (rem - P.tile_start[h]) * P.bm;
+      const int64_t rows = std::min<int64_t>(P.bm, static_cast<int64_t>(hp.idx.size()) - c0);
       const int32_t* rid = hp.idx.data() + c0;
       const int64_t hk = h / d.group(), row0 = (b * d.Hq + h) * d.Nq;
       gather_rows(q + row0 * d.D, rid, rows, d.D, Q.data());
@@ -168,14 +189,9 @@ void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* lse, const Pl
           const float m_new = std::max(mx[r], row_max(s + sg.k0, sg.k1 - sg.k0));
           std::fill(s, s + sg.k0, 0.0f);
           std::fill(s + sg.k1, s + cols, 0.0f);
-          float sum = exp_shift_sum(s + sg.f0, sg.f1 - sg.f0, m_new);
-          for (int64_t c = sg.k0; c < sg.k1; ++c) {
-            if (c == sg.f0) c = sg.f1;
-            if (c >= sg.k1) break;
-            const float m = std::min(ramp_raw(hp.A, P.R, std::abs(ip - j0 - c)), 1.0f);
-            s[c] = m * fast_exp(s[c] - m_new);
-            sum += s[c];
-          }
+          const float sum = exp_shift_sum(s + sg.f0, sg.f1 - sg.f0, m_new) +
+                            ramp_exp(s, sg.k0, sg.f0, ip - j0, hp.A, P.R, m_new) +
+                            ramp_exp(s, sg.f1, sg.k1, ip - j0, hp.A, P.R, m_new);
           const float alpha = fast_exp(mx[r] - m_new);  // 0 when mx was -inf
           if (alpha != 1.0f) scale_row(acc.data() + r * d.Dv, d.Dv, alpha);
           l[r] = l[r] * alpha + sum;
@@ -213,7 +229,7 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
     TORCH_CHECK(tid >= 0 && tid < static_cast<int64_t>(accs.size()), "adaptive_span_attention_bwd: thread ", tid,
                 " has no accumulator (", accs.size(), ")");
     const BwdAcc& mine = accs[tid];
-    std::vector<float> Pm(kBMB * kBNB), dP(kBMB * kBNB), dgv(kBNB);
+    std::vector<float> Pm(kBMB * kBNB), dP(kBMB * kBNB), dgv(kBNB), spv(kBNB);
     std::vector<float> dK(kBNB * d.D), dV(kBNB * d.Dv), dQt(kBMB * d.D);
     std::vector<float> Q(kBMB * d.D), dO(kBMB * d.Dv), kbuf(kBNB * d.D), vbuf(kBNB * d.Dv);
     for (int64_t task = begin; task < end; ++task) {
@@ -266,18 +282,18 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
               p[c] = pt * g;                        // g P~ for dV
             }
             // Ramp (m <= 1, where the span gets its gradient): P~ = m exp(s - lse).
-            double row_span = 0.0;
-            for (int64_t c = sg.k0; c < sg.k1; ++c) {
-              if (c == sg.f0) c = sg.f1;
-              if (c >= sg.k1) break;
-              const float m = std::min(ramp_raw(hp.A, P.R, std::abs(ip - jl - c)), 1.0f);
-              const float e = fast_exp(p[c] - L), pt = m * e, t = g * dp[c] - dl;
-              dgv[c] = pt * dp[c];
-              row_span += e * t;
-              dp[c] = pt * t;
-              p[c] = pt * g;
+            for (const auto [c0, c1] : {std::pair{sg.k0, sg.f0}, std::pair{sg.f1, sg.k1}}) {
+              for (int64_t c = c0; c < c1; ++c) {
+                const float x = static_cast<float>(std::abs(ip - jl - c));
+                const float m = std::min((hp.A - x) / P.R, 1.0f);
+                const float e = fast_exp(p[c] - L), pt = m * e, t = g * dp[c] - dl;
+                dgv[c] = pt * dp[c];
+                spv[c] = e * t;
+                dp[c] = pt * t;
+                p[c] = pt * g;
+              }
+              span_sum += row_sum(spv.data() + c0, c1 - c0);
             }
-            span_sum += row_span;
             mine.dg[row0 + i] += row_sum(dgv.data() + sg.k0, sg.k1 - sg.k0);
           }
           gemm_tn(n, d.Dv, rows, 1.0f, Pm.data(), kBNB, dO.data(), d.Dv, 1.0f, dV.data() + kc * d.Dv, d.Dv);
@@ -335,12 +351,28 @@ std::tuple<at::Tensor, at::Tensor> adaptive_span_attention_fwd_cpu(const at::Ten
   check_attention_inputs(op, q, k, v);
   const Params prm = check_params(op, q, span, period, phase, ramp, duty);
   const Dims d = dims_of(q, k, v);
-  auto out = at::zeros({d.B, d.Hq, d.Nq, d.Dv}, q.options());
-  auto lse = at::full({d.B, d.Hq, d.Nq}, kInf, q.options().dtype(at::kFloat));
-  if (out.numel() == 0 || d.Nk == 0) return {out, lse};
+  if (q.numel() == 0 || d.Nk == 0 || d.Dv == 0) {
+    return {at::zeros({d.B, d.Hq, d.Nq, d.Dv}, q.options()),
+            at::full({d.B, d.Hq, d.Nq}, kInf, q.options().dtype(at::kFloat))};
+  }
+  // Active rows are all written by the kernel; only gated-off rows need their zeros / +inf here.
+  auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
+  auto lse = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
   const Plan plan = make_plan(d, prm.span, prm.period, prm.phase, ramp, duty, causal);
   dispatch_float_types(q.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
+    scalar_t* o = out.data_ptr<scalar_t>();
+    float* ls = lse.data_ptr<float>();
+    at::parallel_for(0, d.B * d.Hq, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const HeadPlan& hp = plan.heads[bh % d.Hq];
+        for (int64_t i = 0; i < d.Nq; ++i) {
+          if (hp.g[i] > 0.0f) continue;
+          std::fill(o + (bh * d.Nq + i) * d.Dv, o + (bh * d.Nq + i + 1) * d.Dv, scalar_t(0));
+          ls[bh * d.Nq + i] = kInf;
+        }
+      }
+    });
     fwd_kernel<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                          out.data_ptr<scalar_t>(), lse.data_ptr<float>(), plan, static_cast<float>(scale));
   });
