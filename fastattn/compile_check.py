@@ -141,6 +141,38 @@ def compile_cuda(path: str, cc: int) -> list[dict]:
     return rows
 
 
+def binding_sources() -> list[str]:
+    return sorted(glob.glob(os.path.join(REPO, "csrc", "bindings", "*_attention.cpp")))
+
+
+def check_cuda_glue(path: str) -> None:
+    """Syntax-check a csrc/bindings file's FASTATTN_WITH_CUDA branch (the torch glue around the .cu
+    launchers) with the host compiler, torch's headers and the CUDA toolkit's; raises with the
+    compiler's message on an error. A CPU-only torch wheel lacks c10's generated CUDA macro header,
+    so an empty stand-in is put on the include path (it only configures build flags)."""
+    from torch.utils.cpp_extension import include_paths
+    nvcc = _nvcc()
+    if nvcc is None:
+        raise FileNotFoundError("nvcc not found (the CUDA toolkit's headers are needed)")
+    roots = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), os.environ.get("CUDA_HOME", ""),
+             "/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    cuda_inc = next((os.path.join(r, "include") for r in roots
+                     if r and os.path.exists(os.path.join(r, "include", "cuda_runtime.h"))), None)
+    if cuda_inc is None:
+        raise FileNotFoundError(f"cuda_runtime.h not found under {roots}")
+    with tempfile.TemporaryDirectory() as tmp:
+        stub = os.path.join(tmp, "c10", "cuda", "impl")
+        os.makedirs(stub)
+        with open(os.path.join(stub, "cuda_cmake_macros.h"), "w") as f:
+            f.write("#pragma once\n")
+        cmd = [os.environ.get("CXX", "g++"), "-std=c++17", "-fsyntax-only", "-DFASTATTN_WITH_CUDA",
+               *(f"-I{p}" for p in include_paths()), f"-I{cuda_inc}", f"-idirafter{tmp}",
+               f"-I{os.path.join(REPO, 'csrc')}", path]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"CUDA glue of {os.path.basename(path)} does not compile:\n{res.stderr[-4000:]}")
+
+
 def _demangle(name: str) -> str:
     """Readable kernel name: demangled, namespaces and the anonymous-namespace tag dropped."""
     tool = shutil.which("c++filt")

@@ -60,6 +60,7 @@ TABLE: dict[str, dict[str, Support]] = {
         "reference": _REF,
         "cpu": Support(features=frozenset({"period", "bidirectional"})),
         "triton": Support(features=frozenset({"period", "bidirectional"})),
+        "cuda": Support(features=frozenset({"period", "bidirectional"}), max_head_dim=256, backward=False),
     },
 }
 

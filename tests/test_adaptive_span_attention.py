@@ -327,7 +327,7 @@ def test_compile_fullgraph(backend):
 
 def test_unavailable_backend_reports_why():
     q = torch.randn(1, 2, 8, 16)
-    with pytest.raises(RuntimeError, match="has no cuda backend"):
+    with pytest.raises(RuntimeError, match="cuda backend takes CUDA tensors"):
         fastattn.adaptive_span_attention(q, q, q, torch.ones(2), backend="cuda")
 
 

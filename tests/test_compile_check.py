@@ -80,3 +80,10 @@ def test_relu_int8_path_uses_integer_mma(default_rows):
     for cc in CCS:
         kinds = [k for r in fwd if r["cc"] == cc for k in r["mma"]]
         assert any(".s8" in k for k in kinds), f"sm_{cc}: no integer MMA among {kinds}"
+
+
+@pytest.mark.skipif(compile_check._nvcc() is None, reason="nvcc not installed")
+@pytest.mark.parametrize("path", compile_check.binding_sources(), ids=lambda p: p.rsplit("/", 1)[-1])
+def test_cuda_glue_compiles(path):
+    """The torch glue under FASTATTN_WITH_CUDA (only built on a CUDA machine) parses and type-checks."""
+    compile_check.check_cuda_glue(path)

@@ -5,7 +5,10 @@
 #include "cpu/relu_attention.h"
 
 #ifdef FASTATTN_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+// c10's stream and guard headers need only the CUDA runtime (ATen/cuda/CUDAContext.h also pulls in
+// cuBLAS/cuSPARSE), so this branch can be syntax-checked with a bare CUDA toolkit.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include "cuda/relu_attention.cuh"
 #endif
 
@@ -45,7 +48,7 @@ Fwd fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
                                q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3),
                                causal, static_cast<float>(scale), static_cast<int>(norm), static_cast<int>(quant)};
   const int dtype = q.scalar_type() == at::kFloat ? 0 : (q.scalar_type() == at::kHalf ? 1 : 2);
-  const cudaError_t err = fastattn::cuda::relu_attention_fwd_cuda(p, dtype, at::cuda::getCurrentCUDAStream());
+  const cudaError_t err = fastattn::cuda::relu_attention_fwd_cuda(p, dtype, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "relu_attention_fwd (cuda): ", cudaGetErrorString(err));
   return {out, den, argmax};
 }
