@@ -2,6 +2,8 @@
 reference, forward and forward+backward, in one run."""
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -44,19 +46,32 @@ def suite(quick: bool = True, device: str = "cpu", dtype=torch.float32, reps: in
                                                                                   backend=backend),
                 "torch sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
             }
-            if not quick:
+            if not quick or N == Ns[0]:  # quick: compiled once, at the smallest N only (~25 s on 2 cores)
                 impls["flex (compiled)"] = flex_fn(causal, N, device)
             if N <= 4096:
                 impls["reference"] = lambda q, k, v: softmax_attention_ref(q, k, v, causal=causal)
             for name, fn in impls.items():
+                compile_s = None
+                if name.startswith("flex"):  # the first call compiles: timed apart from the median
+                    t0 = time.perf_counter()
+                    try:
+                        with torch.no_grad():
+                            fn(q, k, v)
+                        compile_s = time.perf_counter() - t0
+                    except Exception:  # run_case reports the failure
+                        pass
                 with torch.no_grad():
                     row = run_case(OP, name, shape, str(dtype)[6:], "fwd", lambda: fn(q, k, v),
                                    attention_flops(B, H, N, N, D, causal, "fwd"), reps=reps, device=device)
                 if device == "cpu" and name in (f"fastattn {backend}", "torch sdpa"):
                     row.peak_mb = _peak_fwd(name, N, B, H, D, causal)
+                if compile_s is not None:
+                    row.extra["compile_s"] = round(compile_s, 1)
                 rows.append(row)
                 if name == "reference" and N > 1024:
                     continue  # the materialized reference backward at 4k+ takes long and proves nothing
+                if quick and name.startswith("flex"):
+                    continue  # compiling flex's backward too would double the quick run's compile time
                 rows.append(run_case(OP, name, shape, str(dtype)[6:], "fwd+bwd", _fwd_bwd(fn, q, k, v),
                                      attention_flops(B, H, N, N, D, causal, "fwd+bwd"), reps=max(3, reps - 2),
                                      device=device))

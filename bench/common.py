@@ -58,6 +58,7 @@ class Row:
     peak_mb: float | None = None
     extra: dict = field(default_factory=dict)
     note: str = ""
+    suite: str = ""      # the suite that produced it (set by bench/run.py; groups the plots)
 
 
 def run_case(op, impl, shape, dtype, mode, fn, flops, reps=5, device="cpu", note="", **extra) -> Row:
@@ -138,6 +139,27 @@ def save(rows: list[Row], info: dict, out_dir: str, name: str) -> str:
     return out_dir
 
 
+def save_summary(names: list[str], seconds: dict, info: dict, out_dir: str) -> str:
+    """summary.md: the markdown table of every suite in `names` found in out_dir (this run's
+    suites and, after a single-suite run, the latest saved table of the others)."""
+    parts = [f"# fastattn benchmarks: {info['machine']}\n",
+             f"torch {info['torch']}, {info['cpu_threads_used']} CPU threads, CUDA device: "
+             f"{info.get('cuda_device', 'none')}. Wall time per suite is this run's; tables without "
+             "one come from an earlier run.\n"]
+    for name in names:
+        path = os.path.join(out_dir, f"{name}.md")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            body = f.read().strip()
+        when = f" ({seconds[name]:.0f} s)" if name in seconds else " (earlier run)"
+        parts.append(f"## {name}{when}\n\n{body}\n")
+    path = os.path.join(out_dir, "summary.md")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+    return path
+
+
 def peak_memory_subprocess(snippet: str, timeout: float = 600) -> float | None:
     """Peak RSS growth (MB) of running `snippet` in a fresh Python: VmHWM after minus RSS before.
 
@@ -160,3 +182,67 @@ def peak_memory_subprocess(snippet: str, timeout: float = 600) -> float | None:
         return None
     m = re.search(r"PEAK_KB (-?\d+)", res.stdout)
     return int(m.group(1)) / 1024 if m else None
+
+
+_FORK_DRIVER = r"""
+import os, re, sys, json, time
+import torch, fastattn
+torch.set_num_threads(int(sys.argv[1]))
+cases = json.loads(sys.stdin.read())  # [[setup, snippet], ...]
+
+def _rss(key):
+    txt = open('/proc/self/status').read()
+    return int(re.search(key + r':\s+(\d+)', txt).group(1))
+
+for i, (setup, snippet) in enumerate(cases):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a fresh child of this pristine interpreter: one measurement, then exit
+        os.close(r)
+        res = 'ERR'
+        try:
+            env = {'torch': torch, 'fastattn': fastattn}
+            exec(setup, env)
+            base = _rss('VmRSS')
+            open('/proc/self/clear_refs', 'w').write('5')  # reset VmHWM to the current RSS
+            t0 = time.perf_counter()
+            exec(snippet, env)
+            dt = time.perf_counter() - t0
+            res = str(_rss('VmHWM') - base) + ' %.6f' % dt
+        except BaseException as exc:
+            res = 'ERR ' + type(exc).__name__ + ': ' + str(exc).replace('\n', ' ')[:150]
+        os.write(w, res.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    print('PEAK', i, out or 'ERR no result', flush=True)
+"""
+
+
+def peak_memory_forked(cases: list[tuple[str, str]], threads: int = 1,
+                       timeout: float = 600) -> list[tuple[float, float] | str | None]:
+    """Peak RSS growth of each (setup, snippet) case, each case in its own fresh process.
+
+    One fresh Python imports torch and fastattn once (so n measurements pay the ~2.5 s import
+    once, not n times), then forks a child per case from that pristine state: the child runs
+    `setup` (e.g. allocates the inputs: not counted), resets VmHWM, runs `snippet` once and
+    reports VmHWM minus the RSS after setup. The parent never computes anything, so no allocator
+    cache or thread pool carries from one measurement into the next. Per case: (peak MB, seconds
+    the snippet ran), or a 'failed: ...' string, or None (timeout / no result).
+    """
+    out: list = [None] * len(cases)
+    if not cases:
+        return out
+    try:
+        res = subprocess.run([sys.executable, "-c", _FORK_DRIVER, str(threads)], capture_output=True, text=True,
+                             input=json.dumps([list(c) for c in cases]), timeout=timeout)
+        stdout = res.stdout
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    for m in re.finditer(r"^PEAK (\d+) (.*)$", stdout, re.M):
+        i, val = int(m.group(1)), m.group(2).strip()
+        ok = re.fullmatch(r"(-?\d+) ([\d.]+)", val)
+        out[i] = (int(ok.group(1)) / 1024, float(ok.group(2))) if ok else f"failed: {val[4:]}"
+    return out

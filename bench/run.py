@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from .common import machine_info, markdown, print_info, save
+from .common import machine_info, markdown, print_info, save, save_summary
 
 SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
     "softmax": "bench.bench_softmax_attention",
@@ -22,6 +22,7 @@ SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
     "topk": "bench.bench_topk_attention",
     "span": "bench.bench_adaptive_span",
     "memory": "bench.memory",
+    "models": "bench.bench_models",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
         return 0
 
     names = list(SUITES) if args.op == "all" else [args.op]
-    all_rows = []
+    all_rows, seconds = [], {}
     for name in names:
         t0 = time.perf_counter()
         try:
@@ -67,7 +68,10 @@ def main(argv=None) -> int:
             print(f"## {name}: suite unavailable ({exc})\n")
             continue
         rows = mod.suite(quick=not args.full, device=device, reps=args.reps)
-        print(f"## {name} ({time.perf_counter() - t0:.0f} s)\n")
+        for r in rows:
+            r.suite = name
+        seconds[name] = time.perf_counter() - t0
+        print(f"## {name} ({seconds[name]:.0f} s)\n")
         print(markdown(rows) + "\n", flush=True)
         save(rows, info, out, name)
         all_rows += rows
@@ -78,5 +82,7 @@ def main(argv=None) -> int:
                 print(f"plot: {path}")
         except ImportError as exc:
             print(f"plots skipped: {exc}")
+    if seconds:
+        print(f"summary: {save_summary(list(SUITES), seconds, info, out)}")
     print(f"results: {out}")
     return 0

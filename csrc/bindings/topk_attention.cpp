@@ -1,5 +1,6 @@
 // torch.library glue for topk_attention: the threshold op (shared with relu_attention(topk=K)) and
-// the attention op (threshold + the fused softmax kernels restricted to s >= tau).
+// the attention op (selection + softmax over the selected keys; backward: the softmax kernel masked
+// to s >= tau).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -9,16 +10,8 @@
 namespace {
 
 using fastattn::cpu::softmax_attention_bwd_cpu;
-using fastattn::cpu::softmax_attention_fwd_cpu;
 using fastattn::cpu::topk_attention_threshold_cpu;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                       int64_t topk, bool causal, double scale) {
-  auto ones = at::ones({q.size(1)}, q.options().dtype(at::kFloat));
-  auto tau = topk_attention_threshold_cpu(q, k, ones, at::Tensor(), causal, scale, topk);
-  auto [out, lse] = softmax_attention_fwd_cpu(q, k, v, tau, causal, scale);
-  return {out, lse, tau};
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cpu(const at::Tensor& dout, const at::Tensor& q,
                                                        const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
@@ -57,7 +50,7 @@ TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
   m.impl("topk_attention_threshold", &topk_attention_threshold_cpu);
-  m.impl("topk_attention_fwd", &fwd_cpu);
+  m.impl("topk_attention_fwd", &fastattn::cpu::topk_attention_fwd_cpu);
   m.impl("topk_attention_bwd", &bwd_cpu);
 }
 

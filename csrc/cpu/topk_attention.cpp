@@ -1,7 +1,7 @@
 // Top-K threshold on the CPU: see topk_attention.h.
 //
 // Selection: per query row a candidate buffer holding at most 2K values >= the current threshold t.
-// A score enters only if it beats t; when the buffer fills, nth_element keeps its K largest and t
+// A score enters only if it beats t (16 at a time with AVX-512: compare, compress-store the hits); when the buffer fills, nth_element keeps its K largest and t
 // becomes the K-th of them (a new score equal to t cannot change the K-th largest). Amortized O(1)
 // per score on top of the tile GEMM that produces the scores; memory O(K) per row.
 // Key splitting: with few (batch, head, query-tile) tasks (decoding), the keys are split so every
@@ -15,6 +15,10 @@
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
+#include <limits>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <vector>
 
 #include "common/relu.h"
@@ -30,56 +34,183 @@ constexpr int64_t kBM = 64, kBN = 256;
 constexpr float kTieMargin = 2e-5f;
 
 inline float with_margin(float t) { return t == -kInf ? t : t - kTieMargin * std::max(1.0f, std::abs(t)); }
+constexpr float kMaxFinite = std::numeric_limits<float>::max();
 
+// The k-th largest (1-based) of a[0, n), n >= k >= 1, by quickselect with branch-free AVX-512
+// partitions (compress-store of the > pivot and < pivot lanes): on random scores std::nth_element
+// spends most of its time in mispredicted branches. `a` and the two buffers (n floats each) are
+// scratch and get overwritten.
+inline float kth_largest(float* a, int64_t n, int64_t k, float* buf0, float* buf1) {
+#ifdef __AVX512F__
+  float* spare[2] = {buf0, buf1};
+  while (n > 64) {
+    float p0 = a[0], p1 = a[n / 2], p2 = a[n - 1];  // median of three
+    if (p0 > p1) std::swap(p0, p1);
+    if (p1 > p2) std::swap(p1, p2);
+    if (p0 > p1) std::swap(p0, p1);
+    const float pivot = p1;
+    float* gt = spare[0];
+    float* lt = spare[1];
+    int64_t ngt = 0, nlt = 0, c = 0;
+    const __m512 pv = _mm512_set1_ps(pivot);
+    for (; c + 16 <= n; c += 16) {
+      const __m512 x = _mm512_loadu_ps(a + c);
+      const __mmask16 mg = _mm512_cmp_ps_mask(x, pv, _CMP_GT_OQ), ml = _mm512_cmp_ps_mask(x, pv, _CMP_LT_OQ);
+      _mm512_mask_compressstoreu_ps(gt + ngt, mg, x);
+      _mm512_mask_compressstoreu_ps(lt + nlt, ml, x);
+      ngt += __builtin_popcount(mg);
+      nlt += __builtin_popcount(ml);
+    }
+    for (; c < n; ++c) {
+      if (a[c] > pivot) gt[ngt++] = a[c];
+      else if (a[c] < pivot) lt[nlt++] = a[c];
+    }
+    const int64_t neq = n - ngt - nlt;
+    if (k <= ngt) {
+      spare[0] = a;
+      a = gt;
+      n = ngt;
+    } else if (k <= ngt + neq) {
+      return pivot;
+    } else {
+      k -= ngt + neq;
+      spare[1] = a;
+      a = lt;
+      n = nlt;
+    }
+  }
+#else
+  (void)buf0;
+  (void)buf1;
+#endif
+  std::nth_element(a, a + (k - 1), a + n, std::greater<float>());
+  return a[k - 1];
+}
+
+// Per query row: the candidates (score, key index) at or above the admission threshold
+// with_margin(t), t = the K-th largest score once K are known. Invariant: every key with a score
+// >= with_margin(final K-th) is held (t only grows, and shrinking keeps everything >= with_margin(t)),
+// so at the end the held keys ARE the selection {j : s_j >= tau}, near-ties included.
 struct RowTopK {
   int64_t K;
-  float t = -kInf;  // current threshold once K values are held
-  int64_t allowed = 0;
-  std::vector<float> buf;
-  explicit RowTopK(int64_t k) : K(k) { buf.reserve(2 * k + 1); }
-  void shrink() {  // keep the K largest, threshold = the K-th largest
-    std::nth_element(buf.begin(), buf.begin() + (K - 1), buf.end(), std::greater<float>());
-    buf.resize(K);
-    t = *std::min_element(buf.begin(), buf.end());
+  float t = -kInf;           // K-th largest seen (-inf until the first shrink)
+  float adm = -kMaxFinite;   // admission: s >= adm (-FLT_MAX admits every allowed key, never -inf)
+  int64_t allowed = 0, n = 0, trigger;
+  std::vector<float> val;
+  std::vector<int32_t> idx;
+  explicit RowTopK(int64_t k) : K(k), trigger(2 * k) {}  // storage is allocated on first use
+
+  // Start a new row, keeping the storage.
+  void reset() {
+    t = -kInf;
+    adm = -kMaxFinite;
+    allowed = n = 0;
+    trigger = 2 * K;
   }
-  // One tile row: `n_allowed` of its n scores are allowed (masked ones are -inf, never > t).
-  void push_row(const float* s, int64_t n, int64_t n_allowed) {
-    allowed += n_allowed;
-    float tl = t;  // a local copy keeps the hot compare in a register (push_back may alias t)
+  void reserve_for_append() {
+    if (n + 16 > static_cast<int64_t>(val.size())) {
+      const int64_t cap = std::max<int64_t>(2 * K + 16, 2 * (n + 16));
+      val.resize(cap);
+      idx.resize(cap);
+    }
+  }
+  // t <- K-th largest held value (needs n >= K); keep only values >= with_margin(t).
+  void shrink() {
+    thread_local std::vector<float> scratch;  // 3 x n floats for kth_largest
+    if (static_cast<int64_t>(scratch.size()) < 3 * n) scratch.resize(3 * n);
+    std::copy(val.begin(), val.begin() + n, scratch.begin());
+    t = std::max(t, kth_largest(scratch.data(), n, K, scratch.data() + n, scratch.data() + 2 * n));
+    adm = with_margin(t);
+    int64_t m = 0;
     for (int64_t c = 0; c < n; ++c) {
-      if (s[c] > tl) {  // t stays -inf until the buffer first fills: then everything allowed enters
-        buf.push_back(s[c]);
-        if (static_cast<int64_t>(buf.size()) >= 2 * K) {
-          shrink();
-          tl = t;
-        }
+      if (val[c] >= adm) {
+        val[m] = val[c];
+        idx[m++] = idx[c];
+      }
+    }
+    n = m;
+    trigger = std::max<int64_t>(2 * K, 2 * n);  // many near-ties: grow instead of re-shrinking
+  }
+  void add(float x, int32_t j) {
+    reserve_for_append();
+    val[n] = x;
+    idx[n++] = j;
+  }
+  // One tile row of `cols` scores for keys j0.. (masked ones are -inf and never admitted).
+  void push_row(const float* s, int64_t cols, int64_t n_allowed, int64_t j0) {
+    allowed += n_allowed;
+    int64_t c = 0;
+#ifdef __AVX512F__
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (; c + 16 <= cols; c += 16) {
+      const __m512 x = _mm512_loadu_ps(s + c);
+      const __mmask16 hit = _mm512_cmp_ps_mask(x, _mm512_set1_ps(adm), _CMP_GE_OQ);
+      if (hit == 0) continue;
+      reserve_for_append();
+      _mm512_mask_compressstoreu_ps(val.data() + n, hit, x);
+      _mm512_mask_compressstoreu_epi32(idx.data() + n, hit,
+                                       _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(j0 + c))));
+      n += __builtin_popcount(hit);
+      if (n >= trigger) shrink();
+    }
+#endif
+    for (; c < cols; ++c) {
+      if (s[c] >= adm) {
+        add(s[c], static_cast<int32_t>(j0 + c));
+        if (n >= trigger) shrink();
       }
     }
   }
-  // The candidates: at most K values, the largest seen.
-  void finish() {
-    if (static_cast<int64_t>(buf.size()) > K) shrink();
+  // Final selection: tau (-inf when fewer than K keys are allowed: all of them are kept).
+  float finish() {
+    if (allowed < K) return -kInf;
+    if (n > K || t == -kInf) shrink();
+    return adm;
   }
 };
 
+// Softmax over one row's kept keys (their scores from the selection GEMM): out = sum p_j v_j,
+// returns lse (+inf when nothing is kept).
 template <typename T>
-void threshold_kernel(const T* q, const T* k, const float* gamma, const float* slopes, float* tau, const Dims& d,
-                      bool causal, float scale, int64_t K) {
+float attend_row(const RowTopK& rs, const T* vh, int64_t Dv, float* acc, T* out) {
+  std::fill(acc, acc + Dv, 0.0f);
+  if (rs.n == 0) {
+    store_row(acc, Dv, out);
+    return kInf;
+  }
+  const float mx = *std::max_element(rs.val.begin(), rs.val.begin() + rs.n);
+  float l = 0.0f;
+  for (int64_t e = 0; e < rs.n; ++e) {
+    const float p = std::exp(rs.val[e] - mx);
+    l += p;
+    const T* vr = vh + static_cast<int64_t>(rs.idx[e]) * Dv;
+    for (int64_t c = 0; c < Dv; ++c) acc[c] += p * static_cast<float>(vr[c]);
+  }
+  const float inv = 1.0f / l;
+  for (int64_t c = 0; c < Dv; ++c) acc[c] *= inv;
+  store_row(acc, Dv, out);
+  return mx + std::log(l);
+}
+
+// Selection, and (when v is given) the attention over the selection. tau, and out/lse with v.
+template <typename T>
+void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const float* slopes, float* tau, T* out,
+                   float* lse, const Dims& d, bool causal, float scale, int64_t K) {
   const int64_t n_qt = (d.Nq + kBM - 1) / kBM;
   const int64_t tasks = d.B * d.Hq * n_qt;
   const int64_t threads = at::get_num_threads();
-  // Split keys when there are fewer tasks than 4 per thread and the rows are long.
+  // Split keys when there are fewer tasks than 4 per thread and the rows are long (decoding).
   // FASTATTN_TOPK_SPLITS=1 turns splitting off (the benchmark's "without key splitting" baseline).
   const char* env = std::getenv("FASTATTN_TOPK_SPLITS");
   int64_t splits = 1;
   if (tasks < 4 * threads && d.Nk >= 4 * kBN) splits = std::min<int64_t>((4 * threads + tasks - 1) / tasks, d.Nk / kBN);
   if (env != nullptr && std::atoi(env) >= 1) splits = std::min<int64_t>(std::atoi(env), std::max<int64_t>(1, d.Nk / kBN));
   const int64_t span = (d.Nk + splits - 1) / splits;
-  // Candidates of every (task, split, row): K floats + a count of allowed keys and of candidates.
-  std::vector<float> cand(splits > 1 ? tasks * splits * kBM * K : 0);
-  std::vector<int64_t> n_cand(splits > 1 ? tasks * splits * kBM : 0), n_allowed(n_cand.size());
+  // With splits, each (task, split) keeps its rows' candidates here for the merge.
+  std::vector<RowTopK> parts(splits > 1 ? tasks * splits * kBM : 0, RowTopK(K));
   at::parallel_for(0, tasks * splits, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> S(kBM * kBN), qbuf(kBM * d.D), kbuf(kBN * d.D);
+    std::vector<float> S(kBM * kBN), qbuf(kBM * d.D), kbuf(std::is_same_v<T, float> ? 0 : kBM * kBN * d.D), acc(d.Dv);
+    std::vector<RowTopK> local(kBM, RowTopK(K));
     for (int64_t job = begin; job < end; ++job) {
       const int64_t split = job % splits, task = job / splits;
       const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq, hk = h / d.group();
@@ -87,58 +218,54 @@ void threshold_kernel(const T* q, const T* k, const float* gamma, const float* s
       const float* Q = tile_ptr(q + (bh * d.Nq + i0) * d.D, rows, d.D, qbuf.data());
       const T* kh = k + (b * d.Hk + hk) * d.Nk * d.D;
       const float slope = slopes ? slopes[h] : 0.0f;
-      std::vector<RowTopK> sel(rows, RowTopK(K));
+      RowTopK* sel = splits > 1 ? parts.data() + (task * splits + split) * kBM : local.data();
+      for (int64_t r = 0; r < rows; ++r) sel[r].reset();
       const int64_t lo = split * span;
       const int64_t hi = std::min(key_limit(d, causal, i0 + rows - 1), std::min(d.Nk, lo + span));
-      for (int64_t j0 = lo; j0 < hi; j0 += kBN) {
-        const int64_t cols = std::min(kBN, hi - j0);
+      // Short query blocks (decoding) take proportionally wider key tiles: the same S scratch, and
+      // one GEMM call instead of dozens of tiny ones.
+      const int64_t bn = std::max<int64_t>(kBN, (kBM / rows) * kBN);
+      for (int64_t j0 = lo; j0 < hi; j0 += bn) {
+        const int64_t cols = std::min(bn, hi - j0);
         gemm_nt(rows, cols, d.D, gamma[h] * scale, Q, d.D, tile_ptr(kh + j0 * d.D, cols, d.D, kbuf.data()), d.D,
-                0.0f, S.data(), kBN);
+                0.0f, S.data(), bn);
         for (int64_t r = 0; r < rows; ++r) {
-          float* s = S.data() + r * kBN;
+          float* s = S.data() + r * bn;
           const int64_t i_abs = i0 + r + d.offset();
           if (slopes)
             for (int64_t c = 0; c < cols; ++c) s[c] = relu_score(s[c], 1.0f, slope, i_abs, j0 + c);
           const int64_t limit = key_limit(d, causal, i0 + r);
           mask_row(s, j0, cols, limit, nullptr);
-          sel[r].push_row(s, cols, std::clamp<int64_t>(limit - j0, 0, cols));
+          sel[r].push_row(s, cols, std::clamp<int64_t>(limit - j0, 0, cols), j0);
         }
       }
+      if (splits > 1) continue;
+      const T* vh = v ? v + (b * d.Hk + hk) * d.Nk * d.Dv : nullptr;
       for (int64_t r = 0; r < rows; ++r) {
-        RowTopK& rs = sel[r];
-        rs.finish();
-        if (splits == 1) {
-          // After finish() the buffer holds the K largest whenever K keys were allowed.
-          tau[bh * d.Nq + i0 + r] = rs.allowed >= K ? with_margin(*std::min_element(rs.buf.begin(), rs.buf.end())) : -kInf;
-        } else {
-          const int64_t slot = (task * splits + split) * kBM + r;
-          std::copy(rs.buf.begin(), rs.buf.end(), cand.begin() + slot * K);
-          n_cand[slot] = static_cast<int64_t>(rs.buf.size());
-          n_allowed[slot] = rs.allowed;
-        }
+        const int64_t row = bh * d.Nq + i0 + r;
+        tau[row] = sel[r].finish();
+        if (v) lse[row] = attend_row(sel[r], vh, d.Dv, acc.data(), out + row * d.Dv);
       }
     }
   });
   if (splits == 1) return;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {  // merge the splits' candidates
-    std::vector<float> all;
+  // Merge: every key >= with_margin(global K-th) is held by its split (a split's K-th is <= the
+  // global one), so the union's selection is the global selection.
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(d.Dv);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task % n_qt, bh = task / n_qt;
+      const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq, hk = h / d.group();
       const int64_t i0 = t * kBM, rows = std::min(kBM, d.Nq - i0);
       for (int64_t r = 0; r < rows; ++r) {
-        all.clear();
-        int64_t allowed = 0;
+        RowTopK all(K);
         for (int64_t sp = 0; sp < splits; ++sp) {
-          const int64_t slot = (task * splits + sp) * kBM + r;
-          all.insert(all.end(), cand.begin() + slot * K, cand.begin() + slot * K + n_cand[slot]);
-          allowed += n_allowed[slot];
+          const RowTopK& part = parts[(task * splits + sp) * kBM + r];
+          all.allowed += part.allowed;
+          for (int64_t e = 0; e < part.n; ++e) all.add(part.val[e], part.idx[e]);
         }
-        float v = -kInf;
-        if (allowed >= K) {
-          std::nth_element(all.begin(), all.begin() + (K - 1), all.end(), std::greater<float>());
-          v = all[K - 1];
-        }
-        tau[bh * d.Nq + i0 + r] = with_margin(v);
+        const int64_t row = bh * d.Nq + i0 + r;
+        tau[row] = all.finish();
+        if (v) lse[row] = attend_row(all, v + (b * d.Hk + hk) * d.Nk * d.Dv, d.Dv, acc.data(), out + row * d.Dv);
       }
     }
   });
@@ -159,11 +286,37 @@ at::Tensor topk_attention_threshold_cpu(const at::Tensor& q, const at::Tensor& k
   if (d.Nk == 0) return tau.fill_(-kInf);
   dispatch_float_types(q.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
-    threshold_kernel<T>(q.data_ptr<T>(), k.data_ptr<T>(), gamma.data_ptr<float>(),
-                        alibi_slopes.numel() ? alibi_slopes.data_ptr<float>() : nullptr, tau.data_ptr<float>(), d,
-                        causal, static_cast<float>(scale), topk);
+    select_kernel<T>(q.data_ptr<T>(), k.data_ptr<T>(), nullptr, gamma.data_ptr<float>(),
+                     alibi_slopes.numel() ? alibi_slopes.data_ptr<float>() : nullptr, tau.data_ptr<float>(), nullptr,
+                     nullptr, d, causal, static_cast<float>(scale), topk);
   });
   return tau;
+}
+
+}  // namespace fastattn::cpu
+
+namespace fastattn::cpu {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                                      const at::Tensor& v, int64_t topk, bool causal,
+                                                                      double scale) {
+  const char* op = "topk_attention_fwd";
+  check_attention_inputs(op, q, k, v);
+  TORCH_CHECK(topk >= 1 && topk <= 4096, op, ": topk must be in [1, 4096] on the cpu backend, got ", topk);
+  const Dims d = dims_of(q, k, v);
+  auto f32 = q.options().dtype(at::kFloat);
+  auto tau = at::empty({d.B, d.Hq, d.Nq}, f32), lse = at::empty({d.B, d.Hq, d.Nq}, f32);
+  auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
+  if (tau.numel() == 0) return {out, lse, tau};
+  if (d.Nk == 0) return {out.zero_(), lse.fill_(kInf), tau.fill_(-kInf)};
+  auto gamma = at::ones({d.Hq}, f32);
+  dispatch_float_types(q.scalar_type(), op, [&](auto tag) {
+    using T = decltype(tag);
+    select_kernel<T>(q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), gamma.data_ptr<float>(), nullptr,
+                     tau.data_ptr<float>(), out.data_ptr<T>(), lse.data_ptr<float>(), d, causal,
+                     static_cast<float>(scale), topk);
+  });
+  return {out, lse, tau};
 }
 
 }  // namespace fastattn::cpu

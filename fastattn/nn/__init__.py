@@ -7,6 +7,7 @@ from .norm import RMSNorm
 from .quant import QuantLinear, quantize_linears
 from .bytescale import ByteScaleAttention, alibi_slopes
 from .adaptive_span import AdaptiveSpanAttention
+from .sparse_latent import SparseLatentAttention
 from .rope import RotaryEmbedding
 
 __all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "RMSNorm", "SwiGLU", "LoRALinear", "apply_lora",

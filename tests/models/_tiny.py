@@ -5,7 +5,8 @@ import fastattn
 from fastattn.models import TransformerConfig, TransformerLM, available_kinds
 
 # Kind-specific kwargs for the tiny test models (small spans / K so the kinds differ from softmax).
-KIND_KWARGS = {"softmax": {}, "relu": {"quant": None}, "topk": {}, "span": {"max_span": 16.0, "ramp": 4.0}}
+KIND_KWARGS = {"softmax": {}, "relu": {"quant": None}, "topk": {"topk": 8, "latent_dim": 16},
+               "span": {"max_span": 16.0, "ramp": 4.0}}
 # The op each kind needs (tests of a kind skip, naming it, until its module lands).
 KIND_OP = {"softmax": "softmax_attention", "relu": "relu_attention", "topk": "topk_attention",
            "span": "adaptive_span_attention"}

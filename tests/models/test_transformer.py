@@ -91,10 +91,14 @@ def test_logits_agree_across_backends(kind):
     from fastattn import dispatch
     if dispatch.unavailable_reason(KIND_OP[kind], "cpu"):
         pytest.skip(f"no cpu backend for {KIND_OP[kind]}: {dispatch.unavailable_reason(KIND_OP[kind], 'cpu')}")
-    cpu = tiny_model(kind, backend="cpu")
+    # topk: SPEC §3 lets backends differ on near-tie rows (K-th and (K+1)-th scores within the kernels'
+    # documented tie margin, 2e-5 * max(1, |tau|)). With the default init (std 0.02) attention scores
+    # are ~1e-2, so gaps below 2e-5 are common; at std 0.3 scores are O(1) and such ties are rare.
+    kw = dict(init_std=0.3) if kind == "topk" else {}
+    cpu = tiny_model(kind, backend="cpu", **kw)
     ref = {}
     for dt in (torch.float64, torch.float32):
-        m = tiny_model(kind, backend="reference")
+        m = tiny_model(kind, backend="reference", **kw)
         m.load_state_dict(cpu.state_dict())
         ref[dt] = m.to(dt)
     x = torch.randn(2, 37, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

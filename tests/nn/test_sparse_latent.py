@@ -1,0 +1,133 @@
+"""SparseLatentAttention (MSLA): shapes, GQA, dense limit, latent-only KV cache, gradients, args, backends."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+import fastattn
+from fastattn.models import TransformerConfig, TransformerLM, resolve_attention
+from fastattn.nn import MultiHeadAttention, SparseLatentAttention
+
+
+def _module(seed=0, **kw):
+    torch.manual_seed(seed)
+    args = dict(dim=64, n_heads=4, n_kv_heads=2, latent_dim=16, topk=5, max_seq_len=64, backend="reference")
+    return SparseLatentAttention(**{**args, **kw})
+
+
+def _dense(m, x):
+    """The module's own projections, attended densely with torch SDPA (causal), through wo."""
+    B, N, _ = x.shape
+    q, cached = m.project(x, 0)
+    k, v = m.expand(*cached)
+    rep = m.n_heads // m.n_kv_heads
+    o = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
+                                       is_causal=m.causal)
+    return m.wo(o.transpose(1, 2).reshape(B, N, -1))
+
+
+def test_subclass_registry_and_shapes():
+    m = _module(n_kv_heads=1)  # MQA
+    assert isinstance(m, MultiHeadAttention) and resolve_attention("topk") is SparseLatentAttention
+    assert m(torch.randn(3, 11, 64)).shape == (3, 11, 64)
+    assert SparseLatentAttention(32, n_heads=2).latent_dim == 8 and SparseLatentAttention(32, n_heads=2).topk == 32
+    q, (c,) = m.project(torch.randn(3, 11, 64), 0)
+    assert q.shape == (3, 4, 11, 16) and c.shape == (3, 1, 11, 16)
+
+
+def test_gqa_projections_and_manual_computation():
+    m = _module(n_heads=8, n_kv_heads=2, head_dim=8, rope=True)
+    assert m.wk.in_features == m.wv.in_features == 16 and m.wk.out_features == m.wv.out_features == 2 * 8
+    x = torch.randn(2, 13, 64)
+    B, N = 2, 13
+    c = m.latent(x)  # (B, N, r)
+    q = m.rope(m.wq(x).view(B, N, 8, 8).transpose(1, 2))
+    k = m.rope(m.wk(c).view(B, N, 2, 8).transpose(1, 2))
+    v = m.wv(c).view(B, N, 2, 8).transpose(1, 2)
+    o = fastattn.topk_attention(q, k, v, 5, causal=True, backend="reference")
+    torch.testing.assert_close(m(x), m.wo(o.transpose(1, 2).reshape(B, N, -1)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("rope", [True, False])
+def test_topk_at_least_seq_equals_dense_sdpa(backend, rope):
+    x = torch.randn(2, 20, 64, generator=torch.Generator().manual_seed(1))
+    m = _module(topk=20, rope=rope, backend=backend)
+    torch.testing.assert_close(m(x), _dense(m, x), rtol=1e-5, atol=1e-5)
+    m.topk = 4  # sparse now: differs from dense
+    assert not torch.allclose(m(x), _dense(m, x), atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_cache_equals_no_cache(backend):
+    m = _module(seed=2, topk=4, backend=backend)
+    x = torch.randn(2, 17, 64)
+    full = m(x)
+    cache = m.new_cache(2, 32)
+    steps = [m(x[:, :7], cache)] + [m(x[:, i:i + 1], cache) for i in range(7, 15)] + [m(x[:, 15:], cache)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+    cache.crop(10)  # rollback, then recompute the tail
+    torch.testing.assert_close(m(x[:, 10:], cache), full[:, 10:], rtol=1e-5, atol=1e-5)
+
+
+def test_cache_holds_only_the_latent():
+    m = _module()
+    cache = m.new_cache(2, 32)
+    assert len(cache.buffers) == 1 and cache.buffers[0].shape == (2, 1, 32, 16)
+    kv_numel = 2 * 2 * m.n_kv_heads * 32 * m.head_dim
+    assert sum(b.numel() for b in cache.buffers) == 2 * 32 * 16 < kv_numel
+    x = torch.randn(2, 9, 64)
+    m(x, cache)
+    assert cache.pos == 9
+    torch.testing.assert_close(cache.buffers[0][:, 0, :9], m.latent(x))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_transformer_incremental_logits_equal_full_forward(backend):
+    torch.manual_seed(3)
+    cfg = TransformerConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
+                            attention="topk", attn_kwargs={"topk": 4, "latent_dim": 8}, backend=backend,
+                            init_std=0.3)
+    model = TransformerLM(cfg).eval()
+    idx = torch.randint(0, 50, (2, 19))
+    with torch.no_grad():
+        full = model(idx)
+        caches = model.new_caches(2)
+        steps = [model(idx[:, :6], caches=caches)] + [model(idx[:, i:i + 1], caches=caches) for i in range(6, 19)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+    assert all(len(c.buffers) == 1 and c.buffers[0].shape[-1] == 8 for c in caches)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gradients_reach_every_parameter(bias):
+    m = _module(bias=bias, topk=3, backend="cpu")
+    x = torch.randn(2, 12, 64, requires_grad=True)
+    m(x).square().mean().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arg,value", [("topk", 0), ("topk", -2), ("topk", 2.5), ("topk", True),
+                                       ("latent_dim", 0), ("latent_dim", -1), ("latent_dim", 4.0)])
+def test_bad_args_raise(arg, value):
+    with pytest.raises(ValueError, match=arg):
+        SparseLatentAttention(32, n_heads=4, **{arg: value})
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        SparseLatentAttention(32, n_heads=4, n_kv_heads=3)
+
+
+def test_reference_and_cpu_backends_agree():
+    from fastattn import dispatch
+    if dispatch.unavailable_reason("topk_attention", "cpu"):
+        pytest.skip(dispatch.unavailable_reason("topk_attention", "cpu"))
+    ref, cpu = _module(seed=4, topk=6), _module(seed=4, topk=6, backend="cpu")
+    x = torch.randn(2, 24, 64, generator=torch.Generator().manual_seed(5))
+    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yc = ref(xr), cpu(xc)
+    torch.testing.assert_close(yc, yr, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(yr)
+    yr.backward(g)
+    yc.backward(g)
+    torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-4, atol=1e-5)
+    for (name, pr), pc in zip(ref.named_parameters(), cpu.parameters()):
+        torch.testing.assert_close(pc.grad, pr.grad, rtol=1e-4, atol=1e-5, msg=name)
