@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu/adaptive_span_attention.h"
+#include "cpu/attention_common.h"
 
 #ifdef FASTATTN_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -37,17 +38,8 @@ Bwd bwd_meta(const at::Tensor&, const at::Tensor& q, const at::Tensor& k, const 
 Fwd fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& span,
              const at::Tensor& period, const at::Tensor& phase, double ramp, double duty, bool causal, double scale) {
   constexpr const char* op = "adaptive_span_attention_fwd (cuda)";
-  for (const at::Tensor* t : {&q, &k, &v}) {
-    TORCH_CHECK(t->is_cuda() && t->device() == q.device(), op, ": q, k, v must be CUDA tensors on one device");
-    TORCH_CHECK(t->dim() == 4 && t->is_contiguous(), op, ": q, k, v must be contiguous 4-D (B, H, N, D) tensors");
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), op, ": q, k, v must share a dtype");
-  }
+  fastattn::cpu::check_attention_inputs(op, q, k, v, at::kCUDA);
   const auto dt = q.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
-              ": dtype must be float32, float16 or bfloat16, got ", dt);
-  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0) && k.size(1) > 0 && q.size(1) % k.size(1) == 0 &&
-                  v.size(1) == k.size(1) && k.size(2) == v.size(2) && k.size(3) == q.size(3),
-              op, ": q (B, Hq, Nq, D), k (B, Hk, Nk, D), v (B, Hk, Nk, Dv) with Hq % Hk == 0 expected");
   const int64_t Hq = q.size(1), Nq = q.size(2), Nk = k.size(2);
   for (const at::Tensor* t : {&span, &period, &phase}) {
     TORCH_CHECK(t->numel() == 0 || (t->is_cuda() && t->scalar_type() == at::kFloat && t->dim() == 1 &&

@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "cpu/attention_common.h"
 #include "cpu/relu_attention.h"
 
 #ifdef FASTATTN_WITH_CUDA
@@ -34,8 +35,7 @@ Bwd bwd_meta(const at::Tensor&, const at::Tensor& q, const at::Tensor& k, const 
 Fwd fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& gamma,
              const at::Tensor& sink, const at::Tensor& alibi, const at::Tensor& tau, bool causal, double scale,
              int64_t norm, int64_t quant, bool int8_qkv) {
-  TORCH_CHECK(q.is_cuda() && q.is_contiguous() && k.is_contiguous() && v.is_contiguous(),
-              "relu_attention_fwd (cuda): contiguous CUDA q, k, v expected");
+  fastattn::cpu::check_attention_inputs("relu_attention_fwd (cuda)", q, k, v, at::kCUDA);
   TORCH_CHECK(!int8_qkv, "relu_attention_fwd (cuda): int8_qkv is implemented by the triton and cpu backends");
   auto [out, den, argmax] = fwd_meta(q, k, v, gamma, sink, alibi, tau, causal, scale, norm, quant, int8_qkv);
   out = at::empty(out.sizes(), q.options());

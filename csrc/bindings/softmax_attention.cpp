@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "cpu/attention_common.h"
 #include "cpu/softmax_attention.h"
 
 #ifdef FASTATTN_WITH_CUDA
@@ -43,21 +44,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_meta(const at::Tensor&, const
 std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                             bool causal, double scale) {
   constexpr const char* op = "softmax_attention_fwd (cuda)";
-  for (const at::Tensor* t : {&q, &k, &v}) {
-    TORCH_CHECK(t->is_cuda() && t->device() == q.device(), op, ": q, k, v must be CUDA tensors on one device");
-    TORCH_CHECK(t->dim() == 4 && t->is_contiguous(), op, ": q, k, v must be contiguous 4-D (B, H, N, D) tensors");
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), op, ": q, k, v must share a dtype");
-  }
+  fastattn::cpu::check_attention_inputs(op, q, k, v, at::kCUDA);
   const auto dt = q.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
-              ": dtype must be float32, float16 or bfloat16, got ", dt);
-  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), op, ": batch sizes differ");
-  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0 && v.size(1) == k.size(1), op,
-              ": q heads must be a multiple of k/v heads (k and v heads equal)");
-  TORCH_CHECK(k.size(2) == v.size(2), op, ": k and v lengths differ");
-  TORCH_CHECK(k.size(3) == q.size(3), op, ": q and k head dims differ");
-  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 256 && v.size(3) >= 1 && v.size(3) <= 256, op,
-              ": head dims must be in [1, 256], got D=", q.size(3), " Dv=", v.size(3));
   const c10::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));

@@ -122,8 +122,7 @@ Plan make_plan(const Dims& d, const float* span, const float* period, const floa
 // m = min((A - |d0 - c|) / R, 1); returns their sum. Branch-free so GCC vectorizes it.
 inline float ramp_exp(float* s, int64_t c0, int64_t c1, int64_t d0, float A, float R, float shift) {
   for (int64_t c = c0; c < c1; ++c) {
-    const float x = static_cast<float>(std::abs(d0 - c));
-    s[c] = std::min((A - x) / R, 1.0f) * fast_exp(s[c] - shift);
+    s[c] = std::min(ramp_raw(A, R, std::abs(d0 - c)), 1.0f) * fast_exp(s[c] - shift);
   }
   return row_sum(s + c0, c1 - c0);
 }
@@ -284,8 +283,7 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
             // Ramp (m <= 1, where the span gets its gradient): P~ = m exp(s - lse).
             for (const auto [c0, c1] : {std::pair{sg.k0, sg.f0}, std::pair{sg.f1, sg.k1}}) {
               for (int64_t c = c0; c < c1; ++c) {
-                const float x = static_cast<float>(std::abs(ip - jl - c));
-                const float m = std::min((hp.A - x) / P.R, 1.0f);
+                const float m = std::min(ramp_raw(hp.A, P.R, std::abs(ip - jl - c)), 1.0f);
                 const float e = fast_exp(p[c] - L), pt = m * e, t = g * dp[c] - dl;
                 dgv[c] = pt * dp[c];
                 spv[c] = e * t;

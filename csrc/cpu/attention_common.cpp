@@ -5,11 +5,13 @@
 
 namespace fastattn::cpu {
 
-void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            c10::DeviceType device) {
   for (const auto* t : {&q, &k, &v}) {
     TORCH_CHECK(t->dim() == 4, op, ": q, k, v must be 4-D (B, H, N, D), got ", t->sizes());
     TORCH_CHECK(t->is_contiguous(), op, ": q, k, v must be contiguous");
-    TORCH_CHECK(t->device().is_cpu(), op, ": the cpu kernels take CPU tensors, got ", t->device());
+    TORCH_CHECK(t->device().type() == device && t->device() == q.device(), op, ": q, k, v must be ", device,
+                " tensors on one device, got ", t->device());
   }
   const auto dt = q.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,

@@ -36,8 +36,11 @@ inline void mask_row(float* srow, int64_t j0, int64_t cols, int64_t limit, const
   }
 }
 
-// Shared input checks for the attention ops (TORCH_CHECK naming the offending argument).
-void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+// Shared input checks for the attention ops (TORCH_CHECK naming the offending argument): 4-D,
+// contiguous, on one `device` type (the CPU kernels; the CUDA glue passes kCUDA), one float dtype,
+// consistent shapes (GQA: Hq % Hk == 0), head dims in [1, 256].
+void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            c10::DeviceType device = c10::DeviceType::CPU);
 
 // tau: empty, or a contiguous fp32 (B, Hq, Nq) tensor.
 void check_tau(const char* op, const at::Tensor& tau, const at::Tensor& q);
