@@ -1,4 +1,4 @@
-"""`python -m fastattn {info,bench,train,generate}`."""
+"""`python -m fastattn {info,bench,train,generate,compare-kinds}`."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     p_bench = sub.add_parser("bench", help="kernel benchmarks (see bench/)", add_help=False)
     p_train = sub.add_parser("train", help="train a model from a YAML config", add_help=False)
     p_gen = sub.add_parser("generate", help="generate text from a checkpoint", add_help=False)
+    sub.add_parser("compare-kinds", help="train a config once per attention kind; bits/byte vs tokens/s",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "info":
         return _info(args)
@@ -48,6 +50,9 @@ def main(argv=None) -> int:
     if args.cmd == "generate":
         from .train.cli import generate_main
         return generate_main(rest)
+    if args.cmd == "compare-kinds":
+        from .train.compare import main as compare_main
+        return compare_main(rest)
     return 2
 
 

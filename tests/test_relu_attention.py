@@ -155,6 +155,38 @@ def test_int8_qkv_matches_int8_reference(backend, quant):
         torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-3, atol=1e-4)
 
 
+# Shapes for the CPU forward's operand engines (bf16 on AVX512-BF16, int8_qkv on VNNI): odd head
+# dims (pair / quad padding of the packed operands, Dv not a multiple of 16), several 512-key tiles
+# (the quantized pass reads a cached row block), and Nk past the cache budget (pass 2 recomputes).
+ENGINE_SHAPES = [(1, 2, 1, 33, 75, 17, 9), (1, 2, 2, 130, 1100, 64, 64), (1, 1, 1, 20, 8300, 16, 16)]
+
+
+@pytest.mark.parametrize("shape", ENGINE_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("quant", [None, 8])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_bf16_engine(shape, quant, causal):
+    _check("cpu", shape, dtype=torch.bfloat16, causal=causal, norm="max" if quant else "sum", quant=quant, seed=4,
+           grads=shape[4] < 2000)
+
+
+@pytest.mark.parametrize("shape", ENGINE_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("quant", [None, 7, 8])
+def test_cpu_int8_engine(shape, quant):
+    q, k, v = (t.float() for t in make_qkv(*shape, seed=5))
+    g, sk, al = (t.float() for t in _params(shape[1]))
+    kw = dict(gamma=g, sink=sk, alibi_slopes=al, causal=True, norm="max", quant=quant, int8_qkv=True)
+    out = fastattn.relu_attention(q, k, v, backend="cpu", **kw)
+    ref = relu_attention_ref(q.double(), k.double(), v.double(), **{**kw, "gamma": g.double(), "sink": sk.double()})
+    rows = torch.ones(out.shape[:3], dtype=torch.bool)
+    if quant:  # the same level tie rule as _check, on the int8-rounded operands the kernel sees
+        from fastattn.reference.relu_attention import int8_round
+        rq, rk = int8_round(q.double(), -1), int8_round(k.double(), -1)
+        rows = _tie_free_rows(rq, rk, g.double(), sk.double(), al.double(), quant, causal=True, norm="max")
+        assert rows.float().mean() > 0.5
+    err = (out.double() - ref).abs().amax(-1)[rows].max().item()
+    assert err < 1e-4 * max(1.0, ref.abs().max().item()), err
+
+
 @pytest.mark.parametrize("Nk, bits", [(63, 7), (64, 7), (65, 8)])
 def test_auto_switches_at_64(Nk, bits):
     q, k, v = make_qkv(1, 1, 1, 8, Nk, 16, 16)

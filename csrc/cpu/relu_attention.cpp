@@ -1,13 +1,11 @@
 // Fused, tiled CPU ByteScale ReLU attention (SPEC.md §2), forward and backward.
 //
-// Forward: one task per (batch, query head, query tile). Scores come from tile GEMMs (bf16 inputs
-// go to MKL's bf16 GEMM, fp16 through fp32 tiles). Without quantization one pass suffices: the
-// denominator is a per-row constant, so acc = sum_j a_ij v_j is divided at the end. With
-// quantization p must be final before rounding, so pass 1 computes the row statistic (max/sum/count)
-// and pass 2 rounds p = a / den and multiplies by V: results never depend on tile sizes.
-// int8_qkv: q, k per token and v per channel are quantized once (O(N D)); QK^T then runs on
-// AVX512-VNNI integer dot products (csrc/cpu/int8_gemm.h), and with quant the rounded weights
-// (levels 0..2^bits-1, u8) multiply int8 V on VNNI too.
+// Forward: one task per (batch, query head, query tile); the operand engines of relu_engines.h
+// compute score tiles and P V (fp32/fp16 on MKL tiles, bf16 on AVX512-BF16, int8_qkv on VNNI).
+// Without quantization one pass suffices: the denominator is a per-row constant, so
+// acc = sum_j a_ij v_j is divided at the end. With quantization p must be final before rounding, so
+// pass 1 computes the row statistic (max/sum/count) and pass 2 rounds p = a / den and multiplies by
+// V: results never depend on tile sizes.
 // Backward (gradient of the unquantized op): a row pass computes dden_i = -(sum_j a_ij dP_ij)/den_i^2
 // (from out when unquantized, else by recomputing sum_j a_ij v_j), then one task per (batch, kv
 // head, key tile) owns dK, dV and walks the query tiles of its GQA group; dQ and dgamma go to
@@ -19,15 +17,20 @@
 
 #include <vector>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #include "common/relu.h"
 #include "cpu/attention_common.h"
-#include "cpu/int8_gemm.h"
+#include "cpu/relu_engines.h"
 
 namespace fastattn::cpu {
 namespace {
 
-constexpr int64_t kBM = 128;   // query rows per task / inner step
-constexpr int64_t kBN = 512;   // keys per tile (forward)
+constexpr int64_t kBM = kRowsPerTask;  // query rows per task / inner step
+constexpr int64_t kBN = kKeysPerTile;   // keys per tile (forward)
+constexpr int64_t kCacheBytes = int64_t{4} << 20;  // per-thread score cache for the quantized pass 2
 constexpr int64_t kBNB = 128;  // keys per task (backward)
 
 struct Relu {
@@ -82,208 +85,79 @@ struct RowStat {
   }
 };
 
+// s[c] <- floor(relu(s[c]) / den * L + 0.5), the weight level (SPEC §2.5). a / den is a division,
+// exactly as SPEC writes it, so levels flip only at true ties.
+inline void weight_levels(float* s, int64_t cols, float den, float L) {
+  int64_t c = 0;
+#ifdef __AVX512F__
+  const __m512 vd = _mm512_set1_ps(den), vl = _mm512_set1_ps(L), half = _mm512_set1_ps(0.5f), zero = _mm512_setzero_ps();
+  for (; c + 16 <= cols; c += 16) {
+    const __m512 p = _mm512_div_ps(_mm512_max_ps(_mm512_loadu_ps(s + c), zero), vd);
+    _mm512_storeu_ps(s + c, _mm512_roundscale_ps(_mm512_add_ps(_mm512_mul_ps(p, vl), half),
+                                                  _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+  }
+#endif
+  for (; c < cols; ++c) s[c] = floorf((s[c] > 0.0f ? s[c] : 0.0f) / den * L + 0.5f);
+}
+
 inline void relu_row(float* s, int64_t cols) {
   for (int64_t c = 0; c < cols; ++c) s[c] = s[c] > 0.0f ? s[c] : 0.0f;
 }
 
-// Per-task operand access: fp32 tiles (converted when needed) or native bf16 for MKL's bf16 GEMM.
-template <typename T>
-struct Tiles {
-  static constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
-  std::vector<float> qbuf, kbuf, vbuf;
-  std::vector<c10::BFloat16> pbuf;
-  Tiles(int64_t D, int64_t Dv, int64_t bn)
-      : qbuf(kBf16 || std::is_same_v<T, float> ? 0 : kBM * D), kbuf(kBf16 || std::is_same_v<T, float> ? 0 : bn * D),
-        vbuf(kBf16 || std::is_same_v<T, float> ? 0 : bn * Dv), pbuf(kBf16 ? kBM * bn : 0) {}
-  const T* q_raw = nullptr;
-  const float* q_f = nullptr;
-  void set_q(const T* q, int64_t rows, int64_t D) {
-    if constexpr (kBf16) q_raw = q; else q_f = tile_ptr(q, rows, D, qbuf.data());
-  }
-  // S[rows x cols] = alpha * Q K^T
-  void qk(const T* k, int64_t rows, int64_t cols, int64_t D, float alpha, float* S, int64_t ldS) {
-    if constexpr (kBf16) gemm_bf16(false, true, rows, cols, D, alpha, q_raw, D, k, D, 0.0f, S, ldS);
-    else gemm_nt(rows, cols, D, alpha, q_f, D, tile_ptr(k, cols, D, kbuf.data()), D, 0.0f, S, ldS);
-  }
-  // acc[rows x Dv] += P V
-  void pv(const float* P, int64_t ldP, const T* v, int64_t rows, int64_t cols, int64_t Dv, float* acc) {
-    if constexpr (kBf16) {
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) pbuf[r * cols + c] = c10::BFloat16(P[r * ldP + c]);
-      gemm_bf16(false, false, rows, Dv, cols, 1.0f, pbuf.data(), cols, v, Dv, 1.0f, acc, Dv);
-    } else {
-      gemm_nn(rows, Dv, cols, 1.0f, P, ldP, tile_ptr(v, cols, Dv, vbuf.data()), Dv, 1.0f, acc, Dv);
-    }
-  }
-};
-
-template <typename T>
-void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* den_out, int32_t* arg_out, const Relu& P) {
+// The forward passes over one engine (relu_engines.h). Pass 1 computes the finished scores of each
+// tile and the row statistic; without quantization it also accumulates a V (den is a per-row
+// constant, applied at the end). With quantization, pass 2 rounds p = a / den to levels and
+// accumulates levels * V (scaled by 1 / L at the end); the scores of pass 1 are kept for it in a
+// per-thread row-block cache (kBM x Nk, not Nq x Nk) when that fits kCacheBytes, else recomputed.
+template <typename T, class Engine>
+void fwd_driver(const Engine& E, T* out, float* den_out, int32_t* arg_out, const Relu& P) {
   const Dims& d = P.d;
-  const int64_t n_qt = (d.Nq + kBM - 1) / kBM;
-  at::parallel_for(0, d.B * d.Hq * n_qt, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> S(kBM * kBN), acc(kBM * d.Dv), den(kBM);
-    std::vector<RowStat> st(kBM);
-    Tiles<T> tl(d.D, d.Dv, kBN);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq, hk = h / d.group();
-      const int64_t i0 = t * kBM, rows = std::min(kBM, d.Nq - i0);
-      const T* kh = k + (b * d.Hk + hk) * d.Nk * d.D;
-      const T* vh = v + (b * d.Hk + hk) * d.Nk * d.Dv;
-      tl.set_q(q + (bh * d.Nq + i0) * d.D, rows, d.D);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      std::fill(st.begin(), st.end(), RowStat{});
-      const float alpha = P.gamma[h] * P.scale;
-      const int64_t kend = key_limit(d, P.causal, i0 + rows - 1);
-      // Pass 1 (the only pass without quantization): statistics, and acc += a V when unquantized.
-      for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
-        const int64_t cols = std::min(kBN, kend - j0);
-        tl.qk(kh + j0 * d.D, rows, cols, d.D, alpha, S.data(), kBN);
-        finish_scores(S.data(), kBN, rows, cols, i0, j0, bh, h, P, true);
-        for (int64_t r = 0; r < rows; ++r) {
-          st[r].update(S.data() + r * kBN, cols, j0, P.norm);
-          relu_row(S.data() + r * kBN, cols);
-        }
-        if (P.bits == 0) tl.pv(S.data(), kBN, vh + j0 * d.Dv, rows, cols, d.Dv, acc.data());
-      }
-      for (int64_t r = 0; r < rows; ++r) den[r] = P.sink[h] + st[r].stat;
-      if (P.bits != 0) {  // pass 2: p = quant(a / den), acc += p V
-        for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
-          const int64_t cols = std::min(kBN, kend - j0);
-          tl.qk(kh + j0 * d.D, rows, cols, d.D, alpha, S.data(), kBN);
-          finish_scores(S.data(), kBN, rows, cols, i0, j0, bh, h, P, true);
-          for (int64_t r = 0; r < rows; ++r) {
-            float* s = S.data() + r * kBN;
-            // a / den as a division, exactly as SPEC writes it, so levels flip only at true ties
-            const float dn = den[r] > 0.0f ? den[r] : kInf;
-            for (int64_t c = 0; c < cols; ++c) s[c] = quantize_weight((s[c] > 0.0f ? s[c] : 0.0f) / dn, P.bits);
-          }
-          tl.pv(S.data(), kBN, vh + j0 * d.Dv, rows, cols, d.Dv, acc.data());
-        }
-      }
-      T* ot = out + (bh * d.Nq + i0) * d.Dv;
-      for (int64_t r = 0; r < rows; ++r) {
-        float* a = acc.data() + r * d.Dv;
-        if (P.bits == 0) scale_row(a, d.Dv, den[r] > 0.0f ? 1.0f / den[r] : 0.0f);
-        store_row(a, d.Dv, ot + r * d.Dv);
-        den_out[bh * d.Nq + i0 + r] = den[r];
-        arg_out[bh * d.Nq + i0 + r] = P.norm == kNormMax ? st[r].arg : -1;
-      }
-    }
-  });
-}
-
-// int8_qkv forward: the same passes as fwd_kernel, with QK^T (and, with quant, P V) as VNNI integer
-// products over the quantized operands. See the file comment.
-template <typename T>
-void fwd_int8_kernel(const T* q, const T* k, const T* v, T* out, float* den_out, int32_t* arg_out, const Relu& P) {
-  const Dims& d = P.d;
-  const int64_t BHk = d.B * d.Hk, Dp = (d.D + 3) / 4 * 4;
-  // Quantize once: q, k per token; v per channel over the sequence (per batch and kv head).
-  std::vector<int8_t> q8(d.B * d.Hq * d.Nq * d.D), k8(BHk * d.Nk * d.D);
-  std::vector<float> qs(d.B * d.Hq * d.Nq), ks(BHk * d.Nk), vs(BHk * d.Dv);
-  std::vector<PackedK> kp(BHk), vp(P.bits ? BHk : 0);
-  std::vector<float> vf(P.bits ? 0 : BHk * d.Nk * d.Dv);  // dequantized v for the float P V
-  at::parallel_for(0, d.B * d.Hq, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bh = b0; bh < b1; ++bh)
-      quantize_rows(q + bh * d.Nq * d.D, d.Nq, d.D, q8.data() + bh * d.Nq * d.D, qs.data() + bh * d.Nq);
-  });
-  at::parallel_for(0, BHk, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> vt(d.Dv * d.Nk);
-    std::vector<int8_t> vt8(d.Dv * d.Nk);
-    for (int64_t bhk = b0; bhk < b1; ++bhk) {
-      quantize_rows(k + bhk * d.Nk * d.D, d.Nk, d.D, k8.data() + bhk * d.Nk * d.D, ks.data() + bhk * d.Nk);
-      kp[bhk].pack(k8.data() + bhk * d.Nk * d.D, d.Nk, d.D);
-      const T* vh = v + bhk * d.Nk * d.Dv;
-      for (int64_t j = 0; j < d.Nk; ++j)
-        for (int64_t c = 0; c < d.Dv; ++c) vt[c * d.Nk + j] = static_cast<float>(vh[j * d.Dv + c]);
-      quantize_rows(vt.data(), d.Dv, d.Nk, vt8.data(), vs.data() + bhk * d.Dv);  // rows of v^T = channels
-      if (P.bits) {
-        vp[bhk].pack(vt8.data(), d.Dv, d.Nk);
-      } else {
-        for (int64_t j = 0; j < d.Nk; ++j)
-          for (int64_t c = 0; c < d.Dv; ++c)
-            vf[(bhk * d.Nk + j) * d.Dv + c] = vt8[c * d.Nk + j] * vs[bhk * d.Dv + c];
-      }
-    }
-  });
-  const int64_t n_qt = (d.Nq + kBM - 1) / kBM;
+  const int64_t n_qt = (d.Nq + kBM - 1) / kBM, ldA = E.acc_ld();
   const float L = P.bits ? static_cast<float>((1 << P.bits) - 1) : 1.0f;
   at::parallel_for(0, d.B * d.Hq * n_qt, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> S(kBM * kBN), acc(kBM * d.Dv), den(kBM);
+    typename Engine::Local loc(d);
+    std::vector<float> S(kBM * kBN), acc(kBM * ldA), den(kBM), cache;
     std::vector<RowStat> st(kBM);
-    std::vector<uint8_t> qu(kBM * Dp), lvl(kBM * kBN);
-    std::vector<int32_t> dot(8 * 16);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq, bhk = b * d.Hk + h / d.group();
       const int64_t i0 = t * kBM, rows = std::min(kBM, d.Nq - i0);
-      std::fill(qu.begin(), qu.end(), uint8_t{128});
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < d.D; ++c) qu[r * Dp + c] = static_cast<uint8_t>(q8[(bh * d.Nq + i0 + r) * d.D + c] + 128);
-      const float gs = P.gamma[h] * P.scale;
-      const PackedK& K = kp[bhk];
-      // S[r][c] = gs * qs_i * ks_j * (sum_d (q+128) k - 128 sum_d k) for keys j0..j0+cols
-      auto scores = [&](int64_t j0, int64_t cols) {
-        for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-          const int64_t rr = std::min<int64_t>(8, rows - r0);
-          for (int64_t c0 = 0; c0 < cols; c0 += 16) {
-            const int64_t blk = (j0 + c0) / 16;
-            dot_block16(qu.data() + r0 * Dp, Dp, rr, K.block(blk), K.n_groups, dot.data());
-            const int64_t cc = std::min<int64_t>(16, cols - c0);
-            for (int64_t r = 0; r < rr; ++r) {
-              const float qsc = gs * qs[bh * d.Nq + i0 + r0 + r];
-              for (int64_t l = 0; l < cc; ++l) {
-                const int64_t j = j0 + c0 + l;
-                S[(r0 + r) * kBN + c0 + l] =
-                    static_cast<float>(dot[r * 16 + l] - 128 * K.rowsum[j]) * qsc * ks[bhk * d.Nk + j];
-              }
-            }
-          }
-        }
-        finish_scores(S.data(), kBN, rows, cols, i0, j0, bh, h, P, true);
-      };
+      E.begin(loc, bh, i0, rows);
       std::fill(acc.begin(), acc.end(), 0.0f);
       std::fill(st.begin(), st.end(), RowStat{});
-      const int64_t kend = key_limit(d, P.causal, i0 + rows - 1);
+      const float alpha = P.gamma[h] * P.scale;
+      const int64_t kend = key_limit(d, P.causal, i0 + rows - 1), ldc = round_up(kend, 16);
+      const bool cached = P.bits != 0 && rows * ldc * static_cast<int64_t>(sizeof(float)) <= kCacheBytes;
+      if (cached && static_cast<int64_t>(cache.size()) < rows * ldc) cache.resize(rows * ldc);
+      auto tile = [&](int64_t j0, int64_t cols, bool fresh) -> std::pair<float*, int64_t> {
+        float* Sp = cached ? cache.data() + j0 : S.data();
+        const int64_t ld = cached ? ldc : kBN;
+        if (fresh) {
+          E.scores(loc, bhk, bh, i0, rows, j0, cols, alpha, Sp, ld);
+          finish_scores(Sp, ld, rows, cols, i0, j0, bh, h, P, true);
+        }
+        return {Sp, ld};
+      };
       for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
         const int64_t cols = std::min(kBN, kend - j0);
-        scores(j0, cols);
-        for (int64_t r = 0; r < rows; ++r) {
-          st[r].update(S.data() + r * kBN, cols, j0, P.norm);
-          relu_row(S.data() + r * kBN, cols);
+        auto [Sp, ld] = tile(j0, cols, true);
+        for (int64_t r = 0; r < rows; ++r) st[r].update(Sp + r * ld, cols, j0, P.norm);
+        if (P.bits == 0) {
+          for (int64_t r = 0; r < rows; ++r) relu_row(Sp + r * ld, cols);
+          E.pv(loc, Sp, ld, bhk, rows, j0, cols, false, acc.data(), ldA);
         }
-        if (!P.bits)
-          gemm_nn(rows, d.Dv, cols, 1.0f, S.data(), kBN, vf.data() + (bhk * d.Nk + j0) * d.Dv, d.Dv, 1.0f,
-                  acc.data(), d.Dv);
       }
       for (int64_t r = 0; r < rows; ++r) den[r] = P.sink[h] + st[r].stat;
-      if (P.bits) {  // pass 2: integer levels of p times int8 v (channels in blocks of 16)
-        const PackedK& V = vp[bhk];
+      if (P.bits != 0) {
         for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
-          const int64_t cols = std::min(kBN, kend - j0), groups = (cols + 3) / 4;
-          scores(j0, cols);
-          std::fill(lvl.begin(), lvl.end(), uint8_t{0});
-          for (int64_t r = 0; r < rows; ++r) {
-            const float dn = den[r] > 0.0f ? den[r] : kInf;
-            const float* s = S.data() + r * kBN;
-            for (int64_t c = 0; c < cols; ++c)
-              lvl[r * kBN + c] = static_cast<uint8_t>(weight_level((s[c] > 0.0f ? s[c] : 0.0f) / dn, P.bits));
-          }
-          for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-            const int64_t rr = std::min<int64_t>(8, rows - r0);
-            for (int64_t cb = 0; cb < V.n_blocks; ++cb) {
-              dot_block16(lvl.data() + r0 * kBN, kBN, rr, V.block(cb) + (j0 / 4) * 64, groups, dot.data());
-              const int64_t cc = std::min<int64_t>(16, d.Dv - cb * 16);
-              for (int64_t r = 0; r < rr; ++r)
-                for (int64_t l = 0; l < cc; ++l)
-                  acc[(r0 + r) * d.Dv + cb * 16 + l] += static_cast<float>(dot[r * 16 + l]) * vs[bhk * d.Dv + cb * 16 + l];
-            }
-          }
+          const int64_t cols = std::min(kBN, kend - j0);
+          auto [Sp, ld] = tile(j0, cols, !cached);
+          for (int64_t r = 0; r < rows; ++r) weight_levels(Sp + r * ld, cols, den[r] > 0.0f ? den[r] : kInf, L);
+          E.pv(loc, Sp, ld, bhk, rows, j0, cols, true, acc.data(), ldA);
         }
       }
       T* ot = out + (bh * d.Nq + i0) * d.Dv;
       for (int64_t r = 0; r < rows; ++r) {
-        float* a = acc.data() + r * d.Dv;
+        float* a = acc.data() + r * ldA;
         scale_row(a, d.Dv, P.bits ? 1.0f / L : (den[r] > 0.0f ? 1.0f / den[r] : 0.0f));
         store_row(a, d.Dv, ot + r * d.Dv);
         den_out[bh * d.Nq + i0 + r] = den[r];
@@ -291,6 +165,22 @@ void fwd_int8_kernel(const T* q, const T* k, const T* v, T* out, float* den_out,
       }
     }
   });
+}
+
+template <typename T>
+void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* den_out, int32_t* arg_out, const Relu& P,
+                bool int8_qkv) {
+  if (int8_qkv) {
+    fwd_driver<T>(Int8Engine<T>(q, k, v, P.d, P.bits != 0), out, den_out, arg_out, P);
+    return;
+  }
+#ifdef FASTATTN_AVX512_BF16
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    fwd_driver<T>(Bf16Engine(q, k, v, P.d), out, den_out, arg_out, P);
+    return;
+  }
+#endif
+  fwd_driver<T>(FloatEngine<T>(q, k, v, P.d), out, den_out, arg_out, P);
 }
 
 // dden_i = -(sum_j a_ij (do_i . v_j)) / den_i^2 = -(do_i . sum_j a_ij v_j) / den_i^2 (0 where den = 0).
@@ -301,7 +191,7 @@ void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const T* out
   const int64_t n_qt = (d.Nq + kBM - 1) / kBM;
   at::parallel_for(0, d.B * d.Hq * n_qt, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> S(kBM * kBN), acc(kBM * d.Dv);
-    Tiles<T> tl(d.D, d.Dv, kBN);
+    Tiles<T> tl(d.D, d.Dv, kBM, kBN);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq, hk = h / d.group();
       const int64_t i0 = t * kBM, rows = std::min(kBM, d.Nq - i0);
@@ -314,7 +204,7 @@ void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const T* out
           tl.qk(k + ((b * d.Hk + hk) * d.Nk + j0) * d.D, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
           finish_scores(S.data(), kBN, rows, cols, i0, j0, bh, h, P, true);
           for (int64_t r = 0; r < rows; ++r) relu_row(S.data() + r * kBN, cols);
-          tl.pv(S.data(), kBN, v + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv, rows, cols, d.Dv, acc.data());
+          tl.pv(S.data(), kBN, v + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv, rows, cols, d.Dv, acc.data(), d.Dv);
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -439,8 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_attention_fwd_cpu(
   if (out.numel() == 0) return {out, den, argmax};
   dispatch_float_types(q.scalar_type(), "relu_attention_fwd", [&](auto tag) {
     using T = decltype(tag);
-    (int8_qkv ? fwd_int8_kernel<T> : fwd_kernel<T>)(q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<T>(), den.data_ptr<float>(),
-                  argmax.data_ptr<int32_t>(), P);
+    fwd_kernel<T>(q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<T>(), den.data_ptr<float>(),
+                  argmax.data_ptr<int32_t>(), P, int8_qkv);
   });
   return {out, den, argmax};
 }

@@ -1,0 +1,262 @@
+// Operand engines of the CPU relu_attention forward (relu_attention.cpp drives the passes): each
+// one computes a tile of scores alpha * Q K^T and accumulates acc += P V for its input path.
+//   FloatEngine<T>: fp32 / fp16 tiles (and bf16 without AVX512-BF16) through MKL's GEMMs.
+//   Bf16Engine:     bf16 inputs on vdpbf16ps: K and V packed once per call, P rounded to bf16.
+//   Int8Engine<T>:  int8_qkv: q, k per token and v per channel quantized once (SPEC §2), Q K^T on
+//                   vpdpbusd; with quant the integer weight levels (u8) multiply int8 V on vpdpbusd,
+//                   else P V runs in fp32 against the dequantized v.
+// Interface (all const, per-thread state in Local):
+//   Local(P); begin(L, bh, i0, rows); scores(L, bhk, bh, i0, rows, j0, cols, alpha, S, ldS);
+//   pv(L, P, ldP, bhk, rows, j0, cols, levels, acc, ldA); acc_ld().
+// `scores` may write up to the next multiple of 16 columns (ldS must allow it). `levels`: P holds
+// integer weight levels 0..2^bits-1 (as floats) rather than unquantized weights.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <type_traits>
+#include <vector>
+
+#include "cpu/attention_common.h"
+#include "cpu/int8_quant.h"
+#include "cpu/vnni_tile.h"
+
+namespace fastattn::cpu {
+
+constexpr int64_t kRowsPerTask = 128;  // query rows per forward task (kBM in relu_attention.cpp)
+constexpr int64_t kKeysPerTile = 512;  // keys per forward tile (kBN)
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Per-task operand access for MKL GEMMs: fp32 tiles (converted when needed) or native bf16.
+template <typename T>
+struct Tiles {
+  static constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
+  static constexpr bool kCopy = !kBf16 && !std::is_same_v<T, float>;
+  std::vector<float> qbuf, kbuf, vbuf;
+  std::vector<c10::BFloat16> pbuf;
+  Tiles(int64_t D, int64_t Dv, int64_t bm, int64_t bn)
+      : qbuf(kCopy ? bm * D : 0), kbuf(kCopy ? bn * D : 0), vbuf(kCopy ? bn * Dv : 0), pbuf(kBf16 ? bm * bn : 0) {}
+  const T* q_raw = nullptr;
+  const float* q_f = nullptr;
+  void set_q(const T* q, int64_t rows, int64_t D) {
+    if constexpr (kBf16) q_raw = q; else q_f = tile_ptr(q, rows, D, qbuf.data());
+  }
+  // S[rows x cols] = alpha * Q K^T
+  void qk(const T* k, int64_t rows, int64_t cols, int64_t D, float alpha, float* S, int64_t ldS) {
+    if constexpr (kBf16) gemm_bf16(false, true, rows, cols, D, alpha, q_raw, D, k, D, 0.0f, S, ldS);
+    else gemm_nt(rows, cols, D, alpha, q_f, D, tile_ptr(k, cols, D, kbuf.data()), D, 0.0f, S, ldS);
+  }
+  // acc[rows x Dv] (row stride ldA) += P V
+  void pv(const float* P, int64_t ldP, const T* v, int64_t rows, int64_t cols, int64_t Dv, float* acc, int64_t ldA) {
+    if constexpr (kBf16) {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) pbuf[r * cols + c] = c10::BFloat16(P[r * ldP + c]);
+      gemm_bf16(false, false, rows, Dv, cols, 1.0f, pbuf.data(), cols, v, Dv, 1.0f, acc, ldA);
+    } else {
+      gemm_nn(rows, Dv, cols, 1.0f, P, ldP, tile_ptr(v, cols, Dv, vbuf.data()), Dv, 1.0f, acc, ldA);
+    }
+  }
+};
+
+template <typename T>
+struct FloatEngine {
+  const T *q, *k, *v;
+  Dims d;
+  FloatEngine(const T* q, const T* k, const T* v, const Dims& d) : q(q), k(k), v(v), d(d) {}
+  struct Local {
+    Tiles<T> tl;
+    explicit Local(const Dims& d) : tl(d.D, d.Dv, kRowsPerTask, kKeysPerTile) {}
+  };
+  int64_t acc_ld() const { return d.Dv; }
+  void begin(Local& L, int64_t bh, int64_t i0, int64_t rows) const { L.tl.set_q(q + (bh * d.Nq + i0) * d.D, rows, d.D); }
+  void scores(Local& L, int64_t bhk, int64_t, int64_t, int64_t rows, int64_t j0, int64_t cols, float alpha, float* S,
+              int64_t ldS) const {
+    L.tl.qk(k + (bhk * d.Nk + j0) * d.D, rows, cols, d.D, alpha, S, ldS);
+  }
+  void pv(Local& L, const float* P, int64_t ldP, int64_t bhk, int64_t rows, int64_t j0, int64_t cols, bool,
+          float* acc, int64_t ldA) const {
+    L.tl.pv(P, ldP, v + (bhk * d.Nk + j0) * d.Dv, rows, cols, d.Dv, acc, ldA);
+  }
+};
+
+#ifdef FASTATTN_AVX512_BF16
+struct Bf16Engine {
+  using T = c10::BFloat16;
+  const T* q;
+  Dims d;
+  int64_t Du;  // q row length in 32-bit units (bf16 pairs)
+  std::vector<Packed16<T>> kp, vp;  // per (batch, kv head): K (keys x D), V^T (channels x keys)
+  Bf16Engine(const T* q, const T* k, const T* v, const Dims& d)
+      : q(q), d(d), Du((d.D + 1) / 2), kp(d.B * d.Hk), vp(d.B * d.Hk) {
+    at::parallel_for(0, d.B * d.Hk, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bhk = b0; bhk < b1; ++bhk) {
+        const T* kh = k + bhk * d.Nk * d.D;
+        const T* vh = v + bhk * d.Nk * d.Dv;
+        kp[bhk].pack(d.Nk, d.D, [&](int64_t j, int64_t c) { return kh[j * d.D + c]; });
+        vp[bhk].pack(d.Dv, d.Nk, [&](int64_t c, int64_t j) { return vh[j * d.Dv + c]; });
+      }
+    });
+  }
+  struct Local {
+    std::vector<uint32_t> qa, pa;  // q rows and P rows as bf16 pairs
+    explicit Local(const Dims& d) : qa(kRowsPerTask * ((d.D + 1) / 2)), pa(kRowsPerTask * kKeysPerTile / 2) {}
+  };
+  int64_t acc_ld() const { return round_up(d.Dv, 16); }
+  void begin(Local& L, int64_t bh, int64_t i0, int64_t rows) const {
+    std::fill(L.qa.begin(), L.qa.end(), 0u);
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(L.qa.data() + r * Du, q + (bh * d.Nq + i0 + r) * d.D, d.D * sizeof(T));
+  }
+  void scores(Local& L, int64_t bhk, int64_t, int64_t, int64_t rows, int64_t j0, int64_t cols, float alpha, float* S,
+              int64_t ldS) const {
+    const Packed16<T>& K = kp[bhk];
+    const __m512 a = _mm512_set1_ps(alpha);
+    tile_product<Bf16Dot>(rows, L.qa.data(), Du, K.at(j0 / 16, 0), K.block_stride(), (cols + 15) / 16, K.n_groups,
+                          [&](int64_t r, int64_t blk, __m512 x) { _mm512_storeu_ps(S + r * ldS + 16 * blk, _mm512_mul_ps(x, a)); });
+  }
+  void pv(Local& L, const float* P, int64_t ldP, int64_t bhk, int64_t rows, int64_t j0, int64_t cols, bool,
+          float* acc, int64_t ldA) const {
+    const int64_t cu = (cols + 1) / 2;  // key pairs
+    auto* pb = reinterpret_cast<T*>(L.pa.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      to_bf16(P + r * ldP, cols, pb + r * 2 * cu);
+      if (cols % 2) pb[r * 2 * cu + cols] = T(0.0f);
+    }
+    const Packed16<T>& V = vp[bhk];
+    tile_product<Bf16Dot>(rows, L.pa.data(), cu, V.at(0, j0 / 2), V.block_stride(), V.n_blocks, cu,
+                          [&](int64_t r, int64_t blk, __m512 x) {
+                            float* o = acc + r * ldA + 16 * blk;
+                            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), x));
+                          });
+  }
+};
+#endif
+
+template <typename T>
+struct Int8Engine {
+  Dims d;
+  bool levels_pv;  // quantized weights: P V on integer levels
+  int64_t Du;      // q row length in 32-bit units (4 int8)
+  std::vector<int8_t> q8, k8;
+  std::vector<float> qs, ks, vs, vf;  // scales (ks padded to blocks of 16); dequantized v without quant
+  std::vector<int32_t> ksum;          // sum_d k8[j][d], padded to blocks of 16
+  std::vector<int8_t> v8;             // v levels (B, Hk, Nk, Dv)
+#ifdef FASTATTN_VNNI
+  std::vector<Packed16<int8_t>> kp, vp;
+#endif
+  Int8Engine(const T* q, const T* k, const T* v, const Dims& d, bool levels)
+      : d(d), levels_pv(levels), Du((d.D + 3) / 4), q8(d.B * d.Hq * d.Nq * d.D), k8(d.B * d.Hk * d.Nk * d.D),
+        qs(d.B * d.Hq * d.Nq), ks(d.B * d.Hk * round_up(d.Nk, 16), 0.0f), vs(d.B * d.Hk * round_up(d.Dv, 16), 0.0f),
+        ksum(d.B * d.Hk * round_up(d.Nk, 16), 0), v8(d.B * d.Hk * d.Nk * d.Dv) {
+    const int64_t BHk = d.B * d.Hk, Nkp = round_up(d.Nk, 16), Dvp = round_up(d.Dv, 16);
+    if (!levels) vf.resize(BHk * d.Nk * d.Dv);
+#ifdef FASTATTN_VNNI
+    kp.resize(BHk);
+    if (levels) vp.resize(BHk);
+#endif
+    at::parallel_for(0, d.B * d.Hq, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bh = b0; bh < b1; ++bh)
+        quantize_rows(q + bh * d.Nq * d.D, d.Nq, d.D, q8.data() + bh * d.Nq * d.D, qs.data() + bh * d.Nq);
+    });
+    at::parallel_for(0, BHk, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bhk = b0; bhk < b1; ++bhk) {
+        int8_t* kq = k8.data() + bhk * d.Nk * d.D;
+        quantize_rows(k + bhk * d.Nk * d.D, d.Nk, d.D, kq, ks.data() + bhk * Nkp);
+        for (int64_t j = 0; j < d.Nk; ++j) {
+          int32_t s = 0;
+          for (int64_t c = 0; c < d.D; ++c) s += kq[j * d.D + c];
+          ksum[bhk * Nkp + j] = s;
+        }
+        int8_t* vq = v8.data() + bhk * d.Nk * d.Dv;
+        const float* vsc = vs.data() + bhk * Dvp;
+        quantize_cols(v + bhk * d.Nk * d.Dv, d.Nk, d.Dv, vq, vs.data() + bhk * Dvp);
+        if (!levels)
+          for (int64_t j = 0; j < d.Nk; ++j)
+            for (int64_t c = 0; c < d.Dv; ++c) vf[(bhk * d.Nk + j) * d.Dv + c] = vq[j * d.Dv + c] * vsc[c];
+#ifdef FASTATTN_VNNI
+        kp[bhk].pack(d.Nk, d.D, [&](int64_t j, int64_t c) { return kq[j * d.D + c]; });
+        if (levels) vp[bhk].pack(d.Dv, d.Nk, [&](int64_t c, int64_t j) { return vq[j * d.Dv + c]; });
+#endif
+      }
+    });
+  }
+  struct Local {
+    std::vector<uint32_t> qa, la;  // q levels + 128 (u8) and weight levels (u8), as 4-byte units
+    explicit Local(const Dims& d) : qa(kRowsPerTask * ((d.D + 3) / 4)), la(kRowsPerTask * kKeysPerTile / 4) {}
+  };
+  int64_t acc_ld() const { return round_up(d.Dv, 16); }
+  void begin(Local& L, int64_t bh, int64_t i0, int64_t rows) const {
+    auto* qu = reinterpret_cast<uint8_t*>(L.qa.data());
+    std::fill(qu, qu + L.qa.size() * 4, uint8_t{128});  // pad: (128 - 128) * 0
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < d.D; ++c)
+        qu[r * Du * 4 + c] = static_cast<uint8_t>(q8[(bh * d.Nq + i0 + r) * d.D + c] + 128);
+  }
+  // S = alpha * qs_i * ks_j * (sum_d (q + 128) k - 128 sum_d k)
+  void scores(Local& L, int64_t bhk, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t cols, float alpha,
+              float* S, int64_t ldS) const {
+    const int64_t Nkp = round_up(d.Nk, 16);
+    const float* ksc = ks.data() + bhk * Nkp + j0;
+    const int32_t* kss = ksum.data() + bhk * Nkp + j0;
+    const float* qsc = qs.data() + bh * d.Nq + i0;
+#ifdef FASTATTN_VNNI
+    const Packed16<int8_t>& K = kp[bhk];
+    tile_product<Int8Dot>(rows, L.qa.data(), Du, K.at(j0 / 16, 0), K.block_stride(), (cols + 15) / 16, K.n_groups,
+                          [&](int64_t r, int64_t blk, __m512i x) {
+                            const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(kss + 16 * blk), 7);
+                            const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(x, corr));
+                            const __m512 sc = _mm512_mul_ps(_mm512_loadu_ps(ksc + 16 * blk), _mm512_set1_ps(alpha * qsc[r]));
+                            _mm512_storeu_ps(S + r * ldS + 16 * blk, _mm512_mul_ps(f, sc));
+                          });
+#else
+    const int8_t* kq = k8.data() + (bhk * d.Nk + j0) * d.D;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int8_t* qq = q8.data() + (bh * d.Nq + i0 + r) * d.D;
+      for (int64_t c = 0; c < cols; ++c) {
+        int32_t s = 0;
+        for (int64_t e = 0; e < d.D; ++e) s += static_cast<int32_t>(qq[e]) * kq[c * d.D + e];
+        S[r * ldS + c] = static_cast<float>(s) * (alpha * qsc[r]) * ksc[c];
+      }
+    }
+#endif
+  }
+  void pv(Local& L, const float* P, int64_t ldP, int64_t bhk, int64_t rows, int64_t j0, int64_t cols, bool levels,
+          float* acc, int64_t ldA) const {
+    if (!levels) {
+      gemm_nn(rows, d.Dv, cols, 1.0f, P, ldP, vf.data() + (bhk * d.Nk + j0) * d.Dv, d.Dv, 1.0f, acc, ldA);
+      return;
+    }
+    const float* vsc = vs.data() + bhk * round_up(d.Dv, 16);
+#ifdef FASTATTN_VNNI
+    const int64_t cu = (cols + 3) / 4;  // key quads
+    auto* lv = reinterpret_cast<uint8_t*>(L.la.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      uint8_t* dst = lv + r * 4 * cu;
+      const float* src = P + r * ldP;
+      int64_t c = 0;
+      for (; c + 16 <= cols; c += 16)  // levels are integers in [0, 255]: exact conversion
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), _mm512_cvtusepi32_epi8(_mm512_cvttps_epi32(_mm512_loadu_ps(src + c))));
+      for (; c < cols; ++c) dst[c] = static_cast<uint8_t>(src[c]);
+      for (; c < 4 * cu; ++c) dst[c] = 0;
+    }
+    const Packed16<int8_t>& V = vp[bhk];
+    tile_product<Int8Dot>(rows, L.la.data(), cu, V.at(0, j0 / 4), V.block_stride(), V.n_blocks, cu,
+                          [&](int64_t r, int64_t blk, __m512i x) {
+                            float* o = acc + r * ldA + 16 * blk;
+                            _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), _mm512_loadu_ps(vsc + 16 * blk),
+                                                                _mm512_loadu_ps(o)));
+                          });
+#else
+    const int8_t* vq = v8.data() + (bhk * d.Nk + j0) * d.Dv;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < d.Dv; ++c) {
+        int32_t s = 0;
+        for (int64_t j = 0; j < cols; ++j) s += static_cast<int32_t>(P[r * ldP + j]) * vq[j * d.Dv + c];
+        acc[r * ldA + c] += static_cast<float>(s) * vsc[c];
+      }
+#endif
+  }
+};
+
+}  // namespace fastattn::cpu
