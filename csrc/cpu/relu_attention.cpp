@@ -58,11 +58,56 @@ inline void finish_scores(float* S, int64_t ldS, int64_t rows, int64_t cols, int
   }
 }
 
-// Row statistic update over one score row (masked = -inf): max (with its index), sum, or count.
+inline void relu_row(float* s, int64_t cols) {
+  for (int64_t c = 0; c < cols; ++c) s[c] = s[c] > 0.0f ? s[c] : 0.0f;
+}
+
+// Row statistic update over one score row (masked = -inf): max (with its first index), sum, or
+// count. With `relu`, also s <- relu(s) in the same sweep (the unquantized pass needs a = relu(s)).
+// max(relu(s)) = relu(max(s)), and a new max is > stat >= 0, so it survives the relu.
 struct RowStat {
   float stat = 0.0f;
   int32_t arg = -1;
-  void update(const float* s, int64_t cols, int64_t j0, int norm) {
+  void update(float* s, int64_t cols, int64_t j0, int norm, bool relu) {
+    if (norm == kNormLen) {
+      int64_t n = 0;
+      for (int64_t c = 0; c < cols; ++c) n += s[c] != -kInf;
+      stat += static_cast<float>(n);
+      if (relu) relu_row(s, cols);
+      return;
+    }
+#ifdef __AVX512F__
+    // Per lane: running max and the index where it was first reached (strict >), or the sum.
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 m = relu ? zero : _mm512_set1_ps(-kInf), sum = zero;
+    __m512i idx = _mm512_set1_epi32(-1), cur = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i step = _mm512_set1_epi32(16);
+    for (int64_t c = 0; c < cols; c += 16, cur = _mm512_add_epi32(cur, step)) {
+      const __mmask16 in = cols - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (cols - c)) - 1);
+      __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), in, s + c);
+      const __m512 a = _mm512_max_ps(x, zero);
+      if (relu) {
+        _mm512_mask_storeu_ps(s + c, in, a);
+        x = a;
+      }
+      if (norm == kNormMax) {
+        const __mmask16 gt = _mm512_cmp_ps_mask(x, m, _CMP_GT_OQ);
+        m = _mm512_mask_mov_ps(m, gt, x);
+        idx = _mm512_mask_mov_epi32(idx, gt, cur);
+      } else {
+        sum = _mm512_add_ps(sum, a);
+      }
+    }
+    if (norm == kNormMax) {
+      const float mx = _mm512_reduce_max_ps(m);
+      if (mx > stat) {
+        stat = mx;
+        arg = static_cast<int32_t>(j0 + _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(m, _mm512_set1_ps(mx), _CMP_EQ_OQ), idx));
+      }
+    } else {
+      stat += _mm512_reduce_add_ps(sum);
+    }
+#else
     if (norm == kNormMax) {
       const float mx = row_max(s, cols);
       if (mx > stat) {
@@ -70,18 +115,11 @@ struct RowStat {
         for (int64_t c = 0; c < cols; ++c)
           if (s[c] == mx) { arg = static_cast<int32_t>(j0 + c); break; }
       }
-    } else if (norm == kNormSum) {
-      float part[kLanes] = {};
-      int64_t c = 0;
-      for (; c + kLanes <= cols; c += kLanes)
-        for (int64_t l = 0; l < kLanes; ++l) part[l] += s[c + l] > 0.0f ? s[c + l] : 0.0f;
-      for (int64_t l = 0; l < kLanes; ++l) stat += part[l];
-      for (; c < cols; ++c) stat += s[c] > 0.0f ? s[c] : 0.0f;
     } else {
-      int64_t n = 0;
-      for (int64_t c = 0; c < cols; ++c) n += s[c] != -kInf;
-      stat += static_cast<float>(n);
+      for (int64_t c = 0; c < cols; ++c) stat += s[c] > 0.0f ? s[c] : 0.0f;
     }
+    if (relu) relu_row(s, cols);
+#endif
   }
 };
 
@@ -100,9 +138,6 @@ inline void weight_levels(float* s, int64_t cols, float den, float L) {
   for (; c < cols; ++c) s[c] = floorf((s[c] > 0.0f ? s[c] : 0.0f) / den * L + 0.5f);
 }
 
-inline void relu_row(float* s, int64_t cols) {
-  for (int64_t c = 0; c < cols; ++c) s[c] = s[c] > 0.0f ? s[c] : 0.0f;
-}
 
 // The forward passes over one engine (relu_engines.h). Pass 1 computes the finished scores of each
 // tile and the row statistic; without quantization it also accumulates a V (den is a per-row
@@ -140,11 +175,8 @@ void fwd_driver(const Engine& E, T* out, float* den_out, int32_t* arg_out, const
       for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
         const int64_t cols = std::min(kBN, kend - j0);
         auto [Sp, ld] = tile(j0, cols, true);
-        for (int64_t r = 0; r < rows; ++r) st[r].update(Sp + r * ld, cols, j0, P.norm);
-        if (P.bits == 0) {
-          for (int64_t r = 0; r < rows; ++r) relu_row(Sp + r * ld, cols);
-          E.pv(loc, Sp, ld, bhk, rows, j0, cols, false, acc.data(), ldA);
-        }
+        for (int64_t r = 0; r < rows; ++r) st[r].update(Sp + r * ld, cols, j0, P.norm, P.bits == 0);
+        if (P.bits == 0) E.pv(loc, Sp, ld, bhk, rows, j0, cols, false, acc.data(), ldA);
       }
       for (int64_t r = 0; r < rows; ++r) den[r] = P.sink[h] + st[r].stat;
       if (P.bits != 0) {

@@ -4,7 +4,7 @@
 //   Bf16Engine:     bf16 inputs on vdpbf16ps: K and V packed once per call, P rounded to bf16.
 //   Int8Engine<T>:  int8_qkv: q, k per token and v per channel quantized once (SPEC §2), Q K^T on
 //                   vpdpbusd; with quant the integer weight levels (u8) multiply int8 V on vpdpbusd,
-//                   else P V runs in fp32 against the dequantized v.
+//                   else p (as a bf16 hi + lo pair) multiplies the v levels on vdpbf16ps.
 // Interface (all const, per-thread state in Local):
 //   Local(P); begin(L, bh, i0, rows); scores(L, bhk, bh, i0, rows, j0, cols, alpha, S, ldS);
 //   pv(L, P, ldP, bhk, rows, j0, cols, levels, acc, ldA); acc_ld().
@@ -145,12 +145,19 @@ struct Int8Engine {
 #ifdef FASTATTN_VNNI
   std::vector<Packed16<int8_t>> kp, vp;
 #endif
+#ifdef FASTATTN_AVX512_BF16
+  std::vector<Packed16<c10::BFloat16>> vpb;  // without quant: each key's v levels twice, for (hi, lo) pairs of p
+#endif
   Int8Engine(const T* q, const T* k, const T* v, const Dims& d, bool levels)
       : d(d), levels_pv(levels), Du((d.D + 3) / 4), q8(d.B * d.Hq * d.Nq * d.D), k8(d.B * d.Hk * d.Nk * d.D),
         qs(d.B * d.Hq * d.Nq), ks(d.B * d.Hk * round_up(d.Nk, 16), 0.0f), vs(d.B * d.Hk * round_up(d.Dv, 16), 0.0f),
         ksum(d.B * d.Hk * round_up(d.Nk, 16), 0), v8(d.B * d.Hk * d.Nk * d.Dv) {
     const int64_t BHk = d.B * d.Hk, Nkp = round_up(d.Nk, 16), Dvp = round_up(d.Dv, 16);
+#ifdef FASTATTN_AVX512_BF16
+    if (!levels) vpb.resize(BHk);
+#else
     if (!levels) vf.resize(BHk * d.Nk * d.Dv);
+#endif
 #ifdef FASTATTN_VNNI
     kp.resize(BHk);
     if (levels) vp.resize(BHk);
@@ -171,9 +178,15 @@ struct Int8Engine {
         int8_t* vq = v8.data() + bhk * d.Nk * d.Dv;
         const float* vsc = vs.data() + bhk * Dvp;
         quantize_cols(v + bhk * d.Nk * d.Dv, d.Nk, d.Dv, vq, vs.data() + bhk * Dvp);
+#ifdef FASTATTN_AVX512_BF16
+        if (!levels)  // levels are integers in [-127, 127]: exact in bf16
+          vpb[bhk].pack(d.Dv, 2 * d.Nk,
+                        [&](int64_t c, int64_t r) { return c10::BFloat16(static_cast<float>(vq[(r / 2) * d.Dv + c])); });
+#else
         if (!levels)
           for (int64_t j = 0; j < d.Nk; ++j)
             for (int64_t c = 0; c < d.Dv; ++c) vf[(bhk * d.Nk + j) * d.Dv + c] = vq[j * d.Dv + c] * vsc[c];
+#endif
 #ifdef FASTATTN_VNNI
         kp[bhk].pack(d.Nk, d.D, [&](int64_t j, int64_t c) { return kq[j * d.D + c]; });
         if (levels) vp[bhk].pack(d.Dv, d.Nk, [&](int64_t c, int64_t j) { return vq[j * d.Dv + c]; });
@@ -182,8 +195,9 @@ struct Int8Engine {
     });
   }
   struct Local {
-    std::vector<uint32_t> qa, la;  // q levels + 128 (u8) and weight levels (u8), as 4-byte units
-    explicit Local(const Dims& d) : qa(kRowsPerTask * ((d.D + 3) / 4)), la(kRowsPerTask * kKeysPerTile / 4) {}
+    std::vector<uint32_t> qa, la, pa;  // q levels + 128 (u8), weight levels (u8), (hi, lo) bf16 pairs of p
+    explicit Local(const Dims& d)
+        : qa(kRowsPerTask * ((d.D + 3) / 4)), la(kRowsPerTask * kKeysPerTile / 4), pa(kRowsPerTask * kKeysPerTile) {}
   };
   int64_t acc_ld() const { return round_up(d.Dv, 16); }
   void begin(Local& L, int64_t bh, int64_t i0, int64_t rows) const {
@@ -223,11 +237,40 @@ struct Int8Engine {
   }
   void pv(Local& L, const float* P, int64_t ldP, int64_t bhk, int64_t rows, int64_t j0, int64_t cols, bool levels,
           float* acc, int64_t ldA) const {
+    const float* vsc = vs.data() + bhk * round_up(d.Dv, 16);
     if (!levels) {
+#ifdef FASTATTN_AVX512_BF16
+      // Unquantized p against integer v levels on vdpbf16ps: p = hi + lo with hi = bf16(p) and
+      // lo = bf16(p - hi) leaves |p - hi - lo| <= 2^-16 |p|, near fp32 (the v levels are exact in
+      // bf16); one (hi, lo) unit per key meets that key's level twice in the packed V.
+      uint32_t* pa = L.pa.data();
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* src = P + r * ldP;
+        uint32_t* dst = pa + r * kKeysPerTile;
+        int64_t c = 0;
+        for (; c + 16 <= cols; c += 16) {
+          const __m512 p = _mm512_loadu_ps(src + c);
+          const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(p));
+          const __m512 rest = _mm512_sub_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(hi, 16)));
+          const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(rest));
+          _mm512_storeu_si512(dst + c, _mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)));
+        }
+        for (; c < cols; ++c) {
+          const c10::BFloat16 hi(src[c]), lo(src[c] - static_cast<float>(hi));
+          dst[c] = static_cast<uint32_t>(hi.x) | (static_cast<uint32_t>(lo.x) << 16);
+        }
+      }
+      const Packed16<c10::BFloat16>& V = vpb[bhk];
+      tile_product<Bf16Dot>(rows, pa, kKeysPerTile, V.at(0, j0), V.block_stride(), V.n_blocks, cols,
+                            [&](int64_t r, int64_t blk, __m512 x) {
+                              float* o = acc + r * ldA + 16 * blk;
+                              _mm512_storeu_ps(o, _mm512_fmadd_ps(x, _mm512_loadu_ps(vsc + 16 * blk), _mm512_loadu_ps(o)));
+                            });
+#else
       gemm_nn(rows, d.Dv, cols, 1.0f, P, ldP, vf.data() + (bhk * d.Nk + j0) * d.Dv, d.Dv, 1.0f, acc, ldA);
+#endif
       return;
     }
-    const float* vsc = vs.data() + bhk * round_up(d.Dv, 16);
 #ifdef FASTATTN_VNNI
     const int64_t cu = (cols + 3) / 4;  // key quads
     auto* lv = reinterpret_cast<uint8_t*>(L.la.data());
