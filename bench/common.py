@@ -124,7 +124,7 @@ def markdown(rows: list[Row]) -> str:
         extra = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items())
         notes = "; ".join(x for x in (extra, r.note) if x)
         lines.append(f"| {r.op} | {r.impl} | {r.shape} | {r.dtype} | {r.mode} | "
-                     f"{'-' if r.ms is None else f'{r.ms:.2f}'} | {'-' if r.gflops is None else f'{r.gflops:.1f}'} | "
+                     f"{'-' if r.ms is None else f'{r.ms:.{2 if r.ms >= 1 else 4}f}'} | {'-' if r.gflops is None else f'{r.gflops:.1f}'} | "
                      f"{'-' if r.peak_mb is None else f'{r.peak_mb:.1f}'} | {notes} |")
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <functional>
 #include <limits>
+#include <numeric>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -199,11 +200,14 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
   const int64_t n_qt = (d.Nq + kBM - 1) / kBM;
   const int64_t tasks = d.B * d.Hq * n_qt;
   const int64_t threads = at::get_num_threads();
-  // Split keys when there are fewer tasks than 4 per thread and the rows are long (decoding).
+  // Split keys when the rows are long (decoding) and the tasks do not divide evenly over the
+  // threads: the fewest splits that make tasks * splits a multiple of the thread count (one task on
+  // two threads: two halves; more splits only add merge work and GEMV calls).
   // FASTATTN_TOPK_SPLITS=1 turns splitting off (the benchmark's "without key splitting" baseline).
   const char* env = std::getenv("FASTATTN_TOPK_SPLITS");
   int64_t splits = 1;
-  if (tasks < 4 * threads && d.Nk >= 4 * kBN) splits = std::min<int64_t>((4 * threads + tasks - 1) / tasks, d.Nk / kBN);
+  if (tasks < 4 * threads && d.Nk >= 4 * kBN)
+    splits = std::clamp<int64_t>(threads / std::gcd(tasks, threads), 1, d.Nk / kBN);
   if (env != nullptr && std::atoi(env) >= 1) splits = std::min<int64_t>(std::atoi(env), std::max<int64_t>(1, d.Nk / kBN));
   const int64_t span = (d.Nk + splits - 1) / splits;
   // With splits, each (task, split) keeps its rows' candidates here for the merge.
