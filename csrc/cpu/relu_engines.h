@@ -136,7 +136,6 @@ struct Bf16Engine {
 template <typename T>
 struct Int8Engine {
   Dims d;
-  bool levels_pv;  // quantized weights: P V on integer levels
   int64_t Du;      // q row length in 32-bit units (4 int8)
   std::vector<int8_t> q8, k8;
   std::vector<float> qs, ks, vs, vf;  // scales (ks padded to blocks of 16); dequantized v without quant
@@ -149,7 +148,7 @@ struct Int8Engine {
   std::vector<Packed16<c10::BFloat16>> vpb;  // without quant: each key's v levels twice, for (hi, lo) pairs of p
 #endif
   Int8Engine(const T* q, const T* k, const T* v, const Dims& d, bool levels)
-      : d(d), levels_pv(levels), Du((d.D + 3) / 4), q8(d.B * d.Hq * d.Nq * d.D), k8(d.B * d.Hk * d.Nk * d.D),
+      : d(d), Du((d.D + 3) / 4), q8(d.B * d.Hq * d.Nq * d.D), k8(d.B * d.Hk * d.Nk * d.D),
         qs(d.B * d.Hq * d.Nq), ks(d.B * d.Hk * round_up(d.Nk, 16), 0.0f), vs(d.B * d.Hk * round_up(d.Dv, 16), 0.0f),
         ksum(d.B * d.Hk * round_up(d.Nk, 16), 0), v8(d.B * d.Hk * d.Nk * d.Dv) {
     const int64_t BHk = d.B * d.Hk, Nkp = round_up(d.Nk, 16), Dvp = round_up(d.Dv, 16);
