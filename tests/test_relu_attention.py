@@ -187,6 +187,27 @@ def test_cpu_int8_engine(shape, quant):
     assert err < 1e-4 * max(1.0, ref.abs().max().item()), err
 
 
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("norm", ["max", "sum"])
+def test_gamma_zero_head_and_negative_slopes(backend, norm):
+    """A head with gamma = 0 takes the gradient path that sums ds * (scale q.k) directly (the others
+    use the sink identity); a negative ALiBi slope makes its scores positive, so that sum is not 0."""
+    q, k, v = make_qkv(1, 2, 1, 37, 45, 24, 16, seed=6)
+    g = torch.tensor([0.0, 1.3], dtype=torch.float64)
+    sk = torch.tensor([0.2, 0.1], dtype=torch.float64)
+    al = torch.tensor([-0.05, 0.03])
+
+    def fused(q, k, v, g, sk):
+        return fastattn.relu_attention(q, k, v, gamma=g, sink=sk, alibi_slopes=al, causal=True, norm=norm,
+                                       backend=backend)
+
+    def ref(q, k, v, g, sk):
+        return relu_attention_ref(q, k, v, gamma=g, sink=sk, alibi_slopes=al.to(q.dtype), causal=True, norm=norm)
+
+    assert_matches_reference(fused, ref, dict(q=q, k=k, v=v, g=g, sk=sk), torch.float32,
+                             grad_names=("q", "k", "v", "g", "sk"))
+
+
 @pytest.mark.parametrize("Nk, bits", [(63, 7), (64, 7), (65, 8)])
 def test_auto_switches_at_64(Nk, bits):
     q, k, v = make_qkv(1, 1, 1, 8, Nk, 16, 16)

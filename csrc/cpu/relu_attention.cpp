@@ -253,6 +253,46 @@ void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const T* out
   });
 }
 
+// One backward score row, in place: ds = dp / den + dd_all where s > 0 (allowed and positive;
+// masked are -inf), else 0, written over dp; p = s / den over s. With `dg`, part[] (double) gathers
+// sum ds * w with w = |x| (x = base - c, the ALiBi distance) when `identity`, else w = g (the scaled
+// q.k): the gamma gradient's terms (see bwd_kernel). Without ALiBi and with gamma != 0 they are
+// multiplied by a zero slope, so the caller passes dg = false and the sweep skips them.
+inline void row_grad(float* s, float* dp, const float* g, int64_t cols, float inv, float dd_all, float base,
+                     bool identity, bool dg, double* part) {
+  int64_t c = 0;
+#ifdef __AVX512F__
+  const __m512 vinv = _mm512_set1_ps(inv), vdd = _mm512_set1_ps(dd_all), zero = _mm512_setzero_ps();
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+  for (; c + 16 <= cols; c += 16) {
+    const __m512 x = _mm512_loadu_ps(s + c);
+    const __mmask16 pos = _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ);
+    const __m512 ds = _mm512_maskz_mov_ps(pos, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(dp + c), vinv), vdd));
+    _mm512_storeu_ps(s + c, _mm512_maskz_mul_ps(pos, x, vinv));
+    _mm512_storeu_ps(dp + c, ds);
+    if (dg) {
+      const __m512 w = identity ? _mm512_abs_ps(_mm512_sub_ps(_mm512_set1_ps(base - static_cast<float>(c)), iota))
+                                : _mm512_loadu_ps(g + c);
+      acc0 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(ds)), _mm512_cvtps_pd(_mm512_castps512_ps256(w)), acc0);
+      acc1 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(ds), 1))),
+                             _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w), 1))), acc1);
+    }
+  }
+  if (dg) part[1] += _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+#endif
+  for (; c < cols; ++c) {
+    const bool pos = s[c] > 0.0f;
+    const float ds = pos ? dp[c] * inv + dd_all : 0.0f;
+    s[c] = pos ? s[c] * inv : 0.0f;  // p = a / den (unquantized)
+    dp[c] = ds;
+    if (dg) {
+      const float x = base - static_cast<float>(c);
+      part[c % kLanes] += static_cast<double>(ds) * (identity ? std::abs(x) : g[c]);
+    }
+  }
+}
+
 template <typename T>
 void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* den, const int32_t* argmax,
                 const float* dden, float* dq_acc, float* dgamma_acc, T* dk, T* dv, const Relu& P) {
@@ -301,14 +341,8 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
             const float* g = G.data() + r * kBNB;
             const float dd_all = P.norm == kNormSum ? dd : 0.0f;
             double part[kLanes] = {};  // dgamma sums many terms that cancel: accumulate in double
-            for (int64_t c = 0; c < cols; ++c) {
-              const bool pos = s[c] > 0.0f;  // allowed and positive (masked are -inf)
-              const float ds = pos ? dp[c] * inv + dd_all : 0.0f;
-              s[c] = pos ? s[c] * inv : 0.0f;  // p = a / den (unquantized)
-              dp[c] = ds;
-              const int64_t x = i0 + r + d.offset() - (j0 + c);
-              part[c % kLanes] += static_cast<double>(ds) * (identity ? static_cast<float>(x < 0 ? -x : x) : g[c]);
-            }
+            row_grad(s, dp, g, cols, inv, dd_all, static_cast<float>(i0 + r + d.offset() - j0), identity,
+                     !identity || slope != 0.0f, part);
             if (am >= j0 && am < j0 + cols && S[r * kBNB + (am - j0)] > 0.0f) {  // max norm: d den / d a
               const int64_t x = i0 + r + d.offset() - am;
               dp[am - j0] += dd;
