@@ -55,6 +55,7 @@ TABLE: dict[str, dict[str, Support]] = {
         "reference": _REF,
         "cpu": Support(),
         "triton": Support(),
+        "cuda": Support(max_head_dim=256, backward=False),
     },
     "adaptive_span_attention": {
         "reference": _REF,

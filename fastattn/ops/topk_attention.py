@@ -20,7 +20,7 @@ from ..reference import topk_attention_ref
 from ._common import check_backend, check_qkv, default_scale
 
 OP = "topk_attention"
-MAX_TOPK = {"cpu": 4096, "triton": 128, "cuda": 128}  # per fused backend; the reference has none
+MAX_TOPK = {"cpu": 4096, "triton": 128}  # per fused backend; the reference and the CUDA radix select have none
 
 
 @torch.library.custom_op("fastattn::topk_attention_threshold", mutates_args=())
