@@ -187,6 +187,23 @@ def test_cpu_int8_engine(shape, quant):
     assert err < 1e-4 * max(1.0, ref.abs().max().item()), err
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 1, 3, 0, 8, 8), (1, 1, 1, 1, 5, 1, 1), (2, 2, 2, 1, 1, 3, 5)], ids=shape_id)
+@pytest.mark.parametrize("mode", ["bf16", "int8", "int8+quant8"])
+def test_cpu_engines_tiny_and_empty(shape, mode):
+    """No keys (an empty cache: zeros), D = 1 and single keys through the bf16 and int8 engines."""
+    q, k, v = make_qkv(*shape, seed=7)
+    if mode == "bf16":
+        q, k, v = (t.bfloat16() for t in (q, k, v))
+        kw = {}
+    else:
+        q, k, v = (t.float() for t in (q, k, v))
+        kw = dict(int8_qkv=True, quant=8 if mode.endswith("quant8") else None)
+    out = fastattn.relu_attention(q, k, v, sink=0.1, backend="cpu", **kw)
+    ref = relu_attention_ref(q.double(), k.double(), v.double(), sink=0.1, **kw)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-2 if mode == "bf16" else 1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("norm", ["max", "sum"])
 def test_gamma_zero_head_and_negative_slopes(backend, norm):

@@ -20,6 +20,8 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
 def int8_round(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Symmetric int8 rounding with one scale per slice along `dim` reduced (SPEC §2 int8_qkv):
     scale = max|x| / 127 (1 for an all-zero slice), x <- round_half_away(x / scale) * scale."""
+    if x.shape[dim] == 0:  # nothing to round (e.g. an empty KV cache)
+        return x
     with torch.no_grad():
         amax = x.abs().amax(dim=dim, keepdim=True).to(compute_dtype(x.dtype))
         s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
@@ -76,8 +78,8 @@ def relu_attention_ref(q, k, v, causal=False, scale=None, gamma=1.0, alibi_slope
             tau = topk_threshold_ref(s, allowed, topk)
         allowed = allowed & (s >= tau.unsqueeze(-1))
     a = torch.where(allowed, torch.relu(s), torch.zeros_like(s))
-    if norm == "max":
-        stat = a.amax(dim=-1)
+    if norm == "max":  # a >= 0, so an empty row (Nk = 0) has max 0
+        stat = a.amax(dim=-1) if Nk > 0 else a.new_zeros(a.shape[:-1])
     elif norm == "sum":
         stat = a.sum(dim=-1)
     elif norm == "len":
