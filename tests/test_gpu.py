@@ -63,15 +63,21 @@ def test_topk(backend, causal, shape, K):
                              grad_names=grads, device="cuda", row_mask=tie_free_rows(t["q"], t["k"], K, causal))
 
 
+# (shape, K, causal): GQA with Nq < Nk; K = 128 below Nk; a decode row over 3001 keys (MQA, D != Dv);
+# D = 256 with Nq > Nk causal (rows with no allowed key: zeros, lse = +inf; fewer than K: tau = -inf).
+TAU_CASES = [((1, 4, 2, 70, 300, 64, 32), 16, True), ((1, 4, 2, 70, 300, 64, 32), 128, True),
+             ((2, 8, 1, 1, 3001, 128, 96), 64, False), ((1, 2, 2, 40, 20, 256, 256), 8, True)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_topk_cuda_tau_and_lse(dtype):
-    """The raw CUDA op's tau and lse against the CPU kernel's on the same inputs (tie-free rows)."""
-    shape = (1, 4, 2, 70, 300, 64, 32)
+@pytest.mark.parametrize("shape, K, causal", TAU_CASES, ids=lambda x: shape_id(x) if isinstance(x, tuple) else str(x))
+def test_topk_cuda_tau_and_lse(dtype, shape, K, causal):
+    """The raw CUDA op's out, lse and tau against the CPU kernel's on the same inputs (tie-free rows)."""
     q, k, v = (x.to(dtype) for x in make_qkv(*shape, seed=3))
     fwd = torch.ops.fastattn_C.topk_attention_fwd
-    cpu = fwd(q, k, v, 16, True, 0.125)
-    gpu = [x.cpu() for x in fwd(q.cuda(), k.cuda(), v.cuda(), 16, True, 0.125)]
-    rows = tie_free_rows(q.double(), k.double(), 16, True, scale=0.125)
+    cpu = fwd(q, k, v, K, causal, 0.125)
+    gpu = [x.cpu() for x in fwd(q.cuda(), k.cuda(), v.cuda(), K, causal, 0.125)]
+    rows = tie_free_rows(q.double(), k.double(), K, causal, scale=0.125)
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.float()[rows], a.float()[rows], rtol=1e-2, atol=1e-2)
 

@@ -1,11 +1,10 @@
-// Torch-free CUDA forward of topk_attention: one block per query row, its warps striding over the
-// keys (one warp per key: lanes split the head dim, so loads are coalesced).
-//   1. tau: the K-th largest allowed score by a 4-digit radix select over the order-preserving
-//      uint32 image of the fp32 score (a 256-bin shared histogram per digit, the scores recomputed
-//      each pass; no Nq x Nk buffer and no K limit), then lowered by the tie margin of
-//      csrc/cpu/topk_attention.cpp (2e-5 * max(1, |tau|)).
+// Torch-free CUDA forward of topk_attention: one block per query row (b, h, i), its warps striding
+// over the row's allowed keys (one warp per key: lanes split the head dim, so loads are coalesced).
+//   1. tau: the K-th largest allowed score (repeats counted) by a 4-digit radix select over the
+//      order-preserving uint32 image of the fp32 score: a 256-bin shared histogram per 8-bit digit,
+//      the scores recomputed each pass. No Nq x Nk buffer and no limit on K. The K-th score is then
+//      lowered by the tie margin of csrc/cpu/topk_attention.cpp: tau = t - 2e-5 * max(1, |t|).
 //   2. a softmax over the kept keys (s >= tau): an online softmax per warp, merged across warps.
-// The score of a key is computed by the same code in every pass, so passes agree bit for bit.
 // Correctness-first like the other CUDA forwards; the fast GPU path is the Triton kernel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -20,8 +19,10 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kMaxD = 256;
 constexpr float kTieMargin = 2e-5f;  // same as csrc/cpu/topk_attention.cpp and kernels/topk_attention.py
+constexpr unsigned kFull = 0xffffffffu;
 
-// Larger float <-> larger unsigned key (negative floats flipped entirely, positive ones get the top bit).
+// fp32 -> uint32 with a < b  <=>  key(a) < key(b) (for non-NaN a, b): negative floats get all bits
+// flipped (larger magnitude -> smaller key), non-negative ones just the sign bit set.
 __device__ __forceinline__ uint32_t order_key(float s) {
   const uint32_t u = __float_as_uint(s);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
@@ -30,64 +31,89 @@ __device__ __forceinline__ float key_float(uint32_t key) {
   return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
+// s_j = (scale * q) . k_j, lanes splitting the head dim; the butterfly sum leaves the same bits in
+// every lane. Explicit fmaf: every inlined copy rounds identically, so the radix passes and the
+// softmax pass see the same score for a key (a contraction choice differing per call site would
+// make the histograms disagree).
 template <typename T, int kSlots>
 __device__ __forceinline__ float score(const float* qs, const T* krow, int D, int lane) {
   float dot = 0.0f;
 #pragma unroll
   for (int s = 0; s < kSlots; ++s) {
     const int d = s * 32 + lane;
-    if (d < D) dot += qs[d] * to_f(krow[d]);
+    if (d < D) dot = __fmaf_rn(qs[d], to_f(krow[d]), dot);
   }
   return warp_sum(dot);
 }
 
+// blockDim = kWarps * 32; grid = B * Hq * Nq (one block per row). kSlots * 32 >= max(D, Dv).
 template <typename T, int kSlots>
 __global__ void __launch_bounds__(kWarps * 32, 4) topk_fwd_kernel(TopkParams p) {
-  __shared__ float qs[kSlots * 32];
+  __shared__ float qs[kSlots * 32];  // scale * q_i, fp32
   __shared__ uint32_t hist[256];
-  __shared__ uint32_t sel_prefix, sel_k;
+  __shared__ uint32_t sel_prefix, sel_k;  // digits of the K-th key found so far; its rank among them
   __shared__ float w_max[kWarps], w_sum[kWarps];
   __shared__ float w_acc[kWarps][kSlots * 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t row = blockIdx.x;  // (b, h, i)
+  const int64_t row = blockIdx.x;  // (b * Hq + h) * Nq + i
   const int64_t i = row % p.Nq, bh = row / p.Nq, h = bh % p.Hq, b = bh / p.Hq, hk = h / (p.Hq / p.Hk);
   const T* q = static_cast<const T*>(p.q) + row * p.D;
   const T* k = static_cast<const T*>(p.k) + (b * p.Hk + hk) * p.Nk * p.D;
   const T* v = static_cast<const T*>(p.v) + (b * p.Hk + hk) * p.Nk * p.Dv;
-  for (int d = threadIdx.x; d < kSlots * 32; d += blockDim.x) qs[d] = d < p.D ? to_f(q[d]) * p.scale : 0.0f;
-  // Allowed keys: j < limit (causal: bottom-right aligned).
+  const int D = static_cast<int>(p.D);
+  for (int d = threadIdx.x; d < kSlots * 32; d += blockDim.x) qs[d] = d < D ? to_f(q[d]) * p.scale : 0.0f;
+  // Allowed keys: j < limit (causal: bottom-right aligned, j <= i + Nk - Nq).
   const int64_t limit = p.causal ? imin(imax(i + p.Nk - p.Nq + 1, 0), p.Nk) : p.Nk;
+  if (threadIdx.x == 0) {
+    sel_prefix = 0u;
+    sel_k = static_cast<uint32_t>(p.topk);  // <= limit <= Nk whenever it is used
+  }
   __syncthreads();
 
-  // 1. tau. Digits from the most significant: keep the keys whose higher digits equal the prefix
-  // found so far; the K-th largest key's next digit is where the count from the top reaches k.
-  float tau = -INFINITY;
-  if (limit >= p.topk) {  // exactly K allowed: tau is their smallest score, as on the CPU
-    if (threadIdx.x == 0) {
-      sel_prefix = 0u;
-      sel_k = static_cast<uint32_t>(p.topk);
-    }
+  // 1. tau (block-uniform branch). Digits from the most significant: pass `shift` counts the keys
+  // whose higher digits equal the prefix found so far, by their digit at `shift`; the K-th largest
+  // key's digit is where the count from the top reaches sel_k.
+  float tau = -INFINITY;  // fewer than K allowed keys: all of them are kept
+  if (limit >= p.topk) {   // exactly K allowed: tau is their smallest score, as on the CPU
+#pragma unroll 1
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int e = threadIdx.x; e < 256; e += blockDim.x) hist[e] = 0u;
       __syncthreads();
       const uint32_t prefix = sel_prefix;
-      const uint32_t high = shift == 24 ? 0u : (0xffffffffu << (shift + 8));  // digits already fixed
+      const uint32_t fixed = shift == 24 ? 0u : (kFull << (shift + 8));  // the digits already found
       for (int64_t j = warp; j < limit; j += kWarps) {
-        const uint32_t key = order_key(score<T, kSlots>(qs, k + j * p.D, static_cast<int>(p.D), lane));
-        if (lane == 0 && (key & high) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1u);
+        const uint32_t key = order_key(score<T, kSlots>(qs, k + j * p.D, D, lane));
+        if (lane == 0 && (key & fixed) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1u);
       }
       __syncthreads();
-      if (threadIdx.x == 0) {
-        uint32_t kk = sel_k, above = 0u;
-        int digit = 255;
-        for (; digit > 0 && above + hist[digit] < kk; --digit) above += hist[digit];
-        sel_k = kk - above;
-        sel_prefix = prefix | (static_cast<uint32_t>(digit) << shift);
+      // Warp 0 finds the digit: lane L owns digits 255-8L down to 248-8L; a scan of the lane totals
+      // (from the top digit) finds the lane where the count reaches kk, which walks its 8 digits.
+      if (warp == 0) {
+        const uint32_t kk = sel_k;
+        const int top = 255 - 8 * lane;
+        uint32_t mine = 0u;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) mine += hist[top - e];
+        uint32_t incl = mine;  // keys in digits >= top - 7
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const uint32_t n = __shfl_up_sync(kFull, incl, o);
+          if (lane >= o) incl += n;
+        }
+        const unsigned hit = __ballot_sync(kFull, incl >= kk);
+        const int owner = hit ? __ffs(static_cast<int>(hit)) - 1 : 31;  // hit == 0 cannot happen: guard
+        if (lane == owner) {
+          uint32_t above = incl - mine;  // keys in higher digits
+          int digit = top;
+          while (digit > top - 7 && above + hist[digit] < kk) above += hist[digit--];
+          sel_k = kk - above;
+          sel_prefix = prefix | (static_cast<uint32_t>(digit) << shift);
+        }
       }
       __syncthreads();
     }
     const float kth = key_float(sel_prefix);
-    tau = kth - kTieMargin * fmaxf(1.0f, fabsf(kth));
+    tau = kth - __fmul_rn(kTieMargin, fmaxf(1.0f, fabsf(kth)));  // no fma: the CPU's with_margin rounding
   }
 
   // 2. softmax over the kept keys, one online softmax per warp.
@@ -96,8 +122,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4) topk_fwd_kernel(TopkParams p) 
   for (int s = 0; s < kSlots; ++s) acc[s] = 0.0f;
   OnlineSoftmax st;
   for (int64_t j = warp; j < limit; j += kWarps) {
-    const float s_j = score<T, kSlots>(qs, k + j * p.D, static_cast<int>(p.D), lane);
-    if (!(s_j >= tau)) continue;  // warp-uniform (every lane holds the same sum)
+    const float s_j = score<T, kSlots>(qs, k + j * p.D, D, lane);
+    if (!(s_j >= tau)) continue;  // warp-uniform: every lane holds the same sum
     const OnlineSoftmax::Step step = st.push(s_j);
     const T* vr = v + j * p.Dv;
 #pragma unroll
@@ -114,6 +140,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4) topk_fwd_kernel(TopkParams p) 
   for (int s = 0; s < kSlots; ++s) w_acc[warp][s * 32 + lane] = acc[s];
   __syncthreads();
   // Merge the warps: M = max_w m_w, L = sum_w l_w e^(m_w - M), out = sum_w acc_w e^(m_w - M) / L.
+  // Warps that kept nothing (l_w = 0, m_w = -inf) are skipped; no kept key at all: zeros, lse = +inf.
   float M = -INFINITY;
   for (int w = 0; w < kWarps; ++w) M = fmaxf(M, w_max[w]);
   float L = 0.0f;
@@ -148,7 +175,7 @@ cudaError_t launch(const TopkParams& p, cudaStream_t stream) {
 cudaError_t topk_attention_fwd_cuda(const TopkParams& p, int dtype, cudaStream_t stream) {
   if (p.D < 1 || p.Dv < 1 || p.D > kMaxD || p.Dv > kMaxD || p.topk < 1) return cudaErrorInvalidValue;
   if (p.Hk <= 0 || p.Hq % p.Hk != 0) return cudaErrorInvalidValue;
-  if (p.B * p.Hq * p.Nq == 0) return cudaSuccess;
+  if (p.B * p.Hq * p.Nq == 0) return cudaSuccess;  // Nk == 0 runs: every row writes zeros, +inf, -inf
   switch (dtype) {
     case 0: return launch<float>(p, stream);
     case 1: return launch<__half>(p, stream);
