@@ -48,18 +48,24 @@ class _TimedEval(Trainer):
             self.eval_s += time.perf_counter() - t0
 
 
-def compare_kinds(cfg: RunConfig, kinds: list[str], kind_kwargs: dict | None = None, log=print) -> list[dict]:
+def compare_kinds(cfg: RunConfig, kinds: list[str], kind_kwargs: dict | None = None, log=print,
+                  overwrite: bool = False) -> list[dict]:
     """Train `cfg` once per kind in `kinds`; returns one row per kind (see the module docstring).
     kind_kwargs: {kind: attn_kwargs} for that kind; otherwise the config's attn_kwargs apply only to
-    the config's own kind, and other kinds get their defaults."""
+    the config's own kind, and other kinds get their defaults. A kind's out_dir that already holds a
+    checkpoint is an error unless `overwrite` (each run starts fresh and would replace it)."""
     kind_kwargs = dict(kind_kwargs or {})
     unknown = [k for k in [*kinds, *kind_kwargs] if k not in ATTENTION_KINDS]
     if unknown:
         raise ConfigError(f"--kinds / --kind-kwargs: unknown {unknown}; accepted: {', '.join(ATTENTION_KINDS)}")
     own_kind = cfg.model.overrides.get("attention", "softmax")
     own_kwargs = cfg.model.overrides.get("attn_kwargs", {})
-    data = load_corpus(cfg.data)
     base_dir = Path(cfg.train.out_dir)
+    existing = [str(base_dir / k / "ckpt.pt") for k in kinds if (base_dir / k / "ckpt.pt").exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"checkpoints exist from an earlier run: {', '.join(existing)}; choose another "
+                          "train.out_dir or pass --overwrite to replace them")
+    data = load_corpus(cfg.data)
     rows = []
     for kind in kinds:
         run = copy.deepcopy(cfg)
@@ -67,9 +73,8 @@ def compare_kinds(cfg: RunConfig, kinds: list[str], kind_kwargs: dict | None = N
         run.model.overrides["attn_kwargs"] = kind_kwargs.get(kind, own_kwargs if kind == own_kind else {})
         run.train.out_dir = str(base_dir / kind)
         run.train.resume = False
-        ckpt = Path(run.train.out_dir) / "ckpt.pt"
-        if ckpt.exists():  # a fresh run per kind: an old checkpoint would otherwise be overwritten mid-way
-            ckpt.unlink()
+        for old in (Path(run.train.out_dir) / "ckpt.pt", Path(run.train.out_dir) / "metrics.jsonl"):
+            old.unlink(missing_ok=True)  # overwrite was asked for: a fresh run and a fresh log per kind
         trainer = _TimedEval(run, data=data, log=log)
         t0 = time.perf_counter()
         trainer.train()
@@ -106,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="train.max_steps for every kind (default: the config's)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value, as for `train`; repeatable")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace checkpoints left in <train.out_dir>/<kind> by an earlier run")
     ap.add_argument("--kind-kwargs", action="append", default=[], metavar="KIND=YAML",
                     help="attn_kwargs for one kind, e.g. --kind-kwargs 'span={init_span: 64, periodic: true}'")
     args = ap.parse_args(argv)
@@ -119,7 +126,8 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--kind-kwargs expects KIND={{key: value, ...}}, got {item!r}")
             kind_kwargs[kind.strip()] = parsed
         cfg = load_config(args.config, overrides)
-        rows = compare_kinds(cfg, [k.strip() for k in args.kinds.split(",") if k.strip()], kind_kwargs)
+        rows = compare_kinds(cfg, [k.strip() for k in args.kinds.split(",") if k.strip()], kind_kwargs,
+                             overwrite=args.overwrite)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

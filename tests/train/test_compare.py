@@ -43,5 +43,9 @@ def test_compare_kinds_cli_writes_table(tmp_path, capsys, monkeypatch):
     assert "| softmax | defaults |" in table and '| topk | {"topk": 4} |' in table
     rows = json.loads((tmp_path / "runs" / "compare.json").read_text())["rows"]
     assert [r["steps"] for r in rows] == [2, 2]
+    # a second run into the same directory would replace the checkpoints: refused without --overwrite
+    args = ["compare-kinds", "--config", str(cfg), "--steps", "2", "--kinds", "softmax"]
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
     assert main(["compare-kinds", "--config", str(cfg), "--kind-kwargs", "span=3"]) == 2
     assert "--kind-kwargs expects" in capsys.readouterr().err
