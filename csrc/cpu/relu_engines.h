@@ -4,9 +4,10 @@
 //   Bf16Engine:     bf16 inputs on vdpbf16ps: K and V packed once per call, P rounded to bf16.
 //   Int8Engine<T>:  int8_qkv: q, k per token and v per channel quantized once (SPEC §2), Q K^T on
 //                   vpdpbusd; with quant the integer weight levels (u8) multiply int8 V on vpdpbusd,
-//                   else p (as a bf16 hi + lo pair) multiplies the v levels on vdpbf16ps.
+//                   else p (as a bf16 hi + lo pair) multiplies the v levels on vdpbf16ps (without
+//                   AVX512-BF16: fp32 GEMM against the dequantized v).
 // Interface (all const, per-thread state in Local):
-//   Local(P); begin(L, bh, i0, rows); scores(L, bhk, bh, i0, rows, j0, cols, alpha, S, ldS);
+//   Local(dims); begin(L, bh, i0, rows); scores(L, bhk, bh, i0, rows, j0, cols, alpha, S, ldS);
 //   pv(L, P, ldP, bhk, rows, j0, cols, levels, acc, ldA); acc_ld().
 // `scores` may write up to the next multiple of 16 columns (ldS must allow it). `levels`: P holds
 // integer weight levels 0..2^bits-1 (as floats) rather than unquantized weights.
