@@ -101,10 +101,9 @@ cudaError_t launch(const SpanParams& p, cudaStream_t stream) {
   const int64_t blocks = (p.Nq + kWarps - 1) / kWarps * p.B * p.Hq;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x limit (2^31 - 1)
   const dim3 grid(static_cast<unsigned>(blocks));
-  const int64_t dmax = p.D > p.Dv ? p.D : p.Dv;
-  if (dmax <= 64) span_fwd_kernel<T, 2><<<grid, kWarps * 32, 0, stream>>>(p);
-  else if (dmax <= 128) span_fwd_kernel<T, 4><<<grid, kWarps * 32, 0, stream>>>(p);
-  else span_fwd_kernel<T, 8><<<grid, kWarps * 32, 0, stream>>>(p);
+  by_slots(p.D, p.Dv, [&](auto slots) {
+    span_fwd_kernel<T, decltype(slots)::value><<<grid, kWarps * 32, 0, stream>>>(p);
+  });
   return cudaGetLastError();
 }
 
@@ -119,12 +118,7 @@ cudaError_t adaptive_span_attention_fwd_cuda(const SpanParams& p, int dtype, cud
     return cudaErrorInvalidValue;
   }
   if (p.B * p.Hq * p.Nq == 0 || p.Nk == 0) return cudaSuccess;
-  switch (dtype) {
-    case 0: return launch<float>(p, stream);
-    case 1: return launch<__half>(p, stream);
-    case 2: return launch<__nv_bfloat16>(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return by_dtype(dtype, [&](auto tag) { return launch<decltype(tag)>(p, stream); });
 }
 
 }  // namespace fastattn::cuda

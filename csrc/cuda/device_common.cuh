@@ -1,11 +1,13 @@
-// Device helpers shared by the torch-free CUDA kernels: dtype conversion to/from fp32, int64
-// min/max and a warp all-reduce.
+// Helpers shared by the torch-free CUDA kernels: dtype conversion to/from fp32, int64 min/max, a
+// warp all-reduce (device); the dtype and head-dim-slot dispatch of the launchers (host).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace fastattn::cuda {
 
@@ -23,6 +25,28 @@ __device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a
 __device__ __forceinline__ float warp_sum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
+}
+
+// Host: f(T{}) with T the element type of the launchers' dtype code (0 float32, 1 float16,
+// 2 bfloat16); any other code is cudaErrorInvalidValue.
+template <typename F>
+cudaError_t by_dtype(int dtype, F&& f) {
+  switch (dtype) {
+    case 0: return f(float{});
+    case 1: return f(__half{});
+    case 2: return f(__nv_bfloat16{});
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// Host: f(std::integral_constant<int, S>{}) with S the 32-lane slots per row covering max(D, Dv)
+// (2, 4 or 8: head dims up to 64, 128, 256), the kernels' register-array size.
+template <typename F>
+void by_slots(int64_t D, int64_t Dv, F&& f) {
+  const int64_t dmax = D > Dv ? D : Dv;
+  if (dmax <= 64) f(std::integral_constant<int, 2>{});
+  else if (dmax <= 128) f(std::integral_constant<int, 4>{});
+  else f(std::integral_constant<int, 8>{});
 }
 
 }  // namespace fastattn::cuda

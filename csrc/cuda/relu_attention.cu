@@ -96,10 +96,9 @@ __global__ void __launch_bounds__(kWarps * 32) relu_fwd_kernel(ReluParams p) {
 template <typename T>
 cudaError_t launch(const ReluParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.Nq + kWarps - 1) / kWarps), static_cast<unsigned>(p.B * p.Hq));
-  const int64_t dmax = p.D > p.Dv ? p.D : p.Dv;
-  if (dmax <= 64) relu_fwd_kernel<T, 2><<<grid, kWarps * 32, 0, stream>>>(p);
-  else if (dmax <= 128) relu_fwd_kernel<T, 4><<<grid, kWarps * 32, 0, stream>>>(p);
-  else relu_fwd_kernel<T, 8><<<grid, kWarps * 32, 0, stream>>>(p);
+  by_slots(p.D, p.Dv, [&](auto slots) {
+    relu_fwd_kernel<T, decltype(slots)::value><<<grid, kWarps * 32, 0, stream>>>(p);
+  });
   return cudaGetLastError();
 }
 
@@ -108,12 +107,7 @@ cudaError_t launch(const ReluParams& p, cudaStream_t stream) {
 cudaError_t relu_attention_fwd_cuda(const ReluParams& p, int dtype, cudaStream_t stream) {
   if (p.D > kMaxD || p.Dv > kMaxD) return cudaErrorInvalidValue;
   if (p.B * p.Hq * p.Nq == 0) return cudaSuccess;
-  switch (dtype) {
-    case 0: return launch<float>(p, stream);
-    case 1: return launch<__half>(p, stream);
-    case 2: return launch<__nv_bfloat16>(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return by_dtype(dtype, [&](auto tag) { return launch<decltype(tag)>(p, stream); });
 }
 
 }  // namespace fastattn::cuda

@@ -163,10 +163,9 @@ cudaError_t launch(const TopkParams& p, cudaStream_t stream) {
   const int64_t blocks = p.B * p.Hq * p.Nq;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x limit (2^31 - 1)
   const dim3 grid(static_cast<unsigned>(blocks));
-  const int64_t dmax = p.D > p.Dv ? p.D : p.Dv;
-  if (dmax <= 64) topk_fwd_kernel<T, 2><<<grid, kWarps * 32, 0, stream>>>(p);
-  else if (dmax <= 128) topk_fwd_kernel<T, 4><<<grid, kWarps * 32, 0, stream>>>(p);
-  else topk_fwd_kernel<T, 8><<<grid, kWarps * 32, 0, stream>>>(p);
+  by_slots(p.D, p.Dv, [&](auto slots) {
+    topk_fwd_kernel<T, decltype(slots)::value><<<grid, kWarps * 32, 0, stream>>>(p);
+  });
   return cudaGetLastError();
 }
 
@@ -176,12 +175,7 @@ cudaError_t topk_attention_fwd_cuda(const TopkParams& p, int dtype, cudaStream_t
   if (p.D < 1 || p.Dv < 1 || p.D > kMaxD || p.Dv > kMaxD || p.topk < 1) return cudaErrorInvalidValue;
   if (p.Hk <= 0 || p.Hq % p.Hk != 0) return cudaErrorInvalidValue;
   if (p.B * p.Hq * p.Nq == 0) return cudaSuccess;  // Nk == 0 runs: every row writes zeros, +inf, -inf
-  switch (dtype) {
-    case 0: return launch<float>(p, stream);
-    case 1: return launch<__half>(p, stream);
-    case 2: return launch<__nv_bfloat16>(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return by_dtype(dtype, [&](auto tag) { return launch<decltype(tag)>(p, stream); });
 }
 
 }  // namespace fastattn::cuda
