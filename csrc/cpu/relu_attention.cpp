@@ -125,9 +125,10 @@ struct RowStat {
 
 // s[c] <- floor(relu(s[c]) / den * L + 0.5), the weight level (SPEC §2.5). a / den is a division,
 // exactly as SPEC writes it, so levels flip only at true ties.
-inline void weight_levels(float* s, int64_t cols, float den, float L) {
+inline void weight_levels(float* s, int64_t cols, float den, int bits) {
   int64_t c = 0;
-#ifdef __AVX512F__
+#ifdef __AVX512F__  // weight_level (common/relu.h), 16 lanes at a time
+  const float L = static_cast<float>((1 << bits) - 1);
   const __m512 vd = _mm512_set1_ps(den), vl = _mm512_set1_ps(L), half = _mm512_set1_ps(0.5f), zero = _mm512_setzero_ps();
   for (; c + 16 <= cols; c += 16) {
     const __m512 p = _mm512_div_ps(_mm512_max_ps(_mm512_loadu_ps(s + c), zero), vd);
@@ -135,7 +136,7 @@ inline void weight_levels(float* s, int64_t cols, float den, float L) {
                                                   _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
   }
 #endif
-  for (; c < cols; ++c) s[c] = floorf((s[c] > 0.0f ? s[c] : 0.0f) / den * L + 0.5f);
+  for (; c < cols; ++c) s[c] = static_cast<float>(weight_level((s[c] > 0.0f ? s[c] : 0.0f) / den, bits));
 }
 
 
@@ -183,7 +184,7 @@ void fwd_driver(const Engine& E, T* out, float* den_out, int32_t* arg_out, const
         for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
           const int64_t cols = std::min(kBN, kend - j0);
           auto [Sp, ld] = tile(j0, cols, !cached);
-          for (int64_t r = 0; r < rows; ++r) weight_levels(Sp + r * ld, cols, den[r] > 0.0f ? den[r] : kInf, L);
+          for (int64_t r = 0; r < rows; ++r) weight_levels(Sp + r * ld, cols, den[r] > 0.0f ? den[r] : kInf, P.bits);
           E.pv(loc, Sp, ld, bhk, rows, j0, cols, true, acc.data(), ldA);
         }
       }

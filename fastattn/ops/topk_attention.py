@@ -46,6 +46,11 @@ def topk_threshold(q, k, gamma, alibi_slopes, causal, scale, topk, backend):
 @torch.library.custom_op("fastattn::topk_attention_fwd", mutates_args=())
 def topk_attention_fwd(q: Tensor, k: Tensor, v: Tensor, topk: int, causal: bool, scale: float,
                        backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _fwd_kernel(q, k, v, topk, causal, scale, backend)
+
+
+def _fwd_kernel(q, k, v, topk, causal, scale, backend):
+    """The backend's fused forward -> (out, lse, tau); the custom op's body, also called directly."""
     fn = dispatch.kernel(OP, "fwd", backend)
     return fn(q.contiguous(), k.contiguous(), v.contiguous(), topk, causal, scale)
 
@@ -127,6 +132,5 @@ def topk_attention(q: Tensor, k: Tensor, v: Tensor, topk: int, *, causal: bool =
     if not needs_grad and not torch.compiler.is_compiling():
         # Eager inference (decoding): the kernel directly, without the ~10 us of Python custom-op
         # dispatch that a 16k-key decode step would otherwise spend around a ~70 us kernel.
-        fn = dispatch.kernel(OP, "fwd", name)
-        return fn(q.contiguous(), k.contiguous(), v.contiguous(), topk, causal, scale)[0]
+        return _fwd_kernel(q, k, v, topk, causal, scale, name)[0]
     return topk_attention_fwd(q, k, v, topk, causal, scale, name)[0]
