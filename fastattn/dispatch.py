@@ -135,9 +135,25 @@ def unavailable_reason(op: str, backend: str, device: torch.device | str = "cpu"
     return None
 
 
+# resolve()'s answers, keyed by everything they depend on. A decode step is tens of microseconds;
+# re-deriving the backend (~5 us of Python) on every call would be a tenth of it.
+_RESOLVED: dict[tuple, str] = {}
+
+
 def resolve(op: str, backend: str, q: torch.Tensor, features=(), head_dim: int | None = None,
             needs_backward: bool = False) -> str:
     """Pick the backend that runs `op` on inputs like `q` (B, H, N, D)."""
+    if torch.compiler.is_compiling():  # traced once per graph; no need for the cache there
+        return _resolve(op, backend, q, features, head_dim, needs_backward)
+    key = (op, backend, os.environ.get("FASTATTN_BACKEND"), os.environ.get("TRITON_INTERPRET"), q.device, q.dtype,
+           head_dim or q.shape[-1], frozenset(features), needs_backward)
+    name = _RESOLVED.get(key)
+    if name is None:  # failures raise and are not cached
+        name = _RESOLVED[key] = _resolve(op, backend, q, features, head_dim, needs_backward)
+    return name
+
+
+def _resolve(op, backend, q, features, head_dim, needs_backward) -> str:
     dims = dict(device=q.device, dtype=q.dtype, head_dim=head_dim or q.shape[-1],
                 features=features, needs_backward=needs_backward)
     if backend == "auto":

@@ -112,6 +112,22 @@ def test_threshold_vs_torch_topk(backend, Nq, Nk, K, causal):
     assert (tau[fin].double() <= ref[fin] + 1e-6).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D, Nk, splits", [(64, 4099, None), (17, 3001, "1"), (80, 2050, None), (64, 40, None)])
+def test_cpu_decode_step(dtype, D, Nk, splits, monkeypatch):
+    """One query row (a decode step) takes the AVX-512 score GEMV, which reads K in its own dtype:
+    head dims off the 16-lane grid, key counts off the 16-key blocks, with and without key splits, GQA."""
+    if splits:
+        monkeypatch.setenv("FASTATTN_TOPK_SPLITS", splits)
+    q, k, v = (t.to(dtype).double() for t in make_qkv(2, 4, 2, 1, Nk, D, 24, seed=D))
+    K = 32
+    mask = tie_free_rows(q, k, K, True)
+    assert mask.float().mean() > 0.8
+    assert_matches_reference(lambda q, k, v: fastattn.topk_attention(q, k, v, K, causal=True, backend="cpu"),
+                             lambda q, k, v: topk_attention_ref(q, k, v, K, causal=True),
+                             dict(q=q, k=k, v=v), dtype, row_mask=mask)
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_relu_topk(backend):
     shape, K = (SHAPES[1] if backend == "cpu" else SHAPES[3]), 6

@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from ..dispatch import BACKENDS
+
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -53,7 +55,6 @@ def default_scale(scale, D: int, op: str) -> float:
 
 
 def check_backend(backend, op: str):
-    from ..dispatch import BACKENDS
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
 
