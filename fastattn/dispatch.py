@@ -145,8 +145,14 @@ def resolve(op: str, backend: str, q: torch.Tensor, features=(), head_dim: int |
     """Pick the backend that runs `op` on inputs like `q` (B, H, N, D)."""
     if torch.compiler.is_compiling():  # traced once per graph; no need for the cache there
         return _resolve(op, backend, q, features, head_dim, needs_backward)
-    key = (op, backend, os.environ.get("FASTATTN_BACKEND"), os.environ.get("TRITON_INTERPRET"), q.device, q.dtype,
-           head_dim or q.shape[-1], frozenset(features), needs_backward)
+    # The environment enters the key only where it can change the answer (an os.environ read is
+    # ~0.5 us): FASTATTN_BACKEND for "auto", TRITON_INTERPRET where triton may run CPU tensors.
+    device = q.device
+    env = os.environ.get("FASTATTN_BACKEND") if backend == "auto" else None
+    chosen = env if env and env != "auto" else backend
+    triton_on_cpu = device.type == "cpu" and (chosen == "triton" or (chosen == "auto" and "triton" in AUTO["cpu"]))
+    interp = os.environ.get("TRITON_INTERPRET") if triton_on_cpu else None
+    key = (op, backend, env, interp, device, q.dtype, head_dim or q.shape[-1], frozenset(features), needs_backward)
     name = _RESOLVED.get(key)
     if name is None:  # failures raise and are not cached
         name = _RESOLVED[key] = _resolve(op, backend, q, features, head_dim, needs_backward)

@@ -108,6 +108,22 @@ def test_auto_picks_cpu_kernel():
     assert dispatch.resolve("softmax_attention", "auto", q) == "cpu"
 
 
+def test_resolve_cache_follows_the_environment(monkeypatch):
+    """resolve() caches its answers; changing FASTATTN_BACKEND or TRITON_INTERPRET must still count."""
+    from fastattn import dispatch
+    q = torch.randn(1, 1, 4, 8)
+    assert dispatch.resolve("softmax_attention", "auto", q) == "cpu"
+    monkeypatch.setenv("FASTATTN_BACKEND", "reference")
+    assert dispatch.resolve("softmax_attention", "auto", q) == "reference"
+    assert dispatch.resolve("softmax_attention", "cpu", q) == "cpu"  # a named backend ignores it
+    monkeypatch.delenv("FASTATTN_BACKEND")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dispatch.resolve("softmax_attention", "triton", q) == "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(dispatch.BackendUnavailable, match="TRITON_INTERPRET=1"):
+        dispatch.resolve("softmax_attention", "triton", q)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(q=torch.randn(2, 4, 8)), "q must have 4 dims"),
     (dict(k=torch.randn(1, 3, 8, 16), v=torch.randn(1, 3, 8, 16)), "multiple of k/v heads"),

@@ -74,7 +74,13 @@ inline void gemv_nt(int64_t n, int64_t D, float alpha, const float* q, const T* 
     for (int64_t c = 0; c < D; c += 16) {
       const __mmask16 m = D - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (D - c)) - 1);
       const __m512 qc = _mm512_maskz_loadu_ps(m, q + c);
-      for (int r = 0; r < 16; ++r) acc[r] = _mm512_fmadd_ps(load16(kb + r * D + c, m), qc, acc[r]);
+      for (int r = 0; r < 16; ++r) {
+        // 8 KB ahead: with the hardware prefetcher alone, one core streams K from L3 ~15% slower
+        // (measured 2-8 KB and 16-32 KB: worse). Prefetches never fault, so running past the end
+        // of K is harmless.
+        _mm_prefetch(reinterpret_cast<const char*>(kb + r * D + c) + 8192, _MM_HINT_T0);
+        acc[r] = _mm512_fmadd_ps(load16(kb + r * D + c, m), qc, acc[r]);
+      }
     }
     _mm512_storeu_ps(s + j, _mm512_mul_ps(gemv_detail::reduce16(acc), _mm512_set1_ps(alpha)));
   }

@@ -196,6 +196,7 @@ float attend_row(const RowTopK& rs, const T* vh, int64_t Dv, float* acc, T* out)
 }
 
 // Selection, and (when v is given) the attention over the selection. tau, and out/lse with v.
+// gamma (Hq,) or nullptr for all ones; slopes (Hq,) or nullptr for no ALiBi.
 template <typename T>
 void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const float* slopes, float* tau, T* out,
                    float* lse, const Dims& d, bool causal, float scale, int64_t K) {
@@ -226,7 +227,7 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
       const int64_t i0 = t * kBM, rows = std::min(kBM, d.Nq - i0);
       const float* Q = tile_ptr(q + (bh * d.Nq + i0) * d.D, rows, d.D, qbuf.data());
       const T* kh = k + (b * d.Hk + hk) * d.Nk * d.D;
-      const float slope = slopes ? slopes[h] : 0.0f;
+      const float slope = slopes ? slopes[h] : 0.0f, alpha = (gamma ? gamma[h] : 1.0f) * scale;
       RowTopK* sel = splits > 1 ? parts.data() + (task * splits + split) * kBM : local.data();
       for (int64_t r = 0; r < rows; ++r) sel[r].reset();
       const int64_t lo = split * span;
@@ -238,9 +239,9 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
       for (int64_t j0 = lo; j0 < hi; j0 += bn) {
         const int64_t cols = std::min(bn, hi - j0);
         if (rows == 1)
-          gemv_nt(cols, d.D, gamma[h] * scale, Q, kh + j0 * d.D, S.get());
+          gemv_nt(cols, d.D, alpha, Q, kh + j0 * d.D, S.get());
         else
-          gemm_nt(rows, cols, d.D, gamma[h] * scale, Q, d.D, tile_ptr(kh + j0 * d.D, cols, d.D, kbuf.data()),
+          gemm_nt(rows, cols, d.D, alpha, Q, d.D, tile_ptr(kh + j0 * d.D, cols, d.D, kbuf.data()),
                   d.D, 0.0f, S.get(), bn);
         for (int64_t r = 0; r < rows; ++r) {
           float* s = S.get() + r * bn;
@@ -322,10 +323,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_fwd_cpu(const at::
   auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
   if (tau.numel() == 0) return {out, lse, tau};
   if (d.Nk == 0) return {out.zero_(), lse.fill_(kInf), tau.fill_(-kInf)};
-  auto gamma = at::ones({d.Hq}, f32);
   dispatch_float_types(q.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
-    select_kernel<T>(q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), gamma.data_ptr<float>(), nullptr,
+    select_kernel<T>(q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), nullptr, nullptr,
                      tau.data_ptr<float>(), out.data_ptr<T>(), lse.data_ptr<float>(), d, causal,
                      static_cast<float>(scale), topk);
   });

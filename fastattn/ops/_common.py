@@ -15,6 +15,22 @@ def check_qkv(q, k, v, op: str):
 
     Raises TypeError/ValueError naming the offending argument and what is accepted.
     """
+    # Fast path (one combined test, ~0.6 us; a decode step is tens of us): valid inputs return
+    # here; anything else goes through _explain_qkv, which names what is wrong.
+    T = torch.Tensor
+    if isinstance(q, T) and isinstance(k, T) and isinstance(v, T) and q.dim() == k.dim() == v.dim() == 4:
+        B, Hq, Nq, D = q.shape
+        Bk, Hk, Nk, Dk = k.shape
+        Bv, Hv, Nv, Dv = v.shape
+        if (q.dtype in _DTYPES and q.dtype == k.dtype == v.dtype and q.device == k.device == v.device
+                and B == Bk == Bv and Hk == Hv and Nk == Nv and D == Dk and Hk > 0 and Hq % Hk == 0
+                and D > 0 and Dv > 0):
+            return B, Hq, Hk, Nq, Nk, D, Dv
+    return _explain_qkv(q, k, v, op)
+
+
+def _explain_qkv(q, k, v, op: str):
+    """check_qkv's slow path: each rule in turn, raising on the first that fails."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
