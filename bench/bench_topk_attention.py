@@ -9,7 +9,7 @@ import torch
 
 import fastattn
 
-from .common import Row, attention_flops, run_case
+from .common import Row, attention_flops, run_case, time_ms, time_round_robin
 
 OP = "topk_attention"
 
@@ -46,35 +46,58 @@ def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
                     rows.append(Row(OP, f"topk K={K} attention pass", shape, "float32", "fwd", att, dense / att / 1e6,
                                     note="total - selection, same run", extra={"x dense": att / dense_row.ms}))
                     tot.extra["x dense"] = tot.ms / dense_row.ms
-    # Decoding: one query against a 16k-token cache.
+    # Decoding: one query against a 16k-token cache, with and without key splitting, through the
+    # API and (CPU) the kernel alone. Timed in turns, so the split/unsplit ratio is not at the
+    # mercy of the VM's drift between two blocks of runs.
     for Hd in (1, 8):
         q = torch.randn(1, Hd, 1, D, device=device)
         k, v = (torch.randn(1, Hd, 16384, D, device=device) for _ in range(2))
         shape = f"decode B1 H{Hd} Nq1 Nk16384 D{D}"
         fl = attention_flops(1, Hd, 1, 16384, D)
         with torch.no_grad():
-            for label, splits in (("key splitting", None), ("no key splitting", "1")):
-                old = os.environ.pop("FASTATTN_TOPK_SPLITS", None)
-                if splits:
-                    os.environ["FASTATTN_TOPK_SPLITS"] = splits
-                try:
-                    rows.append(run_case(OP, f"topk K=64 {label}", shape, "float32", "fwd",
-                                         lambda: fastattn.topk_attention(q, k, v, 64, backend=backend), fl,
-                                         reps=max(reps, 51), device=device))
-                    if device == "cpu":  # the kernel alone, without the ~30 us of Python op dispatch
-                        fwd = torch.ops.fastattn_C.topk_attention_fwd
-                        rows.append(run_case(OP, f"topk K=64 {label} (kernel only)", shape, "float32", "fwd",
-                                             lambda: fwd(q, k, v, 64, False, D ** -0.5), fl, reps=max(reps, 51),
-                                             device=device))
-                finally:
-                    os.environ.pop("FASTATTN_TOPK_SPLITS", None)
-                    if old is not None:
-                        os.environ["FASTATTN_TOPK_SPLITS"] = old
-        # speed-up of key splitting over the same call without it (the decode target)
-        ours = {r.impl: r for r in rows if r.shape == shape}
-        for suffix in ("", " (kernel only)"):
-            split, plain = ours.get(f"topk K=64 key splitting{suffix}"), ours.get(f"topk K=64 no key splitting{suffix}")
-            if split and plain and split.ms and plain.ms:
-                split.extra["x no-split"] = plain.ms / split.ms
+            rows += _decode_rows(q, k, v, shape, fl, backend, device, reps)
+    return rows
+
+
+def _decode_rows(q, k, v, shape, flops, backend, device, reps) -> list[Row]:
+    D = q.shape[-1]
+    env = "FASTATTN_TOPK_SPLITS"
+    old = os.environ.get(env)
+
+    def split_env(value):  # None: the kernel's own choice; "1": no key splitting
+        def prepare():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
+        return prepare
+
+    calls = {"": lambda: fastattn.topk_attention(q, k, v, 64, backend=backend)}
+    if device == "cpu":  # the kernel alone, without the Python op layer
+        fwd = torch.ops.fastattn_C.topk_attention_fwd
+        calls[" (kernel only)"] = lambda: fwd(q, k, v, 64, False, D ** -0.5)
+    out = []
+    try:
+        if device == "cpu":
+            cases = {(label, suffix): (split_env(value), fn) for suffix, fn in calls.items()
+                     for label, value in (("key splitting", None), ("no key splitting", "1"))}
+            ms = time_round_robin(cases, reps=max(reps, 301))
+        else:
+            ms = {}
+            for label, value in (("key splitting", None), ("no key splitting", "1")):
+                split_env(value)()
+                ms[(label, "")] = time_ms(calls[""], reps=reps, device=device)
+    finally:
+        os.environ.pop(env, None)
+        if old is not None:
+            os.environ[env] = old
+    for (label, suffix), t in ms.items():
+        out.append(Row(OP, f"topk K=64 {label}{suffix}", shape, "float32", "fwd", t, flops / t / 1e6,
+                       note="split and unsplit timed in turns" if device == "cpu" else ""))
+    for suffix in calls:  # the decode target: key splitting vs the same call without it
+        split, plain = ms.get(("key splitting", suffix)), ms.get(("no key splitting", suffix))
+        if split and plain:
+            next(r for r in out if r.impl == f"topk K=64 key splitting{suffix}").extra["x no-split"] = plain / split
+    return out
     return rows
 

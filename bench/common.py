@@ -46,6 +46,25 @@ def time_ms(fn, reps: int = 5, warmup: int = 1, device: str = "cpu") -> float:
     return statistics.median(times) * 1e3
 
 
+def time_round_robin(cases: dict, reps: int, warmup: int = 3) -> dict[str, float]:
+    """Median wall time in ms of each of several CPU variants, timed in turns (A B C A B C ...).
+
+    cases: {name: (prepare, fn)}; prepare() runs untimed before every fn() (e.g. to set an
+    environment variable). On a shared VM the speed drifts by 10-20% over seconds, so variants
+    timed one block after another can differ by more than their real gap; in turns, drift and
+    noise fall on all of them alike, and their ratio is what the variants do.
+    """
+    times = {name: [] for name in cases}
+    for rep in range(warmup + reps):
+        for name, (prepare, fn) in cases.items():
+            prepare()
+            t0 = time.perf_counter()
+            fn()
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
 @dataclass
 class Row:
     op: str

@@ -214,12 +214,14 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
   if (env != nullptr && std::atoi(env) >= 1) splits = std::min<int64_t>(std::atoi(env), std::max<int64_t>(1, d.Nk / kBN));
   const int64_t span = (d.Nk + splits - 1) / splits;
   // With splits, each (task, split) keeps its rows' candidates here for the merge.
-  std::vector<RowTopK> parts(splits > 1 ? tasks * splits * kBM : 0, RowTopK(K));
+  // A task's rows sit at stride `tile` (a decode step has one row, not kBM).
+  const int64_t tile = std::min(kBM, d.Nq);
+  std::vector<RowTopK> parts(splits > 1 ? tasks * splits * tile : 0, RowTopK(K));
   at::parallel_for(0, tasks * splits, 1, [&](int64_t begin, int64_t end) {
     // Uninitialized scratch: every element is written before it is read, and zeroing 64 KB per
     // thread per call shows in a ~30 us decode step.
     const std::unique_ptr<float[]> S(new float[kBM * kBN]);
-    std::vector<float> qbuf(kBM * d.D), kbuf, acc(d.Dv);
+    std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : kBM * d.D), kbuf, acc(d.Dv);
     std::vector<RowTopK> local(splits > 1 ? 0 : kBM, RowTopK(K));
     for (int64_t job = begin; job < end; ++job) {
       const int64_t split = job % splits, task = job / splits;
@@ -228,7 +230,7 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
       const float* Q = tile_ptr(q + (bh * d.Nq + i0) * d.D, rows, d.D, qbuf.data());
       const T* kh = k + (b * d.Hk + hk) * d.Nk * d.D;
       const float slope = slopes ? slopes[h] : 0.0f, alpha = (gamma ? gamma[h] : 1.0f) * scale;
-      RowTopK* sel = splits > 1 ? parts.data() + (task * splits + split) * kBM : local.data();
+      RowTopK* sel = splits > 1 ? parts.data() + (task * splits + split) * tile : local.data();
       for (int64_t r = 0; r < rows; ++r) sel[r].reset();
       const int64_t lo = split * span;
       const int64_t hi = std::min(key_limit(d, causal, i0 + rows - 1), std::min(d.Nk, lo + span));
@@ -273,7 +275,7 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
       for (int64_t r = 0; r < rows; ++r) {
         RowTopK all(K);
         for (int64_t sp = 0; sp < splits; ++sp) {
-          const RowTopK& part = parts[(task * splits + sp) * kBM + r];
+          const RowTopK& part = parts[(task * splits + sp) * tile + r];
           all.allowed += part.allowed;
           for (int64_t e = 0; e < part.n; ++e) all.add(part.val[e], part.idx[e]);
         }
