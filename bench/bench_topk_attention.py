@@ -99,5 +99,3 @@ def _decode_rows(q, k, v, shape, flops, backend, device, reps) -> list[Row]:
         if split and plain:
             next(r for r in out if r.impl == f"topk K=64 key splitting{suffix}").extra["x no-split"] = plain / split
     return out
-    return rows
-

@@ -1,5 +1,5 @@
-"""bench/: the plots from synthetic rows, the memory suite's reference-skip logic and the summary
-(no measurements run here)."""
+"""bench/: the plots from synthetic rows, the memory suite's reference-skip logic, the summary and
+the round-robin timer's order (no measurements run here)."""
 import os
 
 import pytest
@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from bench import memory  # noqa: E402
-from bench.common import Row, save, save_summary  # noqa: E402
+from bench.common import Row, save, save_summary, time_round_robin  # noqa: E402
 from bench.plots import plot_all, row_n  # noqa: E402
 
 
@@ -83,3 +83,12 @@ def test_summary_collects_suite_tables(tmp_path):
     text = open(path).read()
     assert "## softmax (12 s)" in text and "## relu (earlier run)" in text and "missing" not in text
     assert "| op | impl |" in text and "| op2 | impl2 |" in text
+
+
+def test_time_round_robin_times_in_turns():
+    """Each variant's prepare() then fn(), variant after variant, every rep (warm-up untimed)."""
+    order = []
+    cases = {n: (lambda n=n: order.append("prepare " + n), lambda n=n: order.append(n)) for n in ("a", "b")}
+    ms = time_round_robin(cases, reps=3, warmup=1)
+    assert order == ["prepare a", "a", "prepare b", "b"] * 4
+    assert set(ms) == {"a", "b"} and all(t >= 0 for t in ms.values())
