@@ -114,12 +114,14 @@ def test_threshold_vs_torch_topk(backend, Nq, Nk, K, causal):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("D, Nk, splits", [(64, 4099, None), (17, 3001, "1"), (80, 2050, None), (64, 40, None)])
-def test_cpu_decode_step(dtype, D, Nk, splits, monkeypatch):
-    """One query row (a decode step) takes the AVX-512 score GEMV, which reads K in its own dtype:
-    head dims off the 16-lane grid, key counts off the 16-key blocks, with and without key splits, GQA."""
+@pytest.mark.parametrize("Nq", [1, 2, 3, 4])
+def test_cpu_decode_step(dtype, D, Nk, splits, Nq, monkeypatch):
+    """Decode steps (1-4 query rows; 3 runs padded to 4) take the AVX-512 score GEMV, which reads K
+    in its own dtype: head dims off the 16-lane grid, key counts off its key steps, causal rows with
+    different limits, with and without key splits, GQA."""
     if splits:
         monkeypatch.setenv("FASTATTN_TOPK_SPLITS", splits)
-    q, k, v = (t.to(dtype).double() for t in make_qkv(2, 4, 2, 1, Nk, D, 24, seed=D))
+    q, k, v = (t.to(dtype).double() for t in make_qkv(2, 4, 2, Nq, Nk, D, 24, seed=D + Nq))
     K = 32
     mask = tie_free_rows(q, k, K, True)
     assert mask.float().mean() > 0.8

@@ -1,15 +1,16 @@
-// One query row against a run of keys (the decode-step score GEMV): s[j] = alpha * q . k_j.
+// A few query rows against a run of keys (the decode-step score GEMV): S[r, j] = alpha * q_r . k_j.
 //
 // Why not BLAS: MKL's sgemm/sgemv for M = 1 with a row-major K runs at ~13 GFLOP/s on the dev
 // machine, about half the rate at which the core can stream K from L3; a decode step is nothing
-// but this product. Here 16 keys go at a time, one fp32 accumulator per key over D, and a
-// transpose-and-add tree leaves their 16 dot products in one register. bf16/fp16 keys are widened
-// on load, so no fp32 copy of K is made.
+// but this product. Here 16 (row, key) pairs go at a time, one fp32 accumulator each over D, and
+// a transpose-and-add tree leaves their 16 dot products in one register. bf16/fp16 keys are
+// widened on load, so no fp32 copy of K is made.
 #pragma once
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -59,37 +60,78 @@ inline __m512 reduce16(__m512 a[16]) {
 }  // namespace gemv_detail
 #endif
 
-// s[j] = alpha * sum_d q[d] * float(K[j * D + d]) for j < n.
-// q: (D,) fp32; K: (n, D) row-major; s: (n,) fp32.
-// Example: gemv_nt(Nk, 64, scale, q_row, k_head, scores)   // one decode query's scores
-template <typename T>
-inline void gemv_nt(int64_t n, int64_t D, float alpha, const float* q, const T* K, float* s) {
+// S[r * ldS + j] = alpha * sum_d Q[r * D + d] * float(K[j * D + d]) for r < R, j < n: the scores of
+// R query rows (R = 1, 2, 4, 8 or 16; see kGemvMaxRows), reading each key once for all of them.
+// Q: (R, D) fp32; K: (n, D) row-major; S: (R, ldS) fp32.
+// Each step takes 16 / R keys, so the 16 accumulators are the (row, key) pairs of the step and one
+// transpose-add tree (reduce16) finishes all of them.
+// Example: gemv_rows<4>(Nk, 64, scale, q_rows, k_head, scores, Nk)   // 4 decode queries
+template <int R, typename T>
+inline void gemv_rows(int64_t n, int64_t D, float alpha, const float* Q, const T* K, float* S, int64_t ldS) {
+  static_assert(R == 1 || R == 2 || R == 4 || R == 8 || R == 16, "R must divide 16");
+  constexpr int NK = 16 / R;  // keys per step
   int64_t j = 0;
 #ifdef FASTATTN_GEMV_AVX512
   using gemv_detail::load16;
-  for (; j + 16 <= n; j += 16) {
+  for (; j + NK <= n; j += NK) {
     const T* kb = K + j * D;
-    __m512 acc[16];  // stays in registers: 16 accumulators + one q chunk of the 32 zmm
-    for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+    __m512 acc[16];  // acc[r * NK + kk]: query row r against key j + kk
+    for (int a = 0; a < 16; ++a) acc[a] = _mm512_setzero_ps();
     for (int64_t c = 0; c < D; c += 16) {
       const __mmask16 m = D - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (D - c)) - 1);
-      const __m512 qc = _mm512_maskz_loadu_ps(m, q + c);
-      for (int r = 0; r < 16; ++r) {
+      __m512 qc[R];  // (spilled to the stack, i.e. L1, when R = 16 leaves no registers)
+      for (int r = 0; r < R; ++r) qc[r] = _mm512_maskz_loadu_ps(m, Q + r * D + c);
+      for (int kk = 0; kk < NK; ++kk) {
         // 8 KB ahead: with the hardware prefetcher alone, one core streams K from L3 ~15% slower
         // (measured 2-8 KB and 16-32 KB: worse). Prefetches never fault, so running past the end
         // of K is harmless.
-        _mm_prefetch(reinterpret_cast<const char*>(kb + r * D + c) + 8192, _MM_HINT_T0);
-        acc[r] = _mm512_fmadd_ps(load16(kb + r * D + c, m), qc, acc[r]);
+        _mm_prefetch(reinterpret_cast<const char*>(kb + kk * D + c) + 8192, _MM_HINT_T0);
+        const __m512 x = load16(kb + kk * D + c, m);
+        for (int r = 0; r < R; ++r)
+          acc[r * NK + kk] = _mm512_fmadd_ps(x, qc[r], acc[r * NK + kk]);
       }
     }
-    _mm512_storeu_ps(s + j, _mm512_mul_ps(gemv_detail::reduce16(acc), _mm512_set1_ps(alpha)));
+    const __m512 sums = _mm512_mul_ps(gemv_detail::reduce16(acc), _mm512_set1_ps(alpha));
+    if constexpr (R == 1) {
+      _mm512_storeu_ps(S + j, sums);
+    } else {
+      alignas(64) float out[16];
+      _mm512_store_ps(out, sums);
+      for (int r = 0; r < R; ++r)
+        for (int kk = 0; kk < NK; ++kk) S[r * ldS + j + kk] = out[r * NK + kk];
+    }
   }
 #endif
-  for (; j < n; ++j) {  // the last n % 16 keys (all of them without AVX-512)
+  for (; j < n; ++j) {  // the keys after the last full step (all of them without AVX-512)
     const T* kr = K + j * D;
-    float dot = 0.0f;
-    for (int64_t c = 0; c < D; ++c) dot += q[c] * static_cast<float>(kr[c]);
-    s[j] = alpha * dot;
+    for (int r = 0; r < R; ++r) {
+      float dot = 0.0f;
+      for (int64_t c = 0; c < D; ++c) dot += Q[r * D + c] * static_cast<float>(kr[c]);
+      S[r * ldS + j] = alpha * dot;
+    }
+  }
+}
+
+// Rows per call that gemv_small takes: up to 4 query rows beat MKL's small-M sgemm here (1.5x at 4
+// rows, 2.3x at 2, single thread); at 8 and 16 the reduction tree costs more than the products.
+constexpr int64_t kGemvMaxRows = 4;
+
+// Scores of `rows` <= kGemvMaxRows query rows (Q: rows x D) against n keys into S (rows x ldS);
+// 3 rows run as 4, with a zero query row from `qpad` (4 x D floats) whose scores land in S row 3,
+// which the caller must leave room for.
+template <typename T>
+inline void gemv_small(int64_t rows, int64_t n, int64_t D, float alpha, const float* Q, const T* K, float* S,
+                       int64_t ldS, float* qpad) {
+  if (rows == 3) {
+    std::copy(Q, Q + 3 * D, qpad);
+    std::fill(qpad + 3 * D, qpad + 4 * D, 0.0f);
+    Q = qpad;
+    rows = 4;
+  }
+  switch (rows) {
+    case 1: return gemv_rows<1>(n, D, alpha, Q, K, S, ldS);
+    case 2: return gemv_rows<2>(n, D, alpha, Q, K, S, ldS);
+    default: return gemv_rows<4>(n, D, alpha, Q, K, S, ldS);
   }
 }
 

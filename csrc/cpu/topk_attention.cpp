@@ -221,7 +221,7 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
     // Uninitialized scratch: every element is written before it is read, and zeroing 64 KB per
     // thread per call shows in a ~30 us decode step.
     const std::unique_ptr<float[]> S(new float[kBM * kBN]);
-    std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : kBM * d.D), kbuf, acc(d.Dv);
+    std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : kBM * d.D), kbuf, acc(d.Dv), qpad(kGemvMaxRows * d.D);
     std::vector<RowTopK> local(splits > 1 ? 0 : kBM, RowTopK(K));
     for (int64_t job = begin; job < end; ++job) {
       const int64_t split = job % splits, task = job / splits;
@@ -234,14 +234,16 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
       for (int64_t r = 0; r < rows; ++r) sel[r].reset();
       const int64_t lo = split * span;
       const int64_t hi = std::min(key_limit(d, causal, i0 + rows - 1), std::min(d.Nk, lo + span));
-      // Short query blocks take proportionally wider key tiles: the same S scratch, and one GEMM
-      // call instead of dozens of tiny ones (one row: gemv_nt, 2048 keys, an L1-sized S).
-      const int64_t bn = rows == 1 ? 8 * kBN : std::max<int64_t>(kBN, (kBM / rows) * kBN);
-      if (rows > 1 && !std::is_same_v<T, float>) kbuf.resize(bn * d.D);
+      // Decode-sized blocks (up to kGemvMaxRows rows) take their scores from gemv_small, which
+      // reads K once in its own dtype, 2048 keys at a time; longer blocks take proportionally
+      // wider key tiles than kBN: the same S scratch, one GEMM call instead of dozens of tiny ones.
+      const bool small = rows <= kGemvMaxRows;
+      const int64_t bn = small ? 8 * kBN : std::max<int64_t>(kBN, (kBM / rows) * kBN);
+      if (!small && !std::is_same_v<T, float>) kbuf.resize(bn * d.D);
       for (int64_t j0 = lo; j0 < hi; j0 += bn) {
         const int64_t cols = std::min(bn, hi - j0);
-        if (rows == 1)
-          gemv_nt(cols, d.D, alpha, Q, kh + j0 * d.D, S.get());
+        if (small)
+          gemv_small(rows, cols, d.D, alpha, Q, kh + j0 * d.D, S.get(), bn, qpad.data());
         else
           gemm_nt(rows, cols, d.D, alpha, Q, d.D, tile_ptr(kh + j0 * d.D, cols, d.D, kbuf.data()),
                   d.D, 0.0f, S.get(), bn);
