@@ -56,6 +56,13 @@ def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
         fl = attention_flops(1, Hd, 1, 16384, D)
         with torch.no_grad():
             rows += _decode_rows(q, k, v, shape, fl, backend, device, reps)
+    # A few queries at once (speculative decoding): 4 rows, causal, one head.
+    q = torch.randn(1, 1, 4, D, device=device)
+    k, v = (torch.randn(1, 1, 16384, D, device=device) for _ in range(2))
+    with torch.no_grad():
+        rows.append(run_case(OP, "topk K=64 causal", f"decode B1 H1 Nq4 Nk16384 D{D}", "float32", "fwd",
+                             lambda: fastattn.topk_attention(q, k, v, 64, causal=True, backend=backend),
+                             attention_flops(1, 1, 4, 16384, D), reps=max(reps, 51), device=device))
     return rows
 
 
