@@ -130,6 +130,23 @@ def test_cpu_decode_step(dtype, D, Nk, splits, Nq, monkeypatch):
                              dict(q=q, k=k, v=v), dtype, row_mask=mask)
 
 
+@pytest.mark.parametrize("Nq, Hk, Nk", [(1, 1, 700), (1, 1, 3000), (2, 1, 3000), (1, 2, 700), (3, 1, 700)])
+def test_cpu_threshold_grouped_decode(Nq, Hk, Nk):
+    """GQA/MQA decode steps run the query heads that share a kv head as one task (their gamma folded
+    into q): each row must still get its own head's gamma and ALiBi slope, causal, split or not."""
+    g = torch.Generator().manual_seed(10 * Nq + Hk)
+    Hq, K = 4, 16
+    q, k = torch.randn(1, Hq, Nq, 16, generator=g), torch.randn(1, Hk, Nk, 16, generator=g)
+    gamma, slopes = torch.tensor([1.0, 0.5, 2.0, 0.8]), torch.tensor([0.0, 0.01, 0.002, 0.05])
+    tau = fastattn.dispatch.kernel("topk_attention", "threshold", "cpu")(q, k, gamma, slopes, True, 0.25, K)
+    x = (torch.arange(Nq).view(-1, 1) + Nk - Nq - torch.arange(Nk).view(1, -1)).abs()
+    s = gamma.view(1, Hq, 1, 1).double() * (q.double() @ expand_kv(k, Hq).double().transpose(-1, -2)) * 0.25 \
+        - slopes.view(1, Hq, 1, 1).double() * x
+    ref = topk_threshold_ref(s, allowed_mask(Nq, Nk, True, "cpu"), K)
+    torch.testing.assert_close(tau.double(), ref, rtol=1e-4, atol=1e-4)  # lowered by the tie margin
+    assert (tau.double() <= ref + 1e-6).all()
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_relu_topk(backend):
     shape, K = (SHAPES[1] if backend == "cpu" else SHAPES[3]), 6

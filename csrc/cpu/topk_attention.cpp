@@ -195,13 +195,47 @@ float attend_row(const RowTopK& rs, const T* vh, int64_t Dv, float* acc, T* out)
   return mx + std::log(l);
 }
 
+// The query rows one task owns: `rows` consecutive rows of q / out / tau (in (B, Hq, Nq) order)
+// from row `base`; row r is query i0 + r % per_head of head h0 + r / per_head.
+struct TaskRows {
+  int64_t b, h0, hk, i0, rows, per_head, base;
+  int64_t head(int64_t r) const { return h0 + r / per_head; }
+  int64_t query(int64_t r) const { return i0 + r % per_head; }
+};
+
+// Tasks are (batch, head, block of kBM queries), except for grouped-query decode steps: there the G
+// query heads that share a kv head (G * Nq <= kGemvMaxRows) form one task, so K is read once for
+// all of them rather than once per head. Their rows are consecutive in q, so no copy is needed.
+struct Tiling {
+  int64_t G = 1, n_qt, tasks, tile;
+  explicit Tiling(const Dims& d) {
+    for (int64_t g = d.Nq <= kGemvMaxRows ? kGemvMaxRows / d.Nq : 1; g > 1 && G == 1; --g)
+      if (d.group() % g == 0) G = g;
+    n_qt = G > 1 ? 1 : (d.Nq + kBM - 1) / kBM;
+    tasks = d.B * (d.Hq / G) * n_qt;
+    tile = G > 1 ? G * d.Nq : std::min(kBM, d.Nq);  // the most rows a task has
+  }
+  TaskRows operator()(int64_t task, const Dims& d) const {
+    const int64_t t = task % n_qt, hg = task / n_qt, groups = d.Hq / G;
+    TaskRows tr;
+    tr.b = hg / groups;
+    tr.h0 = (hg % groups) * G;
+    tr.hk = tr.h0 / d.group();
+    tr.i0 = t * kBM;
+    tr.rows = G > 1 ? G * d.Nq : std::min(kBM, d.Nq - tr.i0);
+    tr.per_head = G > 1 ? d.Nq : tr.rows;
+    tr.base = (tr.b * d.Hq + tr.h0) * d.Nq + tr.i0;
+    return tr;
+  }
+};
+
 // Selection, and (when v is given) the attention over the selection. tau, and out/lse with v.
 // gamma (Hq,) or nullptr for all ones; slopes (Hq,) or nullptr for no ALiBi.
 template <typename T>
 void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const float* slopes, float* tau, T* out,
                    float* lse, const Dims& d, bool causal, float scale, int64_t K) {
-  const int64_t n_qt = (d.Nq + kBM - 1) / kBM;
-  const int64_t tasks = d.B * d.Hq * n_qt;
+  const Tiling tiling(d);
+  const int64_t tasks = tiling.tasks, tile = tiling.tile;
   const int64_t threads = at::get_num_threads();
   // Split keys when the rows are long (decoding) and the tasks do not divide evenly over the
   // threads: the fewest splits that make tasks * splits a multiple of the thread count (one task on
@@ -213,27 +247,32 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
     splits = std::clamp<int64_t>(threads / std::gcd(tasks, threads), 1, d.Nk / kBN);
   if (env != nullptr && std::atoi(env) >= 1) splits = std::min<int64_t>(std::atoi(env), std::max<int64_t>(1, d.Nk / kBN));
   const int64_t span = (d.Nk + splits - 1) / splits;
-  // With splits, each (task, split) keeps its rows' candidates here for the merge.
-  // A task's rows sit at stride `tile` (a decode step has one row, not kBM).
-  const int64_t tile = std::min(kBM, d.Nq);
+  // With splits, each (task, split) keeps its rows' candidates here for the merge, at stride `tile`.
   std::vector<RowTopK> parts(splits > 1 ? tasks * splits * tile : 0, RowTopK(K));
   at::parallel_for(0, tasks * splits, 1, [&](int64_t begin, int64_t end) {
     // Uninitialized scratch: every element is written before it is read, and zeroing 64 KB per
     // thread per call shows in a ~30 us decode step.
     const std::unique_ptr<float[]> S(new float[kBM * kBN]);
     std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : kBM * d.D), kbuf, acc(d.Dv), qpad(kGemvMaxRows * d.D);
+    std::vector<float> qscaled(tiling.G > 1 && gamma ? tile * d.D : 0);
     std::vector<RowTopK> local(splits > 1 ? 0 : kBM, RowTopK(K));
     for (int64_t job = begin; job < end; ++job) {
       const int64_t split = job % splits, task = job / splits;
-      const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq, hk = h / d.group();
-      const int64_t i0 = t * kBM, rows = std::min(kBM, d.Nq - i0);
-      const float* Q = tile_ptr(q + (bh * d.Nq + i0) * d.D, rows, d.D, qbuf.data());
-      const T* kh = k + (b * d.Hk + hk) * d.Nk * d.D;
-      const float slope = slopes ? slopes[h] : 0.0f, alpha = (gamma ? gamma[h] : 1.0f) * scale;
+      const TaskRows tr = tiling(task, d);
+      const int64_t rows = tr.rows;
+      const float* Q = tile_ptr(q + tr.base * d.D, rows, d.D, qbuf.data());
+      const T* kh = k + (tr.b * d.Hk + tr.hk) * d.Nk * d.D;
+      float alpha = (gamma ? gamma[tr.h0] : 1.0f) * scale;
+      if (!qscaled.empty()) {  // heads with their own gamma in one product: gamma goes into q
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < d.D; ++c) qscaled[r * d.D + c] = Q[r * d.D + c] * gamma[tr.head(r)];
+        Q = qscaled.data();
+        alpha = scale;
+      }
       RowTopK* sel = splits > 1 ? parts.data() + (task * splits + split) * tile : local.data();
       for (int64_t r = 0; r < rows; ++r) sel[r].reset();
       const int64_t lo = split * span;
-      const int64_t hi = std::min(key_limit(d, causal, i0 + rows - 1), std::min(d.Nk, lo + span));
+      const int64_t hi = std::min(key_limit(d, causal, tr.query(rows - 1)), std::min(d.Nk, lo + span));
       // Decode-sized blocks (up to kGemvMaxRows rows) take their scores from gemv_small, which
       // reads K once in its own dtype, 2048 keys at a time; longer blocks take proportionally
       // wider key tiles than kBN: the same S scratch, one GEMM call instead of dozens of tiny ones.
@@ -249,18 +288,20 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
                   d.D, 0.0f, S.get(), bn);
         for (int64_t r = 0; r < rows; ++r) {
           float* s = S.get() + r * bn;
-          const int64_t i_abs = i0 + r + d.offset();
-          if (slopes)
+          const int64_t i = tr.query(r), i_abs = i + d.offset();
+          if (slopes) {
+            const float slope = slopes[tr.head(r)];
             for (int64_t c = 0; c < cols; ++c) s[c] = relu_score(s[c], 1.0f, slope, i_abs, j0 + c);
-          const int64_t limit = key_limit(d, causal, i0 + r);
+          }
+          const int64_t limit = key_limit(d, causal, i);
           mask_row(s, j0, cols, limit, nullptr);
           sel[r].push_row(s, cols, std::clamp<int64_t>(limit - j0, 0, cols), j0);
         }
       }
       if (splits > 1) continue;
-      const T* vh = v ? v + (b * d.Hk + hk) * d.Nk * d.Dv : nullptr;
+      const T* vh = v ? v + (tr.b * d.Hk + tr.hk) * d.Nk * d.Dv : nullptr;
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t row = bh * d.Nq + i0 + r;
+        const int64_t row = tr.base + r;
         tau[row] = sel[r].finish();
         if (v) lse[row] = attend_row(sel[r], vh, d.Dv, acc.data(), out + row * d.Dv);
       }
@@ -272,18 +313,17 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(d.Dv);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq, hk = h / d.group();
-      const int64_t i0 = t * kBM, rows = std::min(kBM, d.Nq - i0);
-      for (int64_t r = 0; r < rows; ++r) {
+      const TaskRows tr = tiling(task, d);
+      for (int64_t r = 0; r < tr.rows; ++r) {
         RowTopK all(K);
         for (int64_t sp = 0; sp < splits; ++sp) {
           const RowTopK& part = parts[(task * splits + sp) * tile + r];
           all.allowed += part.allowed;
           for (int64_t e = 0; e < part.n; ++e) all.add(part.val[e], part.idx[e]);
         }
-        const int64_t row = bh * d.Nq + i0 + r;
+        const int64_t row = tr.base + r;
         tau[row] = all.finish();
-        if (v) lse[row] = attend_row(all, v + (b * d.Hk + hk) * d.Nk * d.Dv, d.Dv, acc.data(), out + row * d.Dv);
+        if (v) lse[row] = attend_row(all, v + (tr.b * d.Hk + tr.hk) * d.Nk * d.Dv, d.Dv, acc.data(), out + row * d.Dv);
       }
     }
   });
