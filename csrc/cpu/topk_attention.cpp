@@ -255,7 +255,7 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
     const std::unique_ptr<float[]> S(new float[kBM * kBN]);
     std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : kBM * d.D), kbuf, acc(d.Dv), qpad(kGemvMaxRows * d.D);
     std::vector<float> qscaled(tiling.G > 1 && gamma ? tile * d.D : 0);
-    std::vector<RowTopK> local(splits > 1 ? 0 : kBM, RowTopK(K));
+    std::vector<RowTopK> local(splits > 1 ? 0 : tile, RowTopK(K));  // a task has at most `tile` rows
     for (int64_t job = begin; job < end; ++job) {
       const int64_t split = job % splits, task = job / splits;
       const TaskRows tr = tiling(task, d);
