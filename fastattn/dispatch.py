@@ -10,6 +10,7 @@ checked and, when it cannot run the call, the error says why. FASTATTN_BACKEND o
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -180,11 +181,12 @@ def _resolve(op, backend, q, features, head_dim, needs_backward) -> str:
     raise BackendUnavailable(f"no backend can run {op}: " + "; ".join(reasons))
 
 
+@functools.cache  # a decode step calls this every time; the lookup alone is ~0.4 us
 def kernel(op: str, stage: str, backend: str):
     """The callable implementing `op`'s `stage` ("fwd"/"bwd") on a fused backend."""
     name = f"{op}_{stage}"
     if backend in ("cpu", "cuda"):
-        return getattr(torch.ops.fastattn_C, name)
+        return getattr(torch.ops.fastattn_C, name).default  # the overload: skips the packet's resolution
     if backend == "triton":
         return getattr(importlib.import_module(f"fastattn.kernels.{op}"), name)
     raise ValueError(f"backend {backend!r} has no fused kernels")

@@ -18,14 +18,17 @@ def check_qkv(q, k, v, op: str):
     # Fast path (one combined test, ~1 us; a decode step is tens of us): valid inputs return
     # here; anything else goes through _explain_qkv, which names what is wrong.
     T = torch.Tensor
-    if isinstance(q, T) and isinstance(k, T) and isinstance(v, T) and q.dim() == k.dim() == v.dim() == 4:
-        B, Hq, Nq, D = q.shape
-        Bk, Hk, Nk, Dk = k.shape
-        Bv, Hv, Nv, Dv = v.shape
-        if (q.dtype in _DTYPES and q.dtype == k.dtype == v.dtype and q.device == k.device == v.device
-                and B == Bk == Bv and Hk == Hv and Nk == Nv and D == Dk and Hk > 0 and Hq % Hk == 0
-                and D > 0 and Dv > 0):
-            return B, Hq, Hk, Nq, Nk, D, Dv
+    if isinstance(q, T) and isinstance(k, T) and isinstance(v, T):
+        qs, ks, vs = q.shape, k.shape, v.shape
+        if len(qs) == len(ks) == len(vs) == 4:
+            B, Hq, Nq, D = qs
+            Bk, Hk, Nk, Dk = ks
+            Bv, Hv, Nv, Dv = vs
+            dt = q.dtype
+            if (dt in _DTYPES and dt == k.dtype == v.dtype and B == Bk == Bv and Hk == Hv and Nk == Nv
+                    and D == Dk and Hk > 0 and Hq % Hk == 0 and D > 0 and Dv > 0
+                    and q.device == k.device == v.device):
+                return B, Hq, Hk, Nq, Nk, D, Dv
     return _explain_qkv(q, k, v, op)
 
 
