@@ -11,7 +11,7 @@ TEST_ARGS  ?= -m "not slow"
 # Two cores here: two pytest workers.
 TEST_WORKERS ?= 2
 
-.PHONY: venv build bench test info clean
+.PHONY: venv build bench test test-portable info clean
 all: test
 
 $(VENV)/.deps:
@@ -39,6 +39,26 @@ bench: build
 
 test: build
 	$(PY) -m pytest -n $(TEST_WORKERS) $(TEST_ARGS)
+	$(MAKE) --no-print-directory test-portable
+
+# The CPU kernels' portable paths (what machines without AVX-512 run): the same sources built for
+# x86-64-v3 (AVX2) in a copy under build/portable, and the op tests for the cpu backend run on that
+# build (~2 min the first time; ninja rebuilds only what changed). x86-64 hosts only.
+PORTABLE       := build/portable
+PORTABLE_TESTS := tests/test_softmax_attention.py tests/test_softmax_cpu_kernel.py tests/test_relu_attention.py \
+                  tests/test_topk_attention.py tests/test_adaptive_span_attention.py
+test-portable: venv
+	@if [ "$$(uname -m)" != x86_64 ]; then echo "test-portable: x86-64 builds only; skipped on $$(uname -m)"; exit 0; fi; \
+	set -e; py=$(abspath $(PY)); mkdir -p $(PORTABLE); \
+	tar -c --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.so' --exclude=__pycache__ . \
+	    | tar -x -C $(PORTABLE); \
+	cd $(PORTABLE); \
+	FASTATTN_SKIP_CUDA_BUILD=1 FASTATTN_CPU_ARCH=x86-64-v3 MAX_JOBS=2 $$py setup.py -q build_ext --inplace; \
+	$$py -c "import fastattn, os; from fastattn import _ext; i = _ext.build_info(); \
+	    assert os.path.abspath(fastattn.__file__).startswith(os.getcwd()), fastattn.__file__; \
+	    assert i and not i['cpu_features'], f'not the portable build: {i} {_ext.extension_error()}'; \
+	    print('test-portable: fastattn._C built for x86-64-v3, no AVX-512 paths')"; \
+	$$py -m pytest -n $(TEST_WORKERS) -q -p no:cacheprovider -m "not slow and not gpu" -k "not triton" $(PORTABLE_TESTS)
 
 info: build
 	$(PY) -m fastattn info

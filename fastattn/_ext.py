@@ -29,6 +29,16 @@ def has_kernel(name: str, dispatch_key: str) -> bool:
         return False
 
 
-def built_with_cuda() -> bool:
-    return _error is None and bool(getattr(torch.ops.fastattn_C, "built_with_cuda", None)) and bool(
-        torch.ops.fastattn_C.built_with_cuda())
+def build_info() -> dict:
+    """What fastattn._C was built with; {} when it did not load.
+
+    {"cpu_features": ["avx512f", ...]: the instruction-set extensions the CPU kernels use (empty:
+    their portable C++ paths, e.g. FASTATTN_CPU_ARCH=x86-64-v3), "cuda": whether CUDA kernels are in it}
+
+        >>> fastattn._ext.build_info()                 # doctest: +SKIP
+        {'cpu_features': ['avx512f', 'avx512bw', 'avx512vnni', 'avx512bf16'], 'cuda': False}
+    """
+    if _error is not None:
+        return {}
+    ext = importlib.import_module("fastattn._C")
+    return {"cpu_features": ext.cpu_features.split(), "cuda": bool(ext.with_cuda)}

@@ -10,7 +10,7 @@ def _info(args) -> int:
     import torch
 
     import fastattn
-    from fastattn import dispatch
+    from fastattn import _ext, dispatch
 
     print(f"fastattn {fastattn.__version__}")
     print(f"python {platform.python_version()}  torch {torch.__version__}  "
@@ -21,7 +21,12 @@ def _info(args) -> int:
     except ImportError as exc:
         print(f"triton: not installed ({exc})")
     err = fastattn.extension_error()
-    print("fastattn._C: " + ("loaded" if err is None else f"NOT loaded: {err}"))
+    if err is None:
+        info = _ext.build_info()
+        print(f"fastattn._C: loaded; CPU kernels use {' '.join(info['cpu_features']) or 'portable C++ paths only'}; "
+              f"CUDA kernels {'built' if info['cuda'] else 'not built'}")
+    else:
+        print(f"fastattn._C: NOT loaded: {err}")
     for op, backends in dispatch.report().items():
         print(f"\n{op}")
         for b, why in backends.items():

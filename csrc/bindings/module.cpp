@@ -1,9 +1,38 @@
 // The Python module fastattn._C. Importing it runs the static TORCH_LIBRARY_FRAGMENT(fastattn_C, m)
-// registrations of csrc/bindings/<op>.cpp; it exposes nothing to Python itself.
+// registrations of csrc/bindings/<op>.cpp; itself it exposes only what the build holds.
 #include <Python.h>
 
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastattn kernels (torch.ops.fastattn_C)", -1,
                                nullptr};
-  return PyModule_Create(&module);
+  PyObject* m = PyModule_Create(&module);
+  if (m == nullptr) return nullptr;
+  // What this build holds (fastattn._ext.build_info): the instruction-set extensions the CPU
+  // kernels were compiled to use (FASTATTN_CPU_ARCH; none: their portable C++ paths throughout),
+  // and whether the CUDA kernels are in it.
+  const char* cpu_features = ""
+#ifdef __AVX512F__
+                             " avx512f"
+#endif
+#ifdef __AVX512BW__
+                             " avx512bw"
+#endif
+#ifdef __AVX512VNNI__
+                             " avx512vnni"
+#endif
+#ifdef __AVX512BF16__
+                             " avx512bf16"
+#endif
+      ;
+#ifdef FASTATTN_WITH_CUDA
+  const long with_cuda = 1;
+#else
+  const long with_cuda = 0;
+#endif
+  if (PyModule_AddStringConstant(m, "cpu_features", cpu_features) < 0 ||
+      PyModule_AddIntConstant(m, "with_cuda", with_cuda) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }
