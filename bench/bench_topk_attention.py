@@ -80,9 +80,11 @@ def _decode_rows(q, k, v, shape, flops, backend, device, reps) -> list[Row]:
     D = q.shape[-1]
     env = "FASTATTN_TOPK_SPLITS"
     old = os.environ.get(env)
+    threads = torch.get_num_threads()
 
-    def split_env(value):  # None: the kernel's own choice; "1": no key splitting
+    def split_env(value, n_threads=threads):  # value None: the kernel's own choice; "1": no key splitting
         def prepare():
+            torch.set_num_threads(n_threads)
             if value is None:
                 os.environ.pop(env, None)
             else:
@@ -91,13 +93,17 @@ def _decode_rows(q, k, v, shape, flops, backend, device, reps) -> list[Row]:
 
     calls = {"": lambda: fastattn.topk_attention(q, k, v, 64, backend=backend)}
     if device == "cpu":  # the kernel alone, without the Python op layer
-        fwd = torch.ops.fastattn_C.topk_attention_fwd
+        fwd = fastattn.dispatch.kernel(OP, "fwd", "cpu")
         calls[" (kernel only)"] = lambda: fwd(q, k, v, 64, False, D ** -0.5)
     out = []
     try:
         if device == "cpu":
             cases = {(label, suffix): (split_env(value), fn) for suffix, fn in calls.items()
                      for label, value in (("key splitting", None), ("no key splitting", "1"))}
+            # The memory floor, in the same turns: one streaming read of K (torch.sum) on one
+            # thread and on all of them; what splitting can gain is bounded by their ratio.
+            for n in sorted({1, threads}):
+                cases[("floor", n)] = (split_env(None, n), k.sum)
             ms = time_round_robin(cases, reps=max(reps, 301))
         else:
             ms = {}
@@ -105,9 +111,11 @@ def _decode_rows(q, k, v, shape, flops, backend, device, reps) -> list[Row]:
                 split_env(value)()
                 ms[(label, "")] = time_ms(calls[""], reps=reps, device=device)
     finally:
+        torch.set_num_threads(threads)
         os.environ.pop(env, None)
         if old is not None:
             os.environ[env] = old
+    floor = {n: ms.pop(("floor", n)) for n in (1, threads) if ("floor", n) in ms}
     for (label, suffix), t in ms.items():
         out.append(Row(OP, f"topk K=64 {label}{suffix}", shape, "float32", "fwd", t, flops / t / 1e6,
                        note="split and unsplit timed in turns" if device == "cpu" else ""))
@@ -115,4 +123,10 @@ def _decode_rows(q, k, v, shape, flops, backend, device, reps) -> list[Row]:
         split, plain = ms.get(("key splitting", suffix)), ms.get(("no key splitting", suffix))
         if split and plain:
             next(r for r in out if r.impl == f"topk K=64 key splitting{suffix}").extra["x no-split"] = plain / split
+    for n, t in floor.items():
+        row = Row(OP, f"memory floor: read K once (torch.sum), {n} thread{'s' if n > 1 else ''}", shape, "float32",
+                  "fwd", t, None, note=f"{k.numel() * k.element_size() / t / 1e6:.0f} GB/s; timed in turns with the decode rows")
+        if n > 1 and 1 in floor:
+            row.extra["x 1 thread"] = floor[1] / t
+        out.append(row)
     return out

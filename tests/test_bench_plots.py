@@ -1,5 +1,5 @@
 """bench/: the plots from synthetic rows, the memory suite's reference-skip logic, the summary and
-the round-robin timer's order (no measurements run here)."""
+the round-robin timer's order and the decode rows' restoring of what they switch (no figures checked)."""
 import os
 
 import pytest
@@ -92,3 +92,29 @@ def test_time_round_robin_times_in_turns():
     ms = time_round_robin(cases, reps=3, warmup=1)
     assert order == ["prepare a", "a", "prepare b", "b"] * 4
     assert set(ms) == {"a", "b"} and all(t >= 0 for t in ms.values())
+
+
+def test_topk_decode_rows_restore_threads_and_environment(monkeypatch):
+    """The decode rows switch FASTATTN_TOPK_SPLITS and the thread count per case; both come back."""
+    import fastattn
+    if fastattn.extension_error():
+        pytest.skip("needs fastattn._C")
+    import torch
+
+    from bench.bench_topk_attention import _decode_rows
+    monkeypatch.setenv("FASTATTN_TOPK_SPLITS", "3")
+    before = torch.get_num_threads()  # 1 under pytest (conftest)
+    torch.set_num_threads(2)  # as in make bench: a 1-thread and a 2-thread floor
+    try:
+        q, k, v = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 2048, 16), torch.randn(1, 1, 2048, 16)
+        with torch.no_grad():
+            rows = _decode_rows(q, k, v, "tiny", 1.0, "cpu", "cpu", reps=1)
+        assert torch.get_num_threads() == 2 and os.environ["FASTATTN_TOPK_SPLITS"] == "3"
+    finally:
+        torch.set_num_threads(before)
+    impls = {r.impl: r for r in rows}
+    for suffix in ("", " (kernel only)"):
+        assert "x no-split" in impls[f"topk K=64 key splitting{suffix}"].extra
+        assert f"topk K=64 no key splitting{suffix}" in impls
+    assert "memory floor: read K once (torch.sum), 1 thread" in impls
+    assert "x 1 thread" in impls["memory floor: read K once (torch.sum), 2 threads"].extra
