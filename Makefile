@@ -53,7 +53,9 @@ test-portable: venv
 	tar -c --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.so' --exclude=__pycache__ . \
 	    | tar -x -C $(PORTABLE); \
 	cd $(PORTABLE); \
-	FASTATTN_SKIP_CUDA_BUILD=1 FASTATTN_CPU_ARCH=x86-64-v3 MAX_JOBS=2 $$py setup.py -q build_ext --inplace; \
+	echo "test-portable: building fastattn._C for x86-64-v3 in $(PORTABLE) (log: $(PORTABLE)/build.log)"; \
+	FASTATTN_SKIP_CUDA_BUILD=1 FASTATTN_CPU_ARCH=x86-64-v3 MAX_JOBS=2 $$py setup.py -q build_ext --inplace \
+	    > build.log 2>&1 || { tail -n 40 build.log; exit 1; }; \
 	$$py -c "import fastattn, os; from fastattn import _ext; i = _ext.build_info(); \
 	    assert os.path.abspath(fastattn.__file__).startswith(os.getcwd()), fastattn.__file__; \
 	    assert i and not i['cpu_features'], f'not the portable build: {i} {_ext.extension_error()}'; \
