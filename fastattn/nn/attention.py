@@ -18,7 +18,8 @@ Extension points (override in a subclass):
   the tuple of per-position tensors that go into the cache (default (k, v), roped k).
   ``expand(*cached) -> (k, v)`` turns the (possibly cache-extended) tuple into k and v for
   ``attend`` (default: identity). MSLA caches its latent instead of k/v by overriding
-  ``project``, ``expand`` and ``cache_shapes``.
+  ``project``, ``expand`` and ``cache_shapes``, and ``attend_cached(q, cached)`` (default:
+  ``attend(q, *expand(*cached))``) to attend to the latent without expanding it when decoding.
 * ``clamp_()`` (optional): the trainer calls it after every optimizer step, to project
   parameters back into their valid range (adaptive span keeps spans in [0, max_span]).
 * ``cache_shapes() -> [(H_i, D_i), ...]`` and ``cache_class``: what ``new_cache(batch, max_len)``
@@ -97,6 +98,13 @@ class MultiHeadAttention(nn.Module):
         """The cached tuple (all positions so far) -> k (B, Hk, Nk, D), v (B, Hk, Nk, Dv)."""
         return cached[0], cached[1]
 
+    def attend_cached(self, q: torch.Tensor, cached: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """q (B, Hq, N, D) and the cached tuple (all positions so far) -> o (B, Hq, N, Dv):
+        ``attend(q, *expand(*cached))``. MSLA overrides it to attend to its latent directly when
+        that is cheaper (decoding)."""
+        k, v = self.expand(*cached)
+        return self.attend(q, k, v)
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (B, Hq, N, D), k (B, Hk, Nk, D), v (B, Hk, Nk, Dv) -> (B, Hq, N, Dv)."""
         return fastattn.softmax_attention(q, k, v, causal=self.causal, backend=self.backend)
@@ -125,6 +133,5 @@ class MultiHeadAttention(nn.Module):
         q, cached = self.project(x, start)
         if cache is not None:
             cached = cache.append(*cached)
-        k, v = self.expand(*cached)
-        o = self.attend(q, k, v)  # (B, Hq, N, Dv)
+        o = self.attend_cached(q, cached)  # (B, Hq, N, Dv)
         return self.dropout(self.wo(o.transpose(1, 2).reshape(B, N, -1)))

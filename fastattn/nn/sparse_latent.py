@@ -6,13 +6,21 @@ per-head up-projections c -> k, v (`wk`, `wv`, which here map r -> Hk * D). Each
 (softmax) to its `topk` best keys only (SPEC §3). The KV cache stores the latent c, r numbers per
 position instead of 2 * Hk * D.
 
-RoPE: applied to q and to the up-projected k per head, with absolute positions (the same rotation
-as MultiHeadAttention, so the kinds share positional semantics). A rotated key cannot be cached as
-a latent, so `expand` re-up-projects the whole cached latent on every call and rotates the keys by
-their absolute positions 0..Nk-1 (the cache always holds positions [0, pos)). This costs an
-r x Hk*D matmul over the cache per step; MLA's decoupled RoPE (extra rope dims whose shared key is
-cached next to the latent) would avoid it, at the price of a cache that is no longer just the
-latent, and would change the attention's head dim.
+RoPE, three ways:
+* `rope=True` (default): q and the up-projected k are rotated per head by absolute position (the
+  same rotation as MultiHeadAttention). A rotated key cannot be cached as a latent, so every call
+  re-up-projects the whole cached latent: an r x Hk*D matmul over the cache per decoding step.
+* `rope=True, rope_dim=dr` (MLA's decoupled RoPE): the rotation moves to dr extra dims per head,
+  a query part `wq_rope` per head and one key part `w_kr` shared by all heads, rotated once and
+  cached next to the latent (r + dr numbers per position); scores are q.k + q_rope.k_rope, scaled
+  by 1/sqrt(D + dr).
+* `rope=False`: no rotation.
+In the last two, scores and outputs are linear in the latent, so a decoding step attends to the
+cache without expanding it ("absorption"): q_lat = Wk_h^T q_h (r numbers per head) scores the
+cached latents directly, and Wv_h up-projects the attended latent afterwards. The module takes
+whichever of the two orders costs fewer FLOPs for the call (absorbed for short query blocks against
+a long cache); both compute the same function (a bias of `wk` shifts every score of a row alike,
+so it cannot change the selection or the softmax, and absorption leaves it out).
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import fastattn
 
 from .attention import MultiHeadAttention
 from .norm import RMSNorm
+from .rope import RotaryEmbedding
 
 
 def _positive_int(name: str, arg: str, value) -> int:
@@ -35,7 +44,8 @@ class SparseLatentAttention(MultiHeadAttention):
     """x (B, N, dim) -> (B, N, dim): top-K attention with keys/values up-projected from a latent.
 
     Shapes: q (B, Hq, N, D) from `wq`; latent c (B, N, r) = RMSNorm(w_dkv(x)); k = rope(wk(c)),
-    v = wv(c), each (B, Hk, Nk, D); output (B, Hq, N, D) -> `wo` -> (B, N, dim).
+    v = wv(c), each (B, Hk, Nk, D); output (B, Hq, N, D) -> `wo` -> (B, N, dim). With rope_dim=dr,
+    q and k get dr rotated dims more (D + dr; v stays D).
 
     Args (besides MultiHeadAttention's: dim, n_heads, n_kv_heads (GQA), head_dim, rope, rope_base,
     max_seq_len, dropout, bias, causal, backend):
@@ -43,8 +53,11 @@ class SparseLatentAttention(MultiHeadAttention):
         topk: K, keys attended per query (default 32); K >= the number of allowed keys is dense
             softmax attention. Fused backends cap K (cpu 4096, triton/cuda 128).
         latent_norm: RMSNorm on the latent (as MLA does), default True.
+        rope_dim: dr > 0 (even) for MLA's decoupled RoPE (needs rope=True); 0 (default) rotates the
+            up-projected keys instead.
 
-    Cache: `new_cache` allocates one buffer (B, 1, max_len, r) holding the latent only.
+    Cache: `new_cache` allocates one buffer (B, 1, max_len, r + dr) holding the latent (and the
+    rotated shared key part) only.
 
         >>> attn = SparseLatentAttention(256, n_heads=8, n_kv_heads=2, latent_dim=64, topk=16)
         >>> attn(torch.randn(2, 40, 256)).shape
@@ -54,24 +67,40 @@ class SparseLatentAttention(MultiHeadAttention):
         (torch.Size([2, 40, 256]), torch.Size([2, 1, 256]))
         >>> cache.buffers[0].shape   # the latent, not k and v
         torch.Size([2, 1, 64, 64])
+        >>> mla = SparseLatentAttention(256, n_heads=8, latent_dim=64, rope_dim=16)   # decoupled RoPE
+        >>> mla.new_cache(batch=2, max_len=64).buffers[0].shape
+        torch.Size([2, 1, 64, 80])
     """
 
+    # Absorbed attention runs on r + dr wide heads; the fused backends take head dims up to this.
+    MAX_ABSORBED_DIM = 256
+
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, latent_dim: int | None = None,
-                 topk: int = 32, latent_norm: bool = True, **kw):
+                 topk: int = 32, latent_norm: bool = True, rope_dim: int = 0, **kw):
         name = type(self).__name__
         topk = _positive_int(name, "topk", topk)
         latent_dim = _positive_int(name, "latent_dim", max(1, dim // 4) if latent_dim is None else latent_dim)
+        if rope_dim != 0:
+            rope_dim = _positive_int(name, "rope_dim", rope_dim)
+            if rope_dim % 2 or not kw.get("rope", True):
+                raise ValueError(f"{name}: rope_dim must be even and needs rope=True, got rope_dim={rope_dim}, "
+                                 f"rope={kw.get('rope', True)}")
         super().__init__(dim, n_heads, n_kv_heads, **kw)
-        self.latent_dim, self.topk = latent_dim, topk
+        self.latent_dim, self.topk, self.rope_dim = latent_dim, topk, rope_dim
         bias = self.wq.bias is not None
         # Down-projection to the latent; the base's wk/wv are replaced by up-projections from it.
         self.w_dkv = nn.Linear(dim, latent_dim, bias=bias)
         self.latent_norm = RMSNorm(latent_dim) if latent_norm else None
         self.wk = nn.Linear(latent_dim, self.n_kv_heads * self.head_dim, bias=bias)
         self.wv = nn.Linear(latent_dim, self.n_kv_heads * self.head_dim, bias=bias)
+        if rope_dim:  # decoupled RoPE: its own query part per head, one key part shared by the heads
+            self.wq_rope = nn.Linear(dim, n_heads * rope_dim, bias=bias)
+            self.w_kr = nn.Linear(dim, rope_dim, bias=bias)
+            self.rope = RotaryEmbedding(rope_dim, self.max_seq_len, base=kw.get("rope_base", 10000.0))
+        self.scale = (self.head_dim + rope_dim) ** -0.5
 
     def extra_repr(self) -> str:
-        return f"latent_dim={self.latent_dim}, topk={self.topk}, backend={self.backend!r}"
+        return f"latent_dim={self.latent_dim}, topk={self.topk}, rope_dim={self.rope_dim}, backend={self.backend!r}"
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, N, dim) -> the latent c (B, N, r) that the cache stores."""
@@ -79,25 +108,72 @@ class SparseLatentAttention(MultiHeadAttention):
         return self.latent_norm(c) if self.latent_norm is not None else c
 
     def project(self, x, start):
-        """x (B, N, dim) at positions [start, start + N) -> roped q (B, Hq, N, D), (c (B, 1, N, r),)."""
+        """x (B, N, dim) at positions [start, start + N) -> q (B, Hq, N, D + dr), (c (B, 1, N, r + dr),)."""
         B, N, _ = x.shape
         q = self.wq(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)
+        c = self.latent(x).unsqueeze(1)
+        if self.rope_dim:
+            q_rope = self.wq_rope(x).view(B, N, self.n_heads, self.rope_dim).transpose(1, 2)
+            k_rope = self.w_kr(x).unsqueeze(1)  # (B, 1, N, dr): one per position, all heads
+            return (torch.cat([q, self.rope(q_rope, start)], -1),
+                    (torch.cat([c, self.rope(k_rope, start)], -1),))
         if self.rope is not None:
             q = self.rope(q, start)
-        return q, (self.latent(x).unsqueeze(1),)
+        return q, (c,)
 
     def expand(self, c):
-        """Latent c (B, 1, Nk, r) of positions [0, Nk) -> roped k (B, Hk, Nk, D), v (B, Hk, Nk, D)."""
-        c = c.squeeze(1)
-        B, Nk, _ = c.shape
-        k = self.wk(c).view(B, Nk, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(c).view(B, Nk, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.rope is not None:
+        """Cached (B, 1, Nk, r + dr) of positions [0, Nk) -> k (B, Hk, Nk, D + dr), v (B, Hk, Nk, D)."""
+        B, _, Nk, _ = c.shape
+        lat = c[:, 0, :, :self.latent_dim]
+        k = self.wk(lat).view(B, Nk, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(lat).view(B, Nk, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope_dim:  # the shared rotated key part, already rotated when it was cached
+            k = torch.cat([k, c[..., self.latent_dim:].expand(B, self.n_kv_heads, Nk, self.rope_dim)], -1)
+        elif self.rope is not None:
             k = self.rope(k, 0)  # cached or not, the keys are positions 0..Nk-1
         return k, v
 
     def attend(self, q, k, v):
-        return fastattn.topk_attention(q, k, v, self.topk, causal=self.causal, backend=self.backend)
+        return fastattn.topk_attention(q, k, v, self.topk, causal=self.causal, scale=self.scale,
+                                       backend=self.backend)
+
+    def attend_cached(self, q, cached):
+        (c,) = cached
+        if self._absorb_is_cheaper(q.shape[2], c.shape[2]):
+            return self.attend_latent(q, c)
+        return super().attend_cached(q, cached)
+
+    def _absorb_is_cheaper(self, n: int, nk: int) -> bool:
+        """Whether absorption costs fewer FLOPs than expanding the cache (never with rotated keys)."""
+        if self.rope is not None and not self.rope_dim:
+            return False
+        r, dr, D, Hq, Hk = self.latent_dim, self.rope_dim, self.head_dim, self.n_heads, self.n_kv_heads
+        if r + dr > self.MAX_ABSORBED_DIM:
+            return False
+        expanded = 2 * nk * r * Hk * D + n * nk * Hq * (D + dr)  # up-project k and v; scores
+        absorbed = 2 * n * Hq * D * r + n * nk * Hq * (r + dr)  # absorb q, up-project o; scores
+        return absorbed < expanded
+
+    def attend_latent(self, q, c):
+        """Absorbed attention: q (B, Hq, N, D + dr) against the cached latent c (B, 1, Nk, r + dr)
+        -> o (B, Hq, N, D), equal to attend(q, *expand(c)) without forming k and v."""
+        B, Hq, N, _ = q.shape
+        Hk, D, r = self.n_kv_heads, self.head_dim, self.latent_dim
+        G = Hq // Hk
+        wk = self.wk.weight.view(Hk, D, r)
+        q_lat = torch.einsum("bkgnd,kdr->bkgnr", q[..., :D].reshape(B, Hk, G, N, D), wk).reshape(B, Hq, N, r)
+        if self.rope_dim:
+            q_lat = torch.cat([q_lat, q[..., D:]], -1)
+        c = c.contiguous()  # a view of the cache: (B, 1, pos, .) of (B, 1, max_len, .)
+        # One shared "kv head" of r + dr dims (MQA over all query heads); values are the cached rows
+        # themselves, of which the first r (the latent) are kept.
+        o = fastattn.topk_attention(q_lat, c, c, self.topk, causal=self.causal, scale=self.scale,
+                                    backend=self.backend)
+        o = o[..., :r].reshape(B, Hk, G, N, r)
+        out = torch.einsum("bkgnr,kdr->bkgnd", o, self.wv.weight.view(Hk, D, r))
+        if self.wv.bias is not None:  # every row attends to >= 1 key (causal with Nk >= N): weights sum to 1
+            out = out + self.wv.bias.view(1, Hk, 1, 1, D)
+        return out.reshape(B, Hq, N, D)
 
     def cache_shapes(self) -> list[tuple[int, int]]:
-        return [(1, self.latent_dim)]
+        return [(1, self.latent_dim + self.rope_dim)]

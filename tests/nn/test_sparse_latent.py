@@ -1,4 +1,5 @@
-"""SparseLatentAttention (MSLA): shapes, GQA, dense limit, latent-only KV cache, gradients, args, backends."""
+"""SparseLatentAttention (MSLA): shapes, GQA, dense limit, latent-only KV cache, decoupled RoPE and absorbed
+decoding, gradients, args, backends."""
 import pytest
 import torch
 from torch.nn import functional as F
@@ -12,6 +13,10 @@ def _module(seed=0, **kw):
     torch.manual_seed(seed)
     args = dict(dim=64, n_heads=4, n_kv_heads=2, latent_dim=16, topk=5, max_seq_len=64, backend="reference")
     return SparseLatentAttention(**{**args, **kw})
+
+
+# The three RoPE modes: rotated up-projected keys (default), MLA's decoupled RoPE, none.
+MODES = {"rope": dict(rope=True), "decoupled": dict(rope=True, rope_dim=6), "none": dict(rope=False)}
 
 
 def _dense(m, x):
@@ -48,18 +53,19 @@ def test_gqa_projections_and_manual_computation():
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-@pytest.mark.parametrize("rope", [True, False])
-def test_topk_at_least_seq_equals_dense_sdpa(backend, rope):
+@pytest.mark.parametrize("mode", MODES)
+def test_topk_at_least_seq_equals_dense_sdpa(backend, mode):
     x = torch.randn(2, 20, 64, generator=torch.Generator().manual_seed(1))
-    m = _module(topk=20, rope=rope, backend=backend)
+    m = _module(topk=20, backend=backend, **MODES[mode])
     torch.testing.assert_close(m(x), _dense(m, x), rtol=1e-5, atol=1e-5)
     m.topk = 4  # sparse now: differs from dense
     assert not torch.allclose(m(x), _dense(m, x), atol=1e-4)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_cache_equals_no_cache(backend):
-    m = _module(seed=2, topk=4, backend=backend)
+@pytest.mark.parametrize("mode", MODES)
+def test_cache_equals_no_cache(backend, mode):
+    m = _module(seed=2, topk=4, backend=backend, **MODES[mode])
     x = torch.randn(2, 17, 64)
     full = m(x)
     cache = m.new_cache(2, 32)
@@ -82,11 +88,12 @@ def test_cache_holds_only_the_latent():
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_transformer_incremental_logits_equal_full_forward(backend):
+@pytest.mark.parametrize("rope_dim", [0, 4])
+def test_transformer_incremental_logits_equal_full_forward(backend, rope_dim):
     torch.manual_seed(3)
     cfg = TransformerConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
-                            attention="topk", attn_kwargs={"topk": 4, "latent_dim": 8}, backend=backend,
-                            init_std=0.3)
+                            attention="topk", attn_kwargs={"topk": 4, "latent_dim": 8, "rope_dim": rope_dim},
+                            backend=backend, init_std=0.3)
     model = TransformerLM(cfg).eval()
     idx = torch.randint(0, 50, (2, 19))
     with torch.no_grad():
@@ -94,12 +101,13 @@ def test_transformer_incremental_logits_equal_full_forward(backend):
         caches = model.new_caches(2)
         steps = [model(idx[:, :6], caches=caches)] + [model(idx[:, i:i + 1], caches=caches) for i in range(6, 19)]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
-    assert all(len(c.buffers) == 1 and c.buffers[0].shape[-1] == 8 for c in caches)
+    assert all(len(c.buffers) == 1 and c.buffers[0].shape[-1] == 8 + rope_dim for c in caches)
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_gradients_reach_every_parameter(bias):
-    m = _module(bias=bias, topk=3, backend="cpu")
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_reach_every_parameter(bias, mode):
+    m = _module(bias=bias, topk=3, backend="cpu", **MODES[mode])
     x = torch.randn(2, 12, 64, requires_grad=True)
     m(x).square().mean().backward()
     for name, p in m.named_parameters():
@@ -108,10 +116,13 @@ def test_gradients_reach_every_parameter(bias):
 
 
 @pytest.mark.parametrize("arg,value", [("topk", 0), ("topk", -2), ("topk", 2.5), ("topk", True),
-                                       ("latent_dim", 0), ("latent_dim", -1), ("latent_dim", 4.0)])
+                                       ("latent_dim", 0), ("latent_dim", -1), ("latent_dim", 4.0),
+                                       ("rope_dim", -2), ("rope_dim", 3), ("rope_dim", 2.0)])
 def test_bad_args_raise(arg, value):
     with pytest.raises(ValueError, match=arg):
         SparseLatentAttention(32, n_heads=4, **{arg: value})
+    with pytest.raises(ValueError, match="needs rope=True"):
+        SparseLatentAttention(32, n_heads=4, rope_dim=4, rope=False)
     with pytest.raises(ValueError, match="multiple of n_kv_heads"):
         SparseLatentAttention(32, n_heads=4, n_kv_heads=3)
 
@@ -131,3 +142,42 @@ def test_reference_and_cpu_backends_agree():
     torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-4, atol=1e-5)
     for (name, pr), pc in zip(ref.named_parameters(), cpu.parameters()):
         torch.testing.assert_close(pc.grad, pr.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("mode", ["decoupled", "none"])
+@pytest.mark.parametrize("bias,n_kv_heads", [(False, 2), (True, 1), (True, 4)])
+def test_absorbed_attention_equals_expanded(backend, mode, bias, n_kv_heads):
+    """attend_latent (q absorbed into the latent, o up-projected after) == attend(q, *expand(c))."""
+    # latent_dim 12 != head_dim 16: the score scale must be D's (+ dr), not the latent's
+    m = _module(seed=6, topk=5, backend=backend, bias=bias, n_kv_heads=n_kv_heads, latent_dim=12, **MODES[mode])
+    x = torch.randn(2, 21, 64, generator=torch.Generator().manual_seed(7))
+    q, (c,) = m.project(x, 0)
+    torch.testing.assert_close(m.attend_latent(q, c), m.attend(q, *m.expand(c)), rtol=1e-5, atol=1e-5)
+    q1 = q[:, :, -1:]  # one decoding query against 21 keys: the absorbed order is the cheaper one
+    assert m._absorb_is_cheaper(1, 21)
+    torch.testing.assert_close(m.attend_cached(q1, (c,)), m.attend(q1, *m.expand(c)), rtol=1e-5, atol=1e-5)
+
+
+def test_absorption_choice_and_decoupled_rope_is_relative():
+    assert not _module(**MODES["rope"])._absorb_is_cheaper(1, 10 ** 6)  # rotated keys: never
+    m = _module(**MODES["none"])  # r = D = 16, Hq 4, Hk 2: expanding pays off for a long query block
+    assert m._absorb_is_cheaper(1, 21) and not m._absorb_is_cheaper(21, 21)
+    assert not _module(latent_dim=252, **MODES["decoupled"])._absorb_is_cheaper(1, 10 ** 6)  # > 256 wide
+    # Decoupled RoPE: shifting every position by the same offset leaves the scores unchanged.
+    m = _module(seed=8, topk=3, **MODES["decoupled"])
+    x = torch.randn(1, 9, 64)
+    (q0, (c0,)), (q5, (c5,)) = m.project(x, 0), m.project(x, 5)
+    k0, k5 = m.expand(c0)[0], m.expand(c5)[0]
+    torch.testing.assert_close(q0 @ k0.repeat_interleave(2, 1).transpose(-1, -2),
+                               q5 @ k5.repeat_interleave(2, 1).transpose(-1, -2), rtol=1e-4, atol=1e-5)
+
+
+def test_decoupled_cache_holds_latent_and_rotated_shared_key():
+    m = _module(**MODES["decoupled"])
+    cache = m.new_cache(2, 32)
+    assert len(cache.buffers) == 1 and cache.buffers[0].shape == (2, 1, 32, 16 + 6)
+    x = torch.randn(2, 9, 64)
+    m(x, cache)
+    torch.testing.assert_close(cache.buffers[0][:, 0, :9, :16], m.latent(x))
+    torch.testing.assert_close(cache.buffers[0][:, :, :9, 16:], m.rope(m.w_kr(x).unsqueeze(1), 0))
