@@ -7,6 +7,11 @@ Training: tokens/s = batch * seq * steps / time of `steps` timed optimizer steps
 step; GFLOP/s from TransformerLM.flops_per_token (6 N + attention, training). Generation: one
 prompt of `prompt` tokens, `new` new tokens; tokens/s = new / time (prefill included), median of
 `runs` after a warm-up.
+
+Decode step (layer level): one attention layer of the preset's width, its KV cache filled to
+`DECODE_NK` positions, timed on one new token: MSLA with RoPE on the up-projected keys (which
+re-expands the whole latent cache every step), MSLA with MLA's decoupled RoPE (absorbed: attends to
+the latent cache directly), and the softmax layer with a full k/v cache as the peer.
 """
 from __future__ import annotations
 
@@ -18,12 +23,13 @@ import torch
 from fastattn import dispatch
 from fastattn.models import TransformerConfig, TransformerLM, available_kinds, generate
 
-from .common import Row
+from .common import Row, time_ms, time_round_robin
 
 OP = "TransformerLM"
 KIND_OP = {"softmax": "softmax_attention", "relu": "relu_attention", "topk": "topk_attention",
            "span": "adaptive_span_attention"}
 VOCAB = 256
+DECODE_NK = 4096
 
 
 def _sync(device):
@@ -120,4 +126,41 @@ def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
         except Exception as exc:
             rows.append(Row(OP, impl, f"{preset} B1 prompt{prompt} new{new}", "float32", "generate (KV cache)",
                             None, None, note=f"failed: {type(exc).__name__}: {exc}"[:200]))
+    rows += decode_step_rows(preset, device, reps)
+    return rows
+
+
+def decode_step_rows(preset: str, device: str, reps: int) -> list[Row]:
+    """ms per decoding step of one attention layer against a DECODE_NK-position cache (see above)."""
+    from fastattn.nn import MultiHeadAttention, SparseLatentAttention
+    cfg = TransformerConfig.preset(preset)
+    common = dict(n_kv_heads=cfg.n_kv_heads, max_seq_len=DECODE_NK + 1, backend=backend_for("topk", device))
+    layers = {
+        "MSLA, RoPE on up-projected keys (expands the cache)": SparseLatentAttention(cfg.dim, cfg.n_heads, **common),
+        "MSLA, decoupled RoPE (absorbed)": SparseLatentAttention(cfg.dim, cfg.n_heads, rope_dim=cfg.hd // 2,
+                                                                  **common),
+        "softmax, k/v cache (peer)": MultiHeadAttention(cfg.dim, cfg.n_heads, **{
+            **common, "backend": backend_for("softmax", device)}),
+    }
+    cases, caches = {}, {}
+    g = torch.Generator().manual_seed(2)
+    x_new = torch.randn(1, 1, cfg.dim, generator=g).to(device)
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.to(device).eval()
+            cache = caches[name] = layer.new_cache(1, DECODE_NK + 1)
+            layer(torch.randn(1, DECODE_NK, cfg.dim, generator=g).to(device), cache)  # prefill
+            cases[name] = (lambda c=cache: c.crop(DECODE_NK), lambda m=layer, c=cache: m(x_new, c))
+        if device == "cpu":
+            ms = time_round_robin(cases, reps=max(reps, 51))
+        else:
+            ms = {name: time_ms(lambda p=p, f=f: (p(), f()), reps=reps, device=device) for name, (p, f) in cases.items()}
+    shape = f"{preset} layer dim{cfg.dim} H{cfg.n_heads}/{cfg.n_kv_heads} Nk{DECODE_NK}"
+    expanded = ms["MSLA, RoPE on up-projected keys (expands the cache)"]
+    rows = []
+    for name, t in ms.items():
+        cache_kb = sum(b[:, :, :DECODE_NK].numel() * b.element_size() for b in caches[name].buffers) / 1024
+        extra = {"cache_KB": round(cache_kb), "x expanding MSLA": round(expanded / t, 2)}
+        rows.append(Row(OP, name, shape, "float32", "decode step", t, None, extra=extra,
+                        note="one layer, one new token; timed in turns" if device == "cpu" else "one layer"))
     return rows

@@ -118,3 +118,16 @@ def test_topk_decode_rows_restore_threads_and_environment(monkeypatch):
         assert f"topk K=64 no key splitting{suffix}" in impls
     assert "memory floor: read K once (torch.sum), 1 thread" in impls
     assert "x 1 thread" in impls["memory floor: read K once (torch.sum), 2 threads"].extra
+
+
+def test_msla_decode_step_rows(monkeypatch):
+    """The layer-level decode rows run (tiny preset, short cache) and compare against the expanding MSLA."""
+    from bench import bench_models
+    monkeypatch.setattr(bench_models, "DECODE_NK", 40)
+    rows = bench_models.decode_step_rows("tiny", "cpu", reps=1)
+    assert [r.impl for r in rows] == ["MSLA, RoPE on up-projected keys (expands the cache)",
+                                      "MSLA, decoupled RoPE (absorbed)", "softmax, k/v cache (peer)"]
+    assert all(r.ms > 0 and r.mode == "decode step" for r in rows)
+    assert rows[0].extra["x expanding MSLA"] == 1.0
+    kb = [r.extra["cache_KB"] for r in rows]
+    assert kb[0] < kb[1] < kb[2]  # latent < latent + shared rope key < full k and v
