@@ -40,6 +40,17 @@ def _positive_int(name: str, arg: str, value) -> int:
     return value
 
 
+def _affine(layer: nn.Module, n_in: int, like: torch.Tensor):
+    """(W (out, n_in), b (out,) or None) of the affine map a linear layer computes: an nn.Linear's
+    own parameters; for a wrapped one (LoRA adapter, quantized weight), read off its outputs on 0
+    and on the unit vectors (its `.weight` need not be the map it applies)."""
+    if type(layer) is nn.Linear:
+        return layer.weight, layer.bias
+    probe = torch.cat([like.new_zeros(1, n_in), torch.eye(n_in, dtype=like.dtype, device=like.device)])
+    y = layer(probe)  # (1 + n_in, out): b, then W[:, i] + b
+    return (y[1:] - y[:1]).T, y[0]
+
+
 class SparseLatentAttention(MultiHeadAttention):
     """x (B, N, dim) -> (B, N, dim): top-K attention with keys/values up-projected from a latent.
 
@@ -139,7 +150,10 @@ class SparseLatentAttention(MultiHeadAttention):
 
     def attend_cached(self, q, cached):
         (c,) = cached
-        if self._absorb_is_cheaper(q.shape[2], c.shape[2]):
+        # Absorption reads wk/wv as matrices: of a wrapped layer (LoRA, quantized) only in eval mode,
+        # where it is a fixed affine map (a LoRA adapter's dropout is not).
+        plain = type(self.wk) is nn.Linear and type(self.wv) is nn.Linear
+        if (plain or not self.training) and self._absorb_is_cheaper(q.shape[2], c.shape[2]):
             return self.attend_latent(q, c)
         return super().attend_cached(q, cached)
 
@@ -160,7 +174,8 @@ class SparseLatentAttention(MultiHeadAttention):
         B, Hq, N, _ = q.shape
         Hk, D, r = self.n_kv_heads, self.head_dim, self.latent_dim
         G = Hq // Hk
-        wk = self.wk.weight.view(Hk, D, r)
+        (wk, _), (wv, bv) = _affine(self.wk, r, c), _affine(self.wv, r, c)
+        wk = wk.view(Hk, D, r)
         q_lat = torch.einsum("bkgnd,kdr->bkgnr", q[..., :D].reshape(B, Hk, G, N, D), wk).reshape(B, Hq, N, r)
         if self.rope_dim:
             q_lat = torch.cat([q_lat, q[..., D:]], -1)
@@ -170,9 +185,9 @@ class SparseLatentAttention(MultiHeadAttention):
         o = fastattn.topk_attention(q_lat, c, c, self.topk, causal=self.causal, scale=self.scale,
                                     backend=self.backend)
         o = o[..., :r].reshape(B, Hk, G, N, r)
-        out = torch.einsum("bkgnr,kdr->bkgnd", o, self.wv.weight.view(Hk, D, r))
-        if self.wv.bias is not None:  # every row attends to >= 1 key (causal with Nk >= N): weights sum to 1
-            out = out + self.wv.bias.view(1, Hk, 1, 1, D)
+        out = torch.einsum("bkgnr,kdr->bkgnd", o, wv.view(Hk, D, r))
+        if bv is not None:  # every row attends to >= 1 key (causal with Nk >= N): weights sum to 1
+            out = out + bv.view(1, Hk, 1, 1, D)
         return out.reshape(B, Hq, N, D)
 
     def cache_shapes(self) -> list[tuple[int, int]]:

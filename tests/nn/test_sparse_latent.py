@@ -181,3 +181,34 @@ def test_decoupled_cache_holds_latent_and_rotated_shared_key():
     m(x, cache)
     torch.testing.assert_close(cache.buffers[0][:, 0, :9, :16], m.latent(x))
     torch.testing.assert_close(cache.buffers[0][:, :, :9, 16:], m.rope(m.w_kr(x).unsqueeze(1), 0))
+
+
+@pytest.mark.parametrize("wrap", ["lora", "int8"])
+def test_absorbed_attention_with_wrapped_up_projections(wrap):
+    """LoRA adapters and quantized weights on wk/wv: absorption uses the map the layers apply."""
+    from fastattn.nn.lora import apply_lora
+    from fastattn.nn.quant import quantize_linears
+    m = _module(seed=9, topk=5, bias=True, latent_dim=12, **MODES["decoupled"])
+    if wrap == "lora":
+        apply_lora(m, targets=["wk", "wv"], r=4, alpha=8, dropout=0.1)
+        with torch.no_grad():  # adapters that change the map (B starts at zero)
+            for name, p in m.named_parameters():
+                if name.endswith("lora_B"):
+                    p.normal_(0, 0.5)
+    else:
+        quantize_linears(m, bits=8, skip=("wq", "wq_rope", "w_kr", "w_dkv", "wo"))
+    assert type(m.wk).__name__ == type(m.wv).__name__ == {"lora": "LoRALinear", "int8": "QuantLinear"}[wrap]
+    x = torch.randn(2, 21, 64, generator=torch.Generator().manual_seed(10))
+    m.eval()
+    q, (c,) = m.project(x, 0)
+    expanded = m.attend(q, *m.expand(c))
+    torch.testing.assert_close(m.attend_latent(q, c), expanded, rtol=1e-4, atol=1e-5)
+    q1 = q[:, :, -1:]
+    torch.testing.assert_close(m.attend_cached(q1, (c,)), expanded[:, :, -1:], rtol=1e-4, atol=1e-5)
+    if wrap == "lora":  # training mode: the adapters' dropout is not a fixed map, so no absorption
+        m.train()
+        torch.manual_seed(0)
+        a = m.attend_cached(q1, (c,))
+        torch.manual_seed(0)
+        b = m.attend(q1, *m.expand(c))
+        torch.testing.assert_close(a, b)
