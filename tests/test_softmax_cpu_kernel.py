@@ -272,3 +272,46 @@ def test_meta_shapes():
     assert out.shape == (2, 4, 5, 40) and lse.shape == (2, 4, 5) and lse.dtype == torch.float32
     dq, dk, dv = C.softmax_attention_bwd(out, q, k, v, out, lse, True, 0.2)
     assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_kv_cache_views_without_copy(dtype, causal, monkeypatch):
+    """The softmax and topk forwards read k/v with any batch/head strides (a KV cache's filled
+    prefix, (B, Hk, pos, D) of (B, Hk, max_len, D)): the same bits as on contiguous copies, and the
+    ops' Python layer hands such views over uncopied."""
+    buf_k, buf_v = _x(2, 2, 50, 24, dtype=dtype), _x(2, 2, 50, 20, dtype=dtype)
+    k, v, q = buf_k[:, :, :37], buf_v[:, :, :37], _x(2, 6, 3, 24, dtype=dtype)
+    kc, vc = k.contiguous(), v.contiguous()
+    assert not k.is_contiguous() and not v.is_contiguous()
+    for got, want in zip(C.softmax_attention_fwd(q, k, v, causal, 0.2), C.softmax_attention_fwd(q, kc, vc, causal, 0.2)):
+        assert torch.equal(got, want)
+    for got, want in zip(C.topk_attention_fwd(q, k, v, 5, causal, 0.2), C.topk_attention_fwd(q, kc, vc, 5, causal, 0.2)):
+        assert torch.equal(got, want)
+    gamma = torch.rand(6) + 0.5
+    assert torch.equal(C.topk_attention_threshold(q, k, gamma, torch.empty(0), causal, 0.2, 5),
+                       C.topk_attention_threshold(q, kc, gamma, torch.empty(0), causal, 0.2, 5))
+    seen = []
+    real = fastattn.dispatch.kernel
+
+    def spy(op, stage, backend):
+        fn = real(op, stage, backend)
+        return lambda q_, k_, *rest: (seen.append(k_.data_ptr() == buf_k.data_ptr()), fn(q_, k_, *rest))[1]
+
+    monkeypatch.setattr(fastattn.dispatch, "kernel", spy)
+    with torch.no_grad():
+        fastattn.softmax_attention(q, k, v, causal=causal, backend="cpu")
+        fastattn.topk_attention(q, k, v, 5, causal=causal, backend="cpu")
+    assert seen == [True, True]
+
+
+def test_kv_rows_must_be_row_major():
+    q, buf = _x(1, 2, 4, 8), _x(1, 1, 6, 16)
+    k = buf[..., ::2]  # (1, 1, 6, 8) with stride 2 along D
+    with pytest.raises(RuntimeError, match="contiguous \\(N, D\\) blocks"):
+        C.softmax_attention_fwd(q, k, k, False, 0.3)
+    with pytest.raises(RuntimeError, match="contiguous \\(N, D\\) blocks"):
+        C.topk_attention_fwd(q, k, k, 2, False, 0.3)
+    # the public ops copy such a view first
+    torch.testing.assert_close(fastattn.softmax_attention(q, k, k, backend="cpu"),
+                               masked_ref(q, k, k, False, 8 ** -0.5)[0], rtol=1e-5, atol=1e-6)

@@ -6,10 +6,15 @@
 namespace fastattn::cpu {
 
 void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            c10::DeviceType device) {
+                            c10::DeviceType device, bool kv_rows_only) {
   for (const auto* t : {&q, &k, &v}) {
     TORCH_CHECK(t->dim() == 4, op, ": q, k, v must be 4-D (B, H, N, D), got ", t->sizes());
-    TORCH_CHECK(t->is_contiguous(), op, ": q, k, v must be contiguous");
+    if (kv_rows_only && t != &q) {  // (N, D) row-major within each (batch, head); any batch/head strides
+      TORCH_CHECK((t->size(3) <= 1 || t->stride(3) == 1) && (t->size(2) <= 1 || t->stride(2) == t->size(3)), op,
+                  ": k and v must have contiguous (N, D) blocks per batch and head, got strides ", t->strides());
+    } else {
+      TORCH_CHECK(t->is_contiguous(), op, ": q, k, v must be contiguous");
+    }
     TORCH_CHECK(t->device().type() == device && t->device() == q.device(), op, ": q, k, v must be ", device,
                 " tensors on one device, got ", t->device());
   }

@@ -12,12 +12,24 @@ namespace fastattn::cpu {
 
 struct Dims {
   int64_t B, Hq, Hk, Nq, Nk, D, Dv;
+  // Element strides of k and v over batch and head, for kernels that take a KV-cache view (a
+  // (B, Hk, pos, D) slice of a (B, Hk, max_len, D) buffer) without a copy; -1: contiguous.
+  int64_t ksb = -1, ksh = -1, vsb = -1, vsh = -1;
   int64_t group() const { return Hq / Hk; }
   int64_t offset() const { return Nk - Nq; }  // i' = i + offset (bottom-right alignment)
+  // Offset of the first key / value row of (batch b, kv head hk).
+  int64_t k_off(int64_t b, int64_t hk) const { return ksb < 0 ? (b * Hk + hk) * Nk * D : b * ksb + hk * ksh; }
+  int64_t v_off(int64_t b, int64_t hk) const { return vsb < 0 ? (b * Hk + hk) * Nk * Dv : b * vsb + hk * vsh; }
 };
 
 inline Dims dims_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   return Dims{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+}
+
+// Dims with k's and v's batch/head strides (for inputs checked with kv_rows_only).
+inline Dims with_kv_strides(Dims d, const at::Tensor& k, const at::Tensor& v) {
+  d.ksb = k.stride(0), d.ksh = k.stride(1), d.vsb = v.stride(0), d.vsh = v.stride(1);
+  return d;
 }
 
 // Number of keys query row i may see (j < limit), before top-K: all, or i' + 1 when causal.
@@ -38,9 +50,10 @@ inline void mask_row(float* srow, int64_t j0, int64_t cols, int64_t limit, const
 
 // Shared input checks for the attention ops (TORCH_CHECK naming the offending argument): 4-D,
 // contiguous, on one `device` type (the CPU kernels; the CUDA glue passes kCUDA), one float dtype,
-// consistent shapes (GQA: Hq % Hk == 0), head dims in [1, 256].
+// consistent shapes (GQA: Hq % Hk == 0), head dims in [1, 256]. With kv_rows_only, k and v need
+// only contiguous (N, D) blocks per (batch, head): kernels that read them through Dims::k_off/v_off.
 void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            c10::DeviceType device = c10::DeviceType::CPU);
+                            c10::DeviceType device = c10::DeviceType::CPU, bool kv_rows_only = false);
 
 // tau: empty, or a contiguous fp32 (B, Hq, Nq) tensor.
 void check_tau(const char* op, const at::Tensor& tau, const at::Tensor& q);

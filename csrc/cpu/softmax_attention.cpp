@@ -52,8 +52,8 @@ void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, fl
       const int64_t hk = h / d.group();
       const int64_t i0 = t * kBlockM, rows = std::min(kBlockM, d.Nq - i0);
       const T* qt = q + ((b * d.Hq + h) * d.Nq + i0) * d.D;
-      const T* kh = k + (b * d.Hk + hk) * d.Nk * d.D;
-      const T* vh = v + (b * d.Hk + hk) * d.Nk * d.Dv;
+      const T* kh = k + d.k_off(b, hk);
+      const T* vh = v + d.v_off(b, hk);
       const float* tau_t = tau ? tau + (b * d.Hq + h) * d.Nq + i0 : nullptr;
       const float* Q = tile_ptr(qt, rows, d.D, qbuf.data());
       std::fill(m.begin(), m.end(), -kInf);
@@ -156,9 +156,9 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
 std::tuple<at::Tensor, at::Tensor> softmax_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
                                                              const at::Tensor& v, const at::Tensor& tau,
                                                              bool causal, double scale) {
-  check_attention_inputs("softmax_attention_fwd", q, k, v);
+  check_attention_inputs("softmax_attention_fwd", q, k, v, c10::DeviceType::CPU, /*kv_rows_only=*/true);
   check_tau("softmax_attention_fwd", tau, q);
-  const Dims d = dims_of(q, k, v);
+  const Dims d = with_kv_strides(dims_of(q, k, v), k, v);  // k, v may be KV-cache views
   auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
   auto lse = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .. import dispatch
 from ..reference import softmax_attention_ref
-from ._common import check_backend, check_qkv, default_scale
+from ._common import check_backend, check_qkv, default_scale, kv_operand
 
 OP = "softmax_attention"
 
@@ -16,7 +16,7 @@ def softmax_attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: 
                           backend: str) -> tuple[Tensor, Tensor]:
     """-> out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) fp32 (+inf on rows with no key)."""
     fn = dispatch.kernel(OP, "fwd", backend)
-    return fn(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale)
+    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), causal, scale)
 
 
 @softmax_attention_fwd.register_fake

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import dispatch
 from ..reference import topk_attention_ref
-from ._common import check_backend, check_qkv, default_scale
+from ._common import check_backend, check_qkv, default_scale, kv_operand
 
 OP = "topk_attention"
 MAX_TOPK = {"cpu": 4096, "triton": 128}  # per fused backend; the reference and the CUDA radix select have none
@@ -29,7 +29,7 @@ def topk_attention_threshold(q: Tensor, k: Tensor, gamma: Tensor, alibi_slopes: 
     fn = dispatch.kernel(OP, "threshold", backend)
     if backend != "triton" and alibi_slopes is None:
         alibi_slopes = torch.empty(0)
-    return fn(q.contiguous(), k.contiguous(), gamma.contiguous(), alibi_slopes, causal, scale, topk)
+    return fn(q.contiguous(), kv_operand(k, backend), gamma.contiguous(), alibi_slopes, causal, scale, topk)
 
 
 @topk_attention_threshold.register_fake
@@ -52,7 +52,7 @@ def topk_attention_fwd(q: Tensor, k: Tensor, v: Tensor, topk: int, causal: bool,
 def _fwd_kernel(q, k, v, topk, causal, scale, backend):
     """The backend's fused forward -> (out, lse, tau); the custom op's body, also called directly."""
     fn = dispatch.kernel(OP, "fwd", backend)
-    return fn(q.contiguous(), k.contiguous(), v.contiguous(), topk, causal, scale)
+    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), topk, causal, scale)
 
 
 @topk_attention_fwd.register_fake
