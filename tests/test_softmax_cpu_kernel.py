@@ -277,9 +277,10 @@ def test_meta_shapes():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
 def test_kv_cache_views_without_copy(dtype, causal, monkeypatch):
-    """The softmax and topk forwards read k/v with any batch/head strides (a KV cache's filled
-    prefix, (B, Hk, pos, D) of (B, Hk, max_len, D)): the same bits as on contiguous copies, and the
-    ops' Python layer hands such views over uncopied."""
+    """The CPU forwards read k/v with any batch/head strides (a KV cache's filled prefix,
+    (B, Hk, pos, D) of (B, Hk, max_len, D)): the same bits as on contiguous copies, for every op and
+    relu engine (fp32, bf16, int8 q/k/v, quantized weights), and the ops' Python layer hands such
+    views over uncopied."""
     buf_k, buf_v = _x(2, 2, 50, 24, dtype=dtype), _x(2, 2, 50, 20, dtype=dtype)
     k, v, q = buf_k[:, :, :37], buf_v[:, :, :37], _x(2, 6, 3, 24, dtype=dtype)
     kc, vc = k.contiguous(), v.contiguous()
@@ -288,9 +289,17 @@ def test_kv_cache_views_without_copy(dtype, causal, monkeypatch):
         assert torch.equal(got, want)
     for got, want in zip(C.topk_attention_fwd(q, k, v, 5, causal, 0.2), C.topk_attention_fwd(q, kc, vc, 5, causal, 0.2)):
         assert torch.equal(got, want)
-    gamma = torch.rand(6) + 0.5
-    assert torch.equal(C.topk_attention_threshold(q, k, gamma, torch.empty(0), causal, 0.2, 5),
-                       C.topk_attention_threshold(q, kc, gamma, torch.empty(0), causal, 0.2, 5))
+    gamma, sink, slopes, e = torch.rand(6) + 0.5, torch.rand(6), torch.rand(6), torch.empty(0)
+    assert torch.equal(C.topk_attention_threshold(q, k, gamma, e, causal, 0.2, 5),
+                       C.topk_attention_threshold(q, kc, gamma, e, causal, 0.2, 5))
+    for norm, quant, int8_qkv in [(0, 0, False), (1, 8, False), (0, 0, True), (0, 7, True)]:
+        relu = [C.relu_attention_fwd(q, kk, vv, gamma, sink, slopes, e, causal, 0.2, norm, quant, int8_qkv)
+                for kk, vv in ((k, v), (kc, vc))]
+        assert all(torch.equal(a, b) for a, b in zip(*relu)), (norm, quant, int8_qkv)
+    span = torch.tensor([3.0, 9.0, 30.0, 5.0, 40.0, 12.0])
+    spans = [C.adaptive_span_attention_fwd(q, kk, vv, span, torch.full((6,), 4.0), torch.zeros(6), 4.0, 0.5,
+                                           causal, 0.2) for kk, vv in ((k, v), (kc, vc))]
+    assert all(torch.equal(a, b) for a, b in zip(*spans))
     seen = []
     real = fastattn.dispatch.kernel
 
@@ -302,7 +311,9 @@ def test_kv_cache_views_without_copy(dtype, causal, monkeypatch):
     with torch.no_grad():
         fastattn.softmax_attention(q, k, v, causal=causal, backend="cpu")
         fastattn.topk_attention(q, k, v, 5, causal=causal, backend="cpu")
-    assert seen == [True, True]
+        fastattn.relu_attention(q, k, v, causal=causal, backend="cpu")
+        fastattn.adaptive_span_attention(q, k, v, span, causal=causal, allow_bidirectional=not causal, backend="cpu")
+    assert seen == [True] * 4
 
 
 def test_kv_rows_must_be_row_major():

@@ -168,8 +168,8 @@ void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* lse, const Pl
       const int64_t ip_first = rid[0] + d.offset(), ip_last = rid[rows - 1] + d.offset();
       const int64_t lo = std::clamp<int64_t>(ip_first - hp.reach, 0, d.Nk);
       const int64_t hi = std::min<int64_t>(P.causal ? ip_last + 1 : ip_last + hp.reach + 1, d.Nk);
-      const T* kh = k + (b * d.Hk + hk) * d.Nk * d.D;
-      const T* vh = v + (b * d.Hk + hk) * d.Nk * d.Dv;
+      const T* kh = k + d.k_off(b, hk);
+      const T* vh = v + d.v_off(b, hk);
       std::fill(mx.begin(), mx.end(), -kInf);
       std::fill(l.begin(), l.end(), 0.0f);
       std::fill(acc.begin(), acc.end(), 0.0f);
@@ -346,9 +346,9 @@ std::tuple<at::Tensor, at::Tensor> adaptive_span_attention_fwd_cpu(const at::Ten
                                                                    double ramp, double duty, bool causal,
                                                                    double scale) {
   constexpr const char* op = "adaptive_span_attention_fwd";
-  check_attention_inputs(op, q, k, v);
+  check_attention_inputs(op, q, k, v, c10::DeviceType::CPU, /*kv_rows_only=*/true);
   const Params prm = check_params(op, q, span, period, phase, ramp, duty);
-  const Dims d = dims_of(q, k, v);
+  const Dims d = with_kv_strides(dims_of(q, k, v), k, v);  // k, v may be KV-cache views
   if (q.numel() == 0 || d.Nk == 0 || d.Dv == 0) {
     return {at::zeros({d.B, d.Hq, d.Nq, d.Dv}, q.options()),
             at::full({d.B, d.Hq, d.Nq}, kInf, q.options().dtype(at::kFloat))};

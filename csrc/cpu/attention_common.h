@@ -20,6 +20,8 @@ struct Dims {
   // Offset of the first key / value row of (batch b, kv head hk).
   int64_t k_off(int64_t b, int64_t hk) const { return ksb < 0 ? (b * Hk + hk) * Nk * D : b * ksb + hk * ksh; }
   int64_t v_off(int64_t b, int64_t hk) const { return vsb < 0 ? (b * Hk + hk) * Nk * Dv : b * vsb + hk * vsh; }
+  int64_t k_off_bh(int64_t bhk) const { return k_off(bhk / Hk, bhk % Hk); }  // bhk = b * Hk + hk
+  int64_t v_off_bh(int64_t bhk) const { return v_off(bhk / Hk, bhk % Hk); }
 };
 
 inline Dims dims_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {

@@ -73,11 +73,11 @@ struct FloatEngine {
   void begin(Local& L, int64_t bh, int64_t i0, int64_t rows) const { L.tl.set_q(q + (bh * d.Nq + i0) * d.D, rows, d.D); }
   void scores(Local& L, int64_t bhk, int64_t, int64_t, int64_t rows, int64_t j0, int64_t cols, float alpha, float* S,
               int64_t ldS) const {
-    L.tl.qk(k + (bhk * d.Nk + j0) * d.D, rows, cols, d.D, alpha, S, ldS);
+    L.tl.qk(k + d.k_off_bh(bhk) + j0 * d.D, rows, cols, d.D, alpha, S, ldS);
   }
   void pv(Local& L, const float* P, int64_t ldP, int64_t bhk, int64_t rows, int64_t j0, int64_t cols, bool,
           float* acc, int64_t ldA) const {
-    L.tl.pv(P, ldP, v + (bhk * d.Nk + j0) * d.Dv, rows, cols, d.Dv, acc, ldA);
+    L.tl.pv(P, ldP, v + d.v_off_bh(bhk) + j0 * d.Dv, rows, cols, d.Dv, acc, ldA);
   }
 };
 
@@ -92,8 +92,8 @@ struct Bf16Engine {
       : q(q), d(d), Du((d.D + 1) / 2), kp(d.B * d.Hk), vp(d.B * d.Hk) {
     at::parallel_for(0, d.B * d.Hk, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t bhk = b0; bhk < b1; ++bhk) {
-        const T* kh = k + bhk * d.Nk * d.D;
-        const T* vh = v + bhk * d.Nk * d.Dv;
+        const T* kh = k + d.k_off_bh(bhk);
+        const T* vh = v + d.v_off_bh(bhk);
         kp[bhk].pack(d.Nk, d.D, [&](int64_t j, int64_t c) { return kh[j * d.D + c]; });
         vp[bhk].pack(d.Dv, d.Nk, [&](int64_t c, int64_t j) { return vh[j * d.Dv + c]; });
       }
@@ -169,7 +169,7 @@ struct Int8Engine {
     at::parallel_for(0, BHk, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t bhk = b0; bhk < b1; ++bhk) {
         int8_t* kq = k8.data() + bhk * d.Nk * d.D;
-        quantize_rows(k + bhk * d.Nk * d.D, d.Nk, d.D, kq, ks.data() + bhk * Nkp);
+        quantize_rows(k + d.k_off_bh(bhk), d.Nk, d.D, kq, ks.data() + bhk * Nkp);
         for (int64_t j = 0; j < d.Nk; ++j) {
           int32_t s = 0;
           for (int64_t c = 0; c < d.D; ++c) s += kq[j * d.D + c];
@@ -177,7 +177,7 @@ struct Int8Engine {
         }
         int8_t* vq = v8.data() + bhk * d.Nk * d.Dv;
         const float* vsc = vs.data() + bhk * Dvp;
-        quantize_cols(v + bhk * d.Nk * d.Dv, d.Nk, d.Dv, vq, vs.data() + bhk * Dvp);
+        quantize_cols(v + d.v_off_bh(bhk), d.Nk, d.Dv, vq, vs.data() + bhk * Dvp);
 #ifdef FASTATTN_AVX512_BF16
         if (!levels)  // levels are integers in [-127, 127]: exact in bf16
           vpb[bhk].pack(d.Dv, 2 * d.Nk,

@@ -64,10 +64,10 @@ def _explain_qkv(q, k, v, op: str):
 
 
 def kv_operand(t: torch.Tensor, backend: str) -> torch.Tensor:
-    """k or v as a fused forward takes it. The cpu forwards of softmax and topk read any batch/head
-    strides, so a KV-cache view (B, Hk, pos, D) of a (B, Hk, max_len, D) buffer goes in without a
-    copy of the whole cache per decoding step, as long as each (N, D) block is row-major; every
-    other kernel takes a contiguous tensor."""
+    """k or v as a fused forward takes it. The cpu forwards read any batch/head strides, so a
+    KV-cache view (B, Hk, pos, D) of a (B, Hk, max_len, D) buffer goes in without a copy of the
+    whole cache per decoding step, as long as each (N, D) block is row-major; the other backends
+    and the backward kernels take contiguous tensors."""
     if backend == "cpu" and (t.shape[3] <= 1 or t.stride(3) == 1) and (t.shape[2] <= 1 or t.stride(2) == t.shape[3]):
         return t
     return t.contiguous()

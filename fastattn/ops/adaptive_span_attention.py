@@ -52,7 +52,7 @@ from torch import Tensor
 
 from .. import dispatch
 from ..reference.adaptive_span_attention import adaptive_span_attention_ref
-from ._common import check_backend, check_qkv, default_scale, per_head
+from ._common import check_backend, check_qkv, default_scale, kv_operand, per_head
 
 OP = "adaptive_span_attention"
 
@@ -71,7 +71,7 @@ def adaptive_span_attention_fwd(q: Tensor, k: Tensor, v: Tensor, span: Tensor, p
     """-> out (B, Hq, Nq, Dv) gated, in q's dtype; lse (B, Hq, Nq) fp32, ungated (+inf where g = 0)."""
     fn = dispatch.kernel(OP, "fwd", backend)
     period, phase = _args(backend, period, phase)
-    return fn(q.contiguous(), k.contiguous(), v.contiguous(), span.float().contiguous(),
+    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), span.float().contiguous(),
               period if period is None else period.float().contiguous(),
               phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale)
 

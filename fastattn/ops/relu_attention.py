@@ -19,7 +19,7 @@ from torch import Tensor
 from .. import dispatch
 from ..reference import relu_attention_ref
 from ..reference.relu_attention import int8_round, quant_bits
-from ._common import check_backend, check_qkv, default_scale, per_head
+from ._common import check_backend, check_qkv, default_scale, kv_operand, per_head
 from .topk_attention import topk_threshold
 
 OP = "relu_attention"
@@ -39,7 +39,7 @@ def relu_attention_fwd(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, sink: Ten
                        backend: str) -> tuple[Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "fwd", backend)
     alibi_slopes, tau = _args(backend, alibi_slopes, tau)
-    return fn(q.contiguous(), k.contiguous(), v.contiguous(), gamma.contiguous(), sink.contiguous(),
+    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), gamma.contiguous(), sink.contiguous(),
               alibi_slopes, tau, causal, scale, norm, quant, int8_qkv)
 
 
