@@ -346,9 +346,8 @@ std::tuple<at::Tensor, at::Tensor> adaptive_span_attention_fwd_cpu(const at::Ten
                                                                    double ramp, double duty, bool causal,
                                                                    double scale) {
   constexpr const char* op = "adaptive_span_attention_fwd";
-  check_attention_inputs(op, q, k, v, c10::DeviceType::CPU, /*kv_rows_only=*/true);
+  const Dims d = check_kv_view_inputs(op, q, k, v);  // k, v may be KV-cache views
   const Params prm = check_params(op, q, span, period, phase, ramp, duty);
-  const Dims d = with_kv_strides(dims_of(q, k, v), k, v);  // k, v may be KV-cache views
   if (q.numel() == 0 || d.Nk == 0 || d.Dv == 0) {
     return {at::zeros({d.B, d.Hq, d.Nq, d.Dv}, q.options()),
             at::full({d.B, d.Hq, d.Nq}, kInf, q.options().dtype(at::kFloat))};

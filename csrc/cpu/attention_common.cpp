@@ -31,6 +31,13 @@ void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tenso
               ": head dims must be in [1, 256], got D=", q.size(3), " Dv=", v.size(3));
 }
 
+Dims check_kv_view_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  check_attention_inputs(op, q, k, v, c10::DeviceType::CPU, /*kv_rows_only=*/true);
+  Dims d = dims_of(q, k, v);
+  d.ksb = k.stride(0), d.ksh = k.stride(1), d.vsb = v.stride(0), d.vsh = v.stride(1);
+  return d;
+}
+
 void check_tau(const char* op, const at::Tensor& tau, const at::Tensor& q) {
   if (tau.numel() == 0) return;
   TORCH_CHECK(tau.scalar_type() == at::kFloat && tau.is_contiguous() && tau.dim() == 3 && tau.size(0) == q.size(0) &&

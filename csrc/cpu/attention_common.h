@@ -28,12 +28,6 @@ inline Dims dims_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   return Dims{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
 }
 
-// Dims with k's and v's batch/head strides (for inputs checked with kv_rows_only).
-inline Dims with_kv_strides(Dims d, const at::Tensor& k, const at::Tensor& v) {
-  d.ksb = k.stride(0), d.ksh = k.stride(1), d.vsb = v.stride(0), d.vsh = v.stride(1);
-  return d;
-}
-
 // Number of keys query row i may see (j < limit), before top-K: all, or i' + 1 when causal.
 inline int64_t key_limit(const Dims& d, bool causal, int64_t i) {
   return causal ? std::clamp<int64_t>(i + d.offset() + 1, 0, d.Nk) : d.Nk;
@@ -56,6 +50,11 @@ inline void mask_row(float* srow, int64_t j0, int64_t cols, int64_t limit, const
 // only contiguous (N, D) blocks per (batch, head): kernels that read them through Dims::k_off/v_off.
 void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             c10::DeviceType device = c10::DeviceType::CPU, bool kv_rows_only = false);
+
+// For kernels that read k and v through Dims::k_off/v_off (a KV-cache view goes in uncopied): the
+// checks above with kv_rows_only, and Dims carrying k's and v's batch/head strides. One call, so a
+// relaxed check never comes without the strides that make it safe.
+Dims check_kv_view_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // tau: empty, or a contiguous fp32 (B, Hq, Nq) tensor.
 void check_tau(const char* op, const at::Tensor& tau, const at::Tensor& q);

@@ -367,8 +367,14 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
 
 Relu make_problem(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& gamma, const at::Tensor& sink, const at::Tensor& alibi, const at::Tensor& tau,
-                  bool causal, double scale, int64_t norm, int64_t quant, bool kv_rows_only = false) {
-  check_attention_inputs(op, q, k, v, c10::DeviceType::CPU, kv_rows_only);
+                  bool causal, double scale, int64_t norm, int64_t quant, bool kv_views = false) {
+  Dims d;
+  if (kv_views) {
+    d = check_kv_view_inputs(op, q, k, v);
+  } else {
+    check_attention_inputs(op, q, k, v);
+    d = dims_of(q, k, v);
+  }
   check_tau(op, tau, q);
   check_head_param(op, "gamma", gamma, q.size(1), false);
   check_head_param(op, "sink", sink, q.size(1), false);
@@ -376,7 +382,7 @@ Relu make_problem(const char* op, const at::Tensor& q, const at::Tensor& k, cons
   TORCH_CHECK(norm >= 0 && norm <= 2, op, ": norm must be 0 (max), 1 (sum) or 2 (len), got ", norm);
   TORCH_CHECK(quant == 0 || quant == 7 || quant == 8, op, ": quant must be 0, 7 or 8 bits, got ", quant);
   TORCH_CHECK(quant == 0 || norm != kNormLen, op, ": quant needs norm max or sum");
-  return Relu{kv_rows_only ? with_kv_strides(dims_of(q, k, v), k, v) : dims_of(q, k, v), causal, static_cast<float>(scale), static_cast<int>(norm), static_cast<int>(quant),
+  return Relu{d, causal, static_cast<float>(scale), static_cast<int>(norm), static_cast<int>(quant),
               gamma.data_ptr<float>(), sink.data_ptr<float>(), alibi.numel() ? alibi.data_ptr<float>() : nullptr,
               tau.numel() ? tau.data_ptr<float>() : nullptr};
 }
@@ -388,7 +394,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_attention_fwd_cpu(
     const at::Tensor& alibi_slopes, const at::Tensor& tau, bool causal, double scale, int64_t norm, int64_t quant,
     bool int8_qkv) {
   const Relu P = make_problem("relu_attention_fwd", q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm,
-                              quant, /*kv_rows_only=*/true);  // the engines read k, v through Dims::k_off_bh
+                              quant, /*kv_views=*/true);  // the engines read k, v through Dims::k_off_bh
   const Dims& d = P.d;
   auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
   auto den = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));

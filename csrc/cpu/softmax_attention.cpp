@@ -156,9 +156,8 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
 std::tuple<at::Tensor, at::Tensor> softmax_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
                                                              const at::Tensor& v, const at::Tensor& tau,
                                                              bool causal, double scale) {
-  check_attention_inputs("softmax_attention_fwd", q, k, v, c10::DeviceType::CPU, /*kv_rows_only=*/true);
+  const Dims d = check_kv_view_inputs("softmax_attention_fwd", q, k, v);  // k, v may be KV-cache views
   check_tau("softmax_attention_fwd", tau, q);
-  const Dims d = with_kv_strides(dims_of(q, k, v), k, v);  // k, v may be KV-cache views
   auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
   auto lse = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};

@@ -334,11 +334,10 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
 at::Tensor topk_attention_threshold_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& gamma,
                                         const at::Tensor& alibi_slopes, bool causal, double scale, int64_t topk) {
   const char* op = "topk_attention_threshold";
-  check_attention_inputs(op, q, k, k, c10::DeviceType::CPU, /*kv_rows_only=*/true);
+  const Dims d = check_kv_view_inputs(op, q, k, k);  // k may be a KV-cache view
   check_head_param(op, "gamma", gamma, q.size(1), false);
   check_head_param(op, "alibi_slopes", alibi_slopes, q.size(1), true);
   TORCH_CHECK(topk >= 1 && topk <= 4096, op, ": topk must be in [1, 4096] on the cpu backend, got ", topk);
-  const Dims d = with_kv_strides(Dims{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), q.size(3)}, k, k);
   auto tau = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
   if (tau.numel() == 0) return tau;
   if (d.Nk == 0) return tau.fill_(-kInf);
@@ -359,9 +358,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_fwd_cpu(const at::
                                                                       const at::Tensor& v, int64_t topk, bool causal,
                                                                       double scale) {
   const char* op = "topk_attention_fwd";
-  check_attention_inputs(op, q, k, v, c10::DeviceType::CPU, /*kv_rows_only=*/true);
+  const Dims d = check_kv_view_inputs(op, q, k, v);  // k, v may be KV-cache views
   TORCH_CHECK(topk >= 1 && topk <= 4096, op, ": topk must be in [1, 4096] on the cpu backend, got ", topk);
-  const Dims d = with_kv_strides(dims_of(q, k, v), k, v);  // k, v may be KV-cache views
   auto f32 = q.options().dtype(at::kFloat);
   auto tau = at::empty({d.B, d.Hq, d.Nq}, f32), lse = at::empty({d.B, d.Hq, d.Nq}, f32);
   auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
