@@ -179,9 +179,9 @@ class SparseLatentAttention(MultiHeadAttention):
         q_lat = torch.einsum("bkgnd,kdr->bkgnr", q[..., :D].reshape(B, Hk, G, N, D), wk).reshape(B, Hq, N, r)
         if self.rope_dim:
             q_lat = torch.cat([q_lat, q[..., D:]], -1)
-        c = c.contiguous()  # a view of the cache: (B, 1, pos, .) of (B, 1, max_len, .)
         # One shared "kv head" of r + dr dims (MQA over all query heads); values are the cached rows
-        # themselves, of which the first r (the latent) are kept.
+        # themselves, of which the first r (the latent) are kept. c may be a view of the cache,
+        # (B, 1, pos, .) of (B, 1, max_len, .): the op reads it in place where its backend can.
         o = fastattn.topk_attention(q_lat, c, c, self.topk, causal=self.causal, scale=self.scale,
                                     backend=self.backend)
         o = o[..., :r].reshape(B, Hk, G, N, r)
