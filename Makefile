@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # On a machine without a GPU, a CPU build of torch; never replace a torch already in the venv.
 TORCH_CPU_SPEC ?= torch==2.13.0
-DEPS   := triton numpy pytest pytest-xdist datasets pybind11 ninja tqdm matplotlib pyyaml
+DEPS   := triton numpy pytest pytest-xdist hypothesis datasets pybind11 ninja tqdm matplotlib pyyaml transformers tokenizers safetensors
 BENCH_ARGS ?=
 TEST_ARGS  ?= -m "not slow"
 # Two cores here: two pytest workers.

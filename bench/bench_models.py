@@ -132,14 +132,14 @@ def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
 
 def decode_step_rows(preset: str, device: str, reps: int) -> list[Row]:
     """ms per decoding step of one attention layer against a DECODE_NK-position cache (see above)."""
-    from fastattn.nn import MultiHeadAttention, SparseLatentAttention
+    from fastattn.nn import SelfAttention, SparseLatentAttention
     cfg = TransformerConfig.preset(preset)
     common = dict(n_kv_heads=cfg.n_kv_heads, max_seq_len=DECODE_NK + 1, backend=backend_for("topk", device))
     layers = {
         "MSLA, RoPE on up-projected keys (expands the cache)": SparseLatentAttention(cfg.dim, cfg.n_heads, **common),
         "MSLA, decoupled RoPE (absorbed)": SparseLatentAttention(cfg.dim, cfg.n_heads, rope_dim=cfg.hd // 2,
                                                                   **common),
-        "softmax, k/v cache (peer)": MultiHeadAttention(cfg.dim, cfg.n_heads, **{
+        "softmax, k/v cache (peer)": SelfAttention(cfg.dim, cfg.n_heads, **{
             **common, "backend": backend_for("softmax", device)}),
     }
     cases, caches = {}, {}

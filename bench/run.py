@@ -1,7 +1,7 @@
 """The benchmark runner: `python -m fastattn bench` / `make bench`.
 
     python -m fastattn bench                 # quick default, every op (< 5 min on 2 CPU cores)
-    python -m fastattn bench --op relu --full
+    python -m fastattn bench --op relu_attention --full
     python -m fastattn bench --compile-report
 Results go to bench/results/<machine>/ as JSON, markdown and PNG plots.
 """
@@ -17,10 +17,10 @@ import torch
 from .common import machine_info, markdown, print_info, save, save_summary
 
 SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
-    "softmax": "bench.bench_softmax_attention",
-    "relu": "bench.bench_relu_attention",
-    "topk": "bench.bench_topk_attention",
-    "span": "bench.bench_adaptive_span",
+    "softmax_attention": "bench.bench_softmax_attention",
+    "relu_attention": "bench.bench_relu_attention",
+    "topk_attention": "bench.bench_topk_attention",
+    "adaptive_span_attention": "bench.bench_adaptive_span_attention",
     "memory": "bench.memory",
     "models": "bench.bench_models",
 }

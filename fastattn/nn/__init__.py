@@ -1,5 +1,5 @@
 """Modules built on fastattn's ops: attention layers, RoPE, RMSNorm, SwiGLU, KV cache."""
-from .attention import MultiHeadAttention
+from .attention import SelfAttention
 from .cache import KVCache
 from .ffn import SwiGLU
 from .lora import LoRALinear, apply_lora, lora_state_dict, merge_lora
@@ -10,6 +10,6 @@ from .adaptive_span import AdaptiveSpanAttention
 from .sparse_latent import SparseLatentAttention
 from .rope import RotaryEmbedding
 
-__all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "RMSNorm", "SwiGLU", "LoRALinear", "apply_lora",
+__all__ = ["SelfAttention", "KVCache", "RotaryEmbedding", "RMSNorm", "SwiGLU", "LoRALinear", "apply_lora",
            "merge_lora", "lora_state_dict", "QuantLinear", "quantize_linears", "ByteScaleAttention", "alibi_slopes",
            "AdaptiveSpanAttention"]

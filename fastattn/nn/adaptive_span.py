@@ -17,13 +17,13 @@ from torch import nn
 import fastattn
 
 from ..reference.adaptive_span_attention import query_gate
-from .attention import MultiHeadAttention
+from .attention import SelfAttention
 
 
-class AdaptiveSpanAttention(MultiHeadAttention):
+class AdaptiveSpanAttention(SelfAttention):
     """x (B, N, dim) -> (B, N, dim); attention restricted to a learnable soft span per head.
 
-    Args (besides MultiHeadAttention's):
+    Args (besides SelfAttention's):
         max_span: upper bound of the span (tokens); init_span: initial span (default max_span / 4).
         ramp: width R of the soft ramp (tokens).
         span_loss_coef: coefficient of the L1 span penalty returned by `extra_loss()`

@@ -1,7 +1,7 @@
 """Multi-head attention with GQA/MQA, RoPE and a KV cache; the attention kernel is a hook.
 
 Every attention kind of the package (softmax, ByteScale ReLU, sparse-latent top-K, adaptive span)
-is a subclass of `MultiHeadAttention` that overrides a few hooks; projections, RoPE, the cache,
+is a subclass of `SelfAttention` that overrides a few hooks; projections, RoPE, the cache,
 dropout and the output projection stay here.
 
 Extension points (override in a subclass):
@@ -39,7 +39,7 @@ from .cache import KVCache
 from .rope import RotaryEmbedding
 
 
-class MultiHeadAttention(nn.Module):
+class SelfAttention(nn.Module):
     """x (B, N, dim) -> (B, N, dim) softmax attention; GQA/MQA via n_kv_heads (Hq % Hk == 0).
 
     Args:
@@ -49,7 +49,7 @@ class MultiHeadAttention(nn.Module):
         dropout: residual dropout on the output. bias: biases in the projections.
         causal: bottom-right aligned causal mask. backend: passed to the fastattn op.
 
-        >>> attn = MultiHeadAttention(256, n_heads=8, n_kv_heads=2)
+        >>> attn = SelfAttention(256, n_heads=8, n_kv_heads=2)
         >>> attn(torch.randn(2, 16, 256)).shape
         torch.Size([2, 16, 256])
         >>> cache = attn.new_cache(batch=2, max_len=32)

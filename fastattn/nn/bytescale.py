@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 import fastattn
 
-from .attention import MultiHeadAttention
+from .attention import SelfAttention
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -25,8 +25,8 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(pow2(p) + pow2(2 * p)[0::2][: n_heads - p])
 
 
-class ByteScaleAttention(MultiHeadAttention):
-    """Multi-head ByteScale attention (SPEC §2) on top of MultiHeadAttention (projections, GQA, RoPE,
+class ByteScaleAttention(SelfAttention):
+    """Multi-head ByteScale attention (SPEC §2) on top of SelfAttention (projections, GQA, RoPE,
     KV cache). gamma and sink are learnable per head (sink = softplus(raw) >= 0).
 
         >>> attn = ByteScaleAttention(256, n_heads=8, n_kv_heads=2, rope=False)

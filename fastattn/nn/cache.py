@@ -11,7 +11,7 @@ bottom-right alignment, SPEC.md) lets the new queries see the whole cache.
     (torch.Size([2, 4, 3, 32]), 3)
 
 Modules that cache something else (MSLA caches a latent) declare other `shapes`; see
-MultiHeadAttention.cache_shapes.
+SelfAttention.cache_shapes.
 """
 from __future__ import annotations
 

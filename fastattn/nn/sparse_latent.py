@@ -8,7 +8,7 @@ position instead of 2 * Hk * D.
 
 RoPE, three ways:
 * `rope=True` (default): q and the up-projected k are rotated per head by absolute position (the
-  same rotation as MultiHeadAttention). A rotated key cannot be cached as a latent, so every call
+  same rotation as SelfAttention). A rotated key cannot be cached as a latent, so every call
   re-up-projects the whole cached latent: an r x Hk*D matmul over the cache per decoding step.
 * `rope=True, rope_dim=dr` (MLA's decoupled RoPE): the rotation moves to dr extra dims per head,
   a query part `wq_rope` per head and one key part `w_kr` shared by all heads, rotated once and
@@ -29,7 +29,7 @@ from torch import nn
 
 import fastattn
 
-from .attention import MultiHeadAttention
+from .attention import SelfAttention
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
 
@@ -51,14 +51,14 @@ def _affine(layer: nn.Module, n_in: int, like: torch.Tensor):
     return (y[1:] - y[:1]).T, y[0]
 
 
-class SparseLatentAttention(MultiHeadAttention):
+class SparseLatentAttention(SelfAttention):
     """x (B, N, dim) -> (B, N, dim): top-K attention with keys/values up-projected from a latent.
 
     Shapes: q (B, Hq, N, D) from `wq`; latent c (B, N, r) = RMSNorm(w_dkv(x)); k = rope(wk(c)),
     v = wv(c), each (B, Hk, Nk, D); output (B, Hq, N, D) -> `wo` -> (B, N, dim). With rope_dim=dr,
     q and k get dr rotated dims more (D + dr; v stays D).
 
-    Args (besides MultiHeadAttention's: dim, n_heads, n_kv_heads (GQA), head_dim, rope, rope_base,
+    Args (besides SelfAttention's: dim, n_heads, n_kv_heads (GQA), head_dim, rope, rope_base,
     max_seq_len, dropout, bias, causal, backend):
         latent_dim: r, the latent size (default max(1, dim // 4)).
         topk: K, keys attended per query (default 32); K >= the number of allowed keys is dense

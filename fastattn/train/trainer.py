@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from ..data.corpus import TextData, load_corpus
 from ..data.packed import PackedBatches, eval_batches
 from ..models.transformer import TransformerLM
-from ..nn.attention import MultiHeadAttention
+from ..nn.attention import SelfAttention
 from ..nn.lora import apply_lora
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -148,7 +148,7 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         for m in self.model.modules():  # projections back into a valid range (e.g. adaptive spans)
-            if isinstance(m, MultiHeadAttention) and hasattr(m, "clamp_"):
+            if isinstance(m, SelfAttention) and hasattr(m, "clamp_"):
                 m.clamp_()
         self.step += 1
         return {"step": self.step, "loss": total, "grad_norm": gnorm, "lr": lr}

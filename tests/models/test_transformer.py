@@ -6,7 +6,7 @@ import torch
 
 from fastattn.models import ATTENTION_KINDS, PRESETS, TransformerConfig, TransformerLM, resolve_attention
 from fastattn.models import attention_kinds
-from fastattn.nn import MultiHeadAttention
+from fastattn.nn import SelfAttention
 from fastattn.testing import assert_matches_reference
 
 from ._tiny import KIND_OP, kind_backend, kind_missing, tiny_config, tiny_model
@@ -58,7 +58,7 @@ def test_config_round_trip_and_errors():
 
 
 def test_loss_includes_extra_loss(monkeypatch):
-    class Penalized(MultiHeadAttention):
+    class Penalized(SelfAttention):
         def extra_loss(self):
             return self.wq.weight.square().sum()
 

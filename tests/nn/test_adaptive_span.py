@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastattn
-from fastattn.nn import AdaptiveSpanAttention, MultiHeadAttention
+from fastattn.nn import AdaptiveSpanAttention, SelfAttention
 
 
 def _manual(m, x):
@@ -23,7 +23,7 @@ def test_matches_manual_and_trains_span_period_phase(backend, periodic):
     torch.manual_seed(0)
     m = AdaptiveSpanAttention(64, n_heads=4, n_kv_heads=2, max_span=16, init_span=5.3, ramp=4.0,
                               periodic=periodic, max_seq_len=64, backend=backend)
-    assert isinstance(m, MultiHeadAttention)
+    assert isinstance(m, SelfAttention)
     x = torch.randn(2, 24, 64)
     y = m(x)
     torch.testing.assert_close(y, _manual(m, x), rtol=1e-4, atol=1e-5)

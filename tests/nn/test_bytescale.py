@@ -1,9 +1,9 @@
-"""ByteScaleAttention and the MultiHeadAttention base: shapes, gradients, cache, manual computation."""
+"""ByteScaleAttention and the SelfAttention base: shapes, gradients, cache, manual computation."""
 import pytest
 import torch
 
 import fastattn
-from fastattn.nn import ByteScaleAttention, MultiHeadAttention, alibi_slopes
+from fastattn.nn import ByteScaleAttention, SelfAttention, alibi_slopes
 
 
 def test_alibi_slopes():
@@ -40,7 +40,7 @@ def test_cache_equals_full_sequence():
 
 
 def test_softmax_base_module():
-    m = MultiHeadAttention(32, n_heads=4, n_kv_heads=1, backend="cpu")
+    m = SelfAttention(32, n_heads=4, n_kv_heads=1, backend="cpu")
     assert m(torch.randn(2, 5, 32)).shape == (2, 5, 32)
     with pytest.raises(ValueError, match="multiple of n_kv_heads"):
-        MultiHeadAttention(32, n_heads=4, n_kv_heads=3)
+        SelfAttention(32, n_heads=4, n_kv_heads=3)

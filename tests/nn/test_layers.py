@@ -1,9 +1,9 @@
-"""Layers: RMSNorm, SwiGLU, RoPE, KVCache and the MultiHeadAttention base (GQA/MQA, cache, hooks)."""
+"""Layers: RMSNorm, SwiGLU, RoPE, KVCache and the SelfAttention base (GQA/MQA, cache, hooks)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fastattn.nn import KVCache, MultiHeadAttention, RMSNorm, RotaryEmbedding, SwiGLU
+from fastattn.nn import KVCache, SelfAttention, RMSNorm, RotaryEmbedding, SwiGLU
 
 
 def test_rmsnorm_formula_and_dtype():
@@ -68,7 +68,7 @@ def _manual_mha(m, x):
 @pytest.mark.parametrize("kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
 def test_mha_matches_sdpa(backend, kv_heads):
     torch.manual_seed(0)
-    m = MultiHeadAttention(64, n_heads=4, n_kv_heads=kv_heads, max_seq_len=64, backend=backend)
+    m = SelfAttention(64, n_heads=4, n_kv_heads=kv_heads, max_seq_len=64, backend=backend)
     x = torch.randn(2, 13, 64)
     torch.testing.assert_close(m(x), _manual_mha(m, x), rtol=1e-4, atol=1e-5)
     m(x).sum().backward()
@@ -78,7 +78,7 @@ def test_mha_matches_sdpa(backend, kv_heads):
 @pytest.mark.parametrize("kv_heads", [4, 1])
 def test_mha_cache_equals_full_sequence(kv_heads):
     torch.manual_seed(1)
-    m = MultiHeadAttention(32, n_heads=4, n_kv_heads=kv_heads, max_seq_len=32, backend="cpu").eval()
+    m = SelfAttention(32, n_heads=4, n_kv_heads=kv_heads, max_seq_len=32, backend="cpu").eval()
     x = torch.randn(2, 11, 32)
     full = m(x)
     cache = m.new_cache(2, 16)
@@ -88,7 +88,7 @@ def test_mha_cache_equals_full_sequence(kv_heads):
 
 
 def test_mha_hooks_and_options():
-    class Doubled(MultiHeadAttention):  # an attend override and an extra parameter
+    class Doubled(SelfAttention):  # an attend override and an extra parameter
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             self.alpha = torch.nn.Parameter(torch.tensor(2.0))
@@ -100,24 +100,24 @@ def test_mha_hooks_and_options():
             return self.alpha.square()
 
     torch.manual_seed(0)
-    base = MultiHeadAttention(32, 2, rope=False, bias=True, backend="reference")
+    base = SelfAttention(32, 2, rope=False, bias=True, backend="reference")
     sub = Doubled(32, 2, rope=False, bias=True, backend="reference")
     sub.load_state_dict({**base.state_dict(), "alpha": torch.tensor(2.0)})
     x = torch.randn(1, 4, 32)
     torch.testing.assert_close(sub(x) - sub.wo.bias, 2 * (base(x) - base.wo.bias))
     assert base.extra_loss().item() == 0.0 and sub.extra_loss().item() == 4.0
-    assert MultiHeadAttention(32, 2, head_dim=24).wq.out_features == 48
-    d = MultiHeadAttention(32, 2, dropout=0.5, backend="reference")
+    assert SelfAttention(32, 2, head_dim=24).wq.out_features == 48
+    d = SelfAttention(32, 2, dropout=0.5, backend="reference")
     d.eval()
     torch.testing.assert_close(d(x), d(x))  # no dropout at eval
 
 
 def test_mha_errors():
     with pytest.raises(ValueError, match="multiple of n_kv_heads"):
-        MultiHeadAttention(32, n_heads=4, n_kv_heads=3)
+        SelfAttention(32, n_heads=4, n_kv_heads=3)
     with pytest.raises(ValueError, match="divisible"):
-        MultiHeadAttention(30, n_heads=4)
+        SelfAttention(30, n_heads=4)
     with pytest.raises(ValueError, match="dropout"):
-        MultiHeadAttention(32, 4, dropout=1.0)
+        SelfAttention(32, 4, dropout=1.0)
     with pytest.raises(ValueError, match=r"\(B, N, 32\)"):
-        MultiHeadAttention(32, 4)(torch.randn(2, 5, 16))
+        SelfAttention(32, 4)(torch.randn(2, 5, 16))

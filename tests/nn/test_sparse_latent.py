@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 import fastattn
 from fastattn.models import TransformerConfig, TransformerLM, resolve_attention
-from fastattn.nn import MultiHeadAttention, SparseLatentAttention
+from fastattn.nn import SelfAttention, SparseLatentAttention
 
 
 def _module(seed=0, **kw):
@@ -32,7 +32,7 @@ def _dense(m, x):
 
 def test_subclass_registry_and_shapes():
     m = _module(n_kv_heads=1)  # MQA
-    assert isinstance(m, MultiHeadAttention) and resolve_attention("topk") is SparseLatentAttention
+    assert isinstance(m, SelfAttention) and resolve_attention("topk") is SparseLatentAttention
     assert m(torch.randn(3, 11, 64)).shape == (3, 11, 64)
     assert SparseLatentAttention(32, n_heads=2).latent_dim == 8 and SparseLatentAttention(32, n_heads=2).topk == 32
     q, (c,) = m.project(torch.randn(3, 11, 64), 0)

@@ -123,7 +123,7 @@ def _fwd_bwd_row(q, k, v, span_t, kw, case, label, backend, dense, reps, device)
                     dense * 3.5, reps=max(3, reps - 2), device=device)
 
 
-if __name__ == "__main__":  # python -m bench.bench_adaptive_span
+if __name__ == "__main__":  # python -m bench.bench_adaptive_span_attention
     from .common import markdown
     torch.set_num_threads(2)
     print(markdown(suite()))
