@@ -1,6 +1,6 @@
 """`python -m fastattn train ...` and `python -m fastattn generate ...`.
 
-    python -m fastattn train --config configs/tiny.yaml [--set train.max_steps=100 ...]
+    python -m fastattn train --config tiny [--set train.max_steps=100 ...]
     python -m fastattn generate --checkpoint runs/tiny/ckpt.pt --prompt "def " [--stream]
     python -m fastattn generate --checkpoint runs/tiny/ckpt.pt --interactive   # prompts from stdin
 """
@@ -18,7 +18,7 @@ from .config import ConfigError
 
 def train_main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastattn train", description="train a TransformerLM from a YAML config")
-    ap.add_argument("--config", help="YAML file with sections model, data, train (see configs/)")
+    ap.add_argument("--config", help="a bundled config by name (tiny, small, tiny_relu, ...: fastattn/configs/) or a YAML file with sections model, data, train")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value (YAML-parsed), e.g. --set train.lr=3e-4; repeatable")
     args = ap.parse_args(argv)

@@ -2,7 +2,7 @@
 clipping, dropout annealing, gradient accumulation, bf16 autocast, periodic validation (loss,
 perplexity, bits per byte), atomic checkpoints with exact resume, tqdm, and DDP under torchrun.
 
-    >>> cfg = load_config("configs/tiny.yaml", ["train.max_steps=20"])    # doctest: +SKIP
+    >>> cfg = load_config("tiny", ["train.max_steps=20"])    # doctest: +SKIP
     >>> Trainer(cfg).train()                                              # doctest: +SKIP
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler, torch/python/numpy RNG states
