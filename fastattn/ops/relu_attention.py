@@ -63,7 +63,7 @@ def relu_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
 
 @relu_attention_bwd.register_fake
 def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(gamma),
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(gamma),
             torch.empty_like(sink))
 
 

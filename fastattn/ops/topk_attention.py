@@ -72,7 +72,7 @@ def topk_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
 
 @topk_attention_bwd.register_fake
 def _(dout, q, k, v, out, lse, tau, causal, scale, backend):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
