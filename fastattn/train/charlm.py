@@ -31,6 +31,7 @@ import torch
 import yaml
 from torch.nn import functional as F
 
+from .. import configs
 from ..data.packed import eval_batches
 from ..data.streams import StreamBatches, stream_blocks
 from ..nn.adaptive_span import AdaptiveSpanAttention
@@ -39,9 +40,6 @@ from ..nn.segment_memory import ModelMemory
 from .checkpoint import load_checkpoint
 from .config import ConfigError, RunConfig, apply_overrides, build_dataclass, parse_config
 from .trainer import LN2, Trainer
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
 
 @dataclass
 class CharLMSection:
@@ -61,18 +59,6 @@ class CharLMSection:
             raise ValueError(f"charlm.mem_len must be >= 0, got {self.mem_len}")
         if self.final_eval_batches is not None and self.final_eval_batches < 1:
             raise ValueError(f"charlm.final_eval_batches must be >= 1 or null, got {self.final_eval_batches}")
-
-
-def config_path(name: str | Path) -> Path:
-    """A config file: an existing path, or the name of a bundled config (fastattn/configs/<name>.yaml)."""
-    p = Path(name)
-    if p.exists():
-        return p
-    bundled = CONFIG_DIR / f"{p.stem if p.suffix == '.yaml' else name}.yaml"
-    if bundled.exists():
-        return bundled
-    names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(f"config {str(name)!r} is neither a file nor a bundled config; bundled: {names}")
 
 
 def parse_charlm(raw: dict) -> tuple[RunConfig, CharLMSection]:
@@ -95,9 +81,9 @@ def parse_charlm(raw: dict) -> tuple[RunConfig, CharLMSection]:
 
 
 def load_charlm_config(name: str | Path, overrides=()) -> tuple[RunConfig, CharLMSection]:
-    """load_config for charlm configs: a path or bundled name, `--set section.key=value` overrides
-    (the charlm section included)."""
-    path = config_path(name)
+    """load_config for charlm configs: a path or bundled name (fastattn.configs), `--set
+    section.key=value` overrides (the charlm section included)."""
+    path = configs.resolve(name)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

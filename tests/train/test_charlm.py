@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from fastattn.data import ByteTokenizer, TextData
 from fastattn.train import ConfigError
-from fastattn.train.charlm import CharLMTrainer, config_path, load_charlm_config, parse_charlm
+from fastattn.train.charlm import CharLMTrainer, load_charlm_config, parse_charlm
 
 from ..models._tiny import pattern_text
 
@@ -48,8 +48,8 @@ def test_switches_pick_the_attention_and_configs_load():
         parse_charlm({"charlm": {"nope": 1}})
     with pytest.raises(ConfigError, match="model.attention is set by"):
         parse_charlm({"model": {"attention": "relu"}})
-    with pytest.raises(ConfigError, match="bundled: .*charlm_span_tiny"):
-        config_path("no_such_config")
+    with pytest.raises(FileNotFoundError, match="bundled configs.*charlm_span_tiny"):
+        load_charlm_config("no_such_config")
 
 
 def test_training_clamps_spans_and_reports(tmp_path):
