@@ -76,14 +76,14 @@ def peak_rows(blocks, device: str) -> dict:
     return {k: (r[0] if isinstance(r, tuple) else None) for k, r in zip(keys, res)}
 
 
-def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
+def suite(quick: bool = True, device: str = "cpu", reps: int = 5, blocks=tuple(BLOCKS)) -> list[Row]:
     rows = []
     base_cfg, _ = variant_config(512, 1, "dense softmax", device)
     data = load_corpus(base_cfg.data)  # once, shared by every trainer
-    peaks = peak_rows(BLOCKS, device)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    for block, batch in BLOCKS.items():
-        steps = QUICK_STEPS if quick else variant_config(block, 1, "dense softmax", device)[0].train.max_steps
+    peaks = peak_rows(blocks, device)
+    for block in blocks:
+        batch = BLOCKS[block]
+        steps = QUICK_STEPS if quick else load_charlm_config(CONFIG)[0].train.max_steps
         trainers, times, gpu_peak = {}, {v: [] for v in VARIANTS}, {v: 0 for v in VARIANTS}
         for v in VARIANTS:
             cfg, sec = variant_config(block, steps, v, device, out_dir=f"/tmp/fastattn-bench-charlm/{block}")
@@ -101,6 +101,7 @@ def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
                     gpu_peak[v] = max(gpu_peak[v], torch.cuda.max_memory_allocated() / 2**20)
                 times[v].append(time.perf_counter() - t0 - (tr.work_s - counted))
         dense_tps = None
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # the machine's, over the last minute
         for v, tr in trainers.items():
             ev = tr.evaluate("val", QUICK_EVAL if quick else FULL_EVAL)
             rep = tr.span_report()
@@ -121,9 +122,14 @@ def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
     return rows
 
 
-if __name__ == "__main__":  # python -m bench.bench_charlm [--full]
-    import sys
+if __name__ == "__main__":  # python -m bench.bench_charlm [--full] [--blocks 2048]
+    import argparse
 
     from .common import markdown
-    torch.set_num_threads(2)
-    print(markdown(suite(quick="--full" not in sys.argv)))
+    ap = argparse.ArgumentParser(description="the charlm suite alone")
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--blocks", type=int, nargs="+", default=list(BLOCKS), choices=list(BLOCKS))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(markdown(suite(quick=not args.full, blocks=tuple(args.blocks))), flush=True)

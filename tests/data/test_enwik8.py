@@ -1,9 +1,9 @@
 """enwik8 loading: the 90/5/5 split of the zip's member, the raw file or a directory, proportional
 splits of smaller files, memory mapping, and the errors; stream batches for segment memory."""
-import os
 import re
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,7 +61,7 @@ def test_full_size_file_is_memory_mapped(tmp_path):
         f.truncate(100_000_000)
 
     def rss_kb():
-        return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1))
+        return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
     before = rss_kb()
     train, valid, test = load_enwik8(path)
     assert (len(train), len(valid), len(test)) == (90_000_000, 5_000_000, 5_000_000)

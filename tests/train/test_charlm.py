@@ -156,3 +156,19 @@ def test_inductor_compiled_training(tmp_path):
     eager = CharLMTrainer(*tiny_charlm(tmp_path / "e", {"memory": True}, max_steps=3), data=tiny_data(), **QUIET)
     assert [tr.train_step()["loss"] for _ in range(3)] == pytest.approx(
         [eager.train_step()["loss"] for _ in range(3)], rel=1e-4)
+
+
+def test_triton_backend_counts_triton_tiles(tmp_path):
+    """The GPU path on CPU (Triton under TRITON_INTERPRET): training with memory, and the FLOPs
+    counted from the Triton plan (whole tiles) of the spans and gates each layer used."""
+    from fastattn.nn.attention_work import span_attention_flops
+    cfg, sec = tiny_charlm(tmp_path, {"memory": True}, max_steps=2)
+    cfg.model.overrides["backend"] = "triton"
+    tr = CharLMTrainer(cfg, sec, data=tiny_data(), **QUIET)
+    tr.train_step()
+    caches = tr.memory.prepare()  # the next step's memory: what count_work sees
+    attn = tr.model.blocks[0].attn
+    M = caches[0].length
+    want = 4 * span_attention_flops(16, M + 16, attn.current_span(), attn.gate(16, M + 16), 4.0, 8, 8, "triton", True)
+    tr.train_step()
+    assert M > 0 and tr.last_work[0]["flops"] == want and tr.last_work[0]["memory"] == M
