@@ -1,7 +1,8 @@
-"""Build fastattn and its one extension, fastattn._C.
+"""Build fastattn and its extensions: fastattn._C (CPU kernels, always) and fastattn._C_cuda (CUDA).
 
-CPU sources (csrc/cpu, csrc/bindings) are always built. CUDA sources (csrc/cuda) join the
-same extension only when torch was built with CUDA and nvcc is found.
+CPU sources (csrc/cpu, csrc/bindings) are always built, as fastattn._C. The CUDA sources (csrc/cuda,
+csrc/bindings/cuda) are the module fastattn._C_cuda, built only when torch was built with CUDA and
+nvcc is found; it registers CUDA kernels for the operators fastattn._C defines.
 Environment:
   FASTATTN_SKIP_CUDA_BUILD=1   never build the CUDA sources
   FASTATTN_CUDA_ARCHS="80;90"  compute capabilities to build for
@@ -31,23 +32,19 @@ def _ext_modules():
         and torch.version.cuda is not None
         and CUDA_HOME is not None
     )
-    if use_cuda:
+    ext = [CppExtension("fastattn._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                        extra_link_args=["-fopenmp"])]
+    if use_cuda:  # the CUDA kernels: their own module, built once whatever the CPU build
         archs = os.environ.get("FASTATTN_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs if a.strip()]
-        ext = CUDAExtension(
-            "fastattn._C",
-            sources + rel("csrc/cuda/*.cu"),
+        ext.append(CUDAExtension(
+            "fastattn._C_cuda",
+            rel("csrc/cuda/*.cu") + rel("csrc/bindings/cuda/*.cpp") + ["csrc/cpu/attention_common.cpp"],
             include_dirs=include_dirs,
-            define_macros=[("FASTATTN_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"] + gencode},
-            extra_link_args=["-fopenmp"],
-        )
-    else:
-        ext = CppExtension(
-            "fastattn._C", sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
-        )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+            extra_compile_args={"cxx": ["-O3", "-Wno-unused-function"],
+                                "nvcc": ["-O3", "--use_fast_math", "-lineinfo"] + gencode},
+        ))
+    return ext, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = _ext_modules()

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 
 import torch
@@ -105,44 +106,54 @@ def _nvcc() -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def compile_cuda(path: str, cc: int) -> list[dict]:
-    """nvcc-compile one .cu file for sm_<cc>; returns one row per kernel (mangled names shortened)."""
+def compile_cuda_archs(path: str, ccs: tuple) -> list[dict]:
+    """nvcc-compile one .cu file for every sm_<cc> of `ccs` in one call (the host side is parsed once);
+    returns one row per (kernel, cc), mangled names shortened."""
     nvcc = _nvcc()
     if nvcc is None:
         raise FileNotFoundError("nvcc not found")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [nvcc, "-std=c++17", "-O3", "-I", os.path.join(REPO, "csrc"), f"-gencode=arch=compute_{cc},code=sm_{cc}",
-               "--resource-usage", "-c", path, "-o", os.path.join(tmp, "x.o")]
+        cmd = [nvcc, "-std=c++17", "-O3", "--use_fast_math", "-I", os.path.join(REPO, "csrc"),  # setup.py's flags
+               *(f"-gencode=arch=compute_{cc},code=sm_{cc}" for cc in ccs), "--resource-usage", "-c", path,
+               "-o", os.path.join(tmp, "x.o")]
         res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"nvcc failed for {path} (sm_{cc}):\n{res.stderr[-4000:]}")
-    rows, name, spill = [], None, 0
+        raise RuntimeError(f"nvcc failed for {path} (sm_{ccs}):\n{res.stderr[-4000:]}")
+    rows, name, spill, cc = [], None, 0, ccs[0]
     for line in (res.stdout + res.stderr).splitlines():
-        m = re.search(r"Function properties for (\S+)", line) or re.search(r"Compiling entry function '(\S+)'", line)
+        m = re.search(r"Compiling entry function '(\S+)' for 'sm_(\d+)'", line)
         if m:
-            name = m.group(1) if m.group(1) != name else name
+            name, cc = m.group(1), int(m.group(2))
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            name = m.group(1)
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m and name:
             spill = int(m.group(1)) + int(m.group(2))
         m = re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line)
         if m and name:
-            short = _demangle(name)
-            rows.append({"kernel": short, "file": os.path.basename(path), "cc": cc, "registers": int(m.group(1)),
-                         "shared": int(m.group(2)), "shared_budget": SMEM_BUDGET[cc],
+            rows.append({"kernel": _demangle(name), "file": os.path.basename(path), "cc": cc,
+                         "registers": int(m.group(1)), "shared": int(m.group(2)), "shared_budget": SMEM_BUDGET[cc],
                          "spill_bytes": spill})
             name, spill = None, 0
     return rows
 
 
+def compile_cuda(path: str, cc: int) -> list[dict]:
+    """compile_cuda_archs for one target."""
+    return compile_cuda_archs(path, (cc,))
+
+
 def binding_sources() -> list[str]:
-    return sorted(glob.glob(os.path.join(REPO, "csrc", "bindings", "*_attention.cpp")))
+    return sorted(glob.glob(os.path.join(REPO, "csrc", "bindings", "cuda", "*.cpp")))
 
 
 def check_cuda_glue(path: str) -> None:
-    """Syntax-check a csrc/bindings file's FASTATTN_WITH_CUDA branch (the torch glue around the .cu
-    launchers) with the host compiler, torch's headers and the CUDA toolkit's; raises with the
+    """Syntax-check a csrc/bindings/cuda file (the torch glue around the .cu launchers, the module
+    fastattn._C_cuda) with the host compiler, torch's headers and the CUDA toolkit's; raises with the
     compiler's message on an error. A CPU-only torch wheel lacks c10's generated CUDA macro header,
-    so an empty stand-in is put on the include path (it only configures build flags)."""
+    so an empty stand-in is put on the include path (it only configures build flags). `make
+    check-cuda` compiles and loads the real thing against a CUDA torch."""
     from torch.utils.cpp_extension import include_paths
     nvcc = _nvcc()
     if nvcc is None:
@@ -158,8 +169,9 @@ def check_cuda_glue(path: str) -> None:
         os.makedirs(stub)
         with open(os.path.join(stub, "cuda_cmake_macros.h"), "w") as f:
             f.write("#pragma once\n")
-        cmd = [os.environ.get("CXX", "g++"), "-std=c++17", "-fsyntax-only", "-DFASTATTN_WITH_CUDA",
-               *(f"-I{p}" for p in include_paths()), f"-I{cuda_inc}", f"-idirafter{tmp}",
+        cmd = [os.environ.get("CXX", "g++"), "-std=c++17", "-fsyntax-only",
+               *(f"-I{p}" for p in include_paths()), f"-I{cuda_inc}", f"-I{sysconfig.get_paths()['include']}",
+               f"-idirafter{tmp}",
                f"-I{os.path.join(REPO, 'csrc')}", path]
         res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -205,10 +217,8 @@ def report(ops=None, ccs=(80, 90), dtypes=(torch.float16, torch.bfloat16), head_
                             rows.append({**row, **base})
     if cuda and _nvcc():
         for path in cuda_sources():
-            for cc in ccs:
-                for row in compile_cuda(path, cc):
-                    row.update(source="cuda")
-                    rows.append(row)
+            for row in compile_cuda_archs(path, tuple(ccs)):
+                rows.append({**row, "source": "cuda"})
     return rows
 
 

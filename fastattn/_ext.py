@@ -13,10 +13,28 @@ try:
 except (ImportError, OSError, RuntimeError) as exc:  # missing build, ABI mismatch, bad symbol
     _error = f"{type(exc).__name__}: {exc}"
 
+# The CUDA kernels are a module of their own (built only with a CUDA toolkit and a CUDA torch): it
+# registers CUDA kernels for the operators fastattn._C defines, so it loads after it.
+_cuda_error = "not built (torch without CUDA, no CUDA toolkit, or FASTATTN_SKIP_CUDA_BUILD=1)"
+if _error is None:
+    try:
+        importlib.import_module("fastattn._C_cuda")
+        _cuda_error = None
+    except ModuleNotFoundError as exc:
+        if exc.name != "fastattn._C_cuda":
+            _cuda_error = f"{type(exc).__name__}: {exc}"
+    except (ImportError, OSError, RuntimeError) as exc:
+        _cuda_error = f"{type(exc).__name__}: {exc}"
+
 
 def extension_error():
     """None when fastattn._C loaded, else why it did not."""
     return _error
+
+
+def cuda_extension_error():
+    """None when the CUDA kernels (fastattn._C_cuda) loaded, else why not."""
+    return _cuda_error if _error is None else f"fastattn._C did not load: {_error}"
 
 
 def has_kernel(name: str, dispatch_key: str) -> bool:
@@ -33,7 +51,8 @@ def build_info() -> dict:
     """What fastattn._C was built with; {} when it did not load.
 
     {"cpu_features": ["avx512f", ...]: the instruction-set extensions the CPU kernels use (empty:
-    their portable C++ paths, e.g. FASTATTN_CPU_ARCH=x86-64-v3), "cuda": whether CUDA kernels are in it}
+    their portable C++ paths, e.g. FASTATTN_CPU_ARCH=x86-64-v3), "cuda": whether the CUDA kernels
+    (fastattn._C_cuda) loaded}
 
         >>> fastattn._ext.build_info()                 # doctest: +SKIP
         {'cpu_features': ['avx512f', 'avx512bw', 'avx512vnni', 'avx512bf16'], 'cuda': False}
@@ -41,4 +60,4 @@ def build_info() -> dict:
     if _error is not None:
         return {}
     ext = importlib.import_module("fastattn._C")
-    return {"cpu_features": ext.cpu_features.split(), "cuda": bool(ext.with_cuda)}
+    return {"cpu_features": ext.cpu_features.split(), "cuda": _cuda_error is None}

@@ -26,7 +26,7 @@ def _info(args) -> int:
     if err is None:
         info = _ext.build_info()
         print(f"fastattn._C: loaded; CPU kernels use {' '.join(info['cpu_features']) or 'portable C++ paths only'}; "
-              f"CUDA kernels {'built' if info['cuda'] else 'not built'}")
+              f"CUDA kernels {'built (fastattn._C_cuda)' if info['cuda'] else 'not loaded: ' + _ext.cuda_extension_error()}")
     else:
         print(f"fastattn._C: NOT loaded: {err}")
     for op, backends in dispatch.report().items():

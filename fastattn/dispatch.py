@@ -44,25 +44,25 @@ TABLE: dict[str, dict[str, Support]] = {
         "reference": _REF,
         "cpu": Support(),
         "triton": Support(),
-        "cuda": Support(max_head_dim=256, backward=False),
+        "cuda": Support(features=frozenset({"padding", "varlen"})),
     },
     "relu_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk"})),
         "triton": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk"})),
-        "cuda": Support(features=frozenset({"quant", "alibi"}), backward=False),
+        "cuda": Support(features=frozenset({"quant", "alibi", "padding", "varlen"})),
     },
     "topk_attention": {
         "reference": _REF,
         "cpu": Support(),
         "triton": Support(),
-        "cuda": Support(max_head_dim=256, backward=False),
+        "cuda": Support(features=frozenset({"padding", "varlen"})),
     },
     "adaptive_span_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"period", "bidirectional"})),
         "triton": Support(features=frozenset({"period", "bidirectional"})),
-        "cuda": Support(features=frozenset({"period", "bidirectional"}), max_head_dim=256, backward=False),
+        "cuda": Support(features=frozenset({"period", "bidirectional", "padding", "varlen"})),
     },
 }
 
@@ -98,8 +98,7 @@ def _environment_reason(op: str, backend: str, device_type: str) -> str | None:
         if _ext.extension_error():
             return f"fastattn._C did not load: {_ext.extension_error()}"
         if not _ext.has_kernel(f"{op}_fwd", "CUDA"):
-            return ("fastattn._C was built without CUDA (torch without CUDA, nvcc missing, "
-                    "or FASTATTN_SKIP_CUDA_BUILD=1)")
+            return f"fastattn's CUDA kernels: {_ext.cuda_extension_error() or f'none for {op}'}"
     elif backend == "triton":
         err = _triton_error()
         if err:

@@ -8,8 +8,8 @@ extern "C" PyObject* PyInit__C(void) {
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
   // What this build holds (fastattn._ext.build_info): the instruction-set extensions the CPU
-  // kernels were compiled to use (FASTATTN_CPU_ARCH; none: their portable C++ paths throughout),
-  // and whether the CUDA kernels are in it.
+  // kernels were compiled to use (FASTATTN_CPU_ARCH; none: their portable C++ paths throughout).
+  // The CUDA kernels are a module of their own, fastattn._C_cuda (csrc/bindings/cuda/).
   const char* cpu_features = ""
 #ifdef __AVX512F__
                              " avx512f"
@@ -24,13 +24,7 @@ extern "C" PyObject* PyInit__C(void) {
                              " avx512bf16"
 #endif
       ;
-#ifdef FASTATTN_WITH_CUDA
-  const long with_cuda = 1;
-#else
-  const long with_cuda = 0;
-#endif
-  if (PyModule_AddStringConstant(m, "cpu_features", cpu_features) < 0 ||
-      PyModule_AddIntConstant(m, "with_cuda", with_cuda) < 0) {
+  if (PyModule_AddStringConstant(m, "cpu_features", cpu_features) < 0) {
     Py_DECREF(m);
     return nullptr;
   }

@@ -1,4 +1,4 @@
-// torch.library glue for relu_attention: schemas, CPU and Meta kernels (+ CUDA forward when built).
+// torch.library glue for relu_attention: schemas, CPU and Meta kernels (CUDA: csrc/bindings/cuda/).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -6,13 +6,6 @@
 #include "cpu/attention_common.h"
 #include "cpu/relu_attention.h"
 
-#ifdef FASTATTN_WITH_CUDA
-// c10's stream and guard headers need only the CUDA runtime (ATen/cuda/CUDAContext.h also pulls in
-// cuBLAS/cuSPARSE), so this branch can be syntax-checked with a bare CUDA toolkit.
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include "cuda/relu_attention.cuh"
-#endif
 
 namespace {
 
@@ -32,28 +25,6 @@ Bwd bwd_meta(const at::Tensor&, const at::Tensor& q, const at::Tensor& k, const 
   return {at::empty_like(q), at::empty_like(k), at::empty_like(v), at::empty_like(gamma), at::empty_like(sink)};
 }
 
-#ifdef FASTATTN_WITH_CUDA
-Fwd fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& gamma,
-             const at::Tensor& sink, const at::Tensor& alibi, const at::Tensor& tau, bool causal, double scale,
-             int64_t norm, int64_t quant, bool int8_qkv) {
-  fastattn::cpu::check_attention_inputs("relu_attention_fwd (cuda)", q, k, v, at::kCUDA);
-  TORCH_CHECK(!int8_qkv, "relu_attention_fwd (cuda): int8_qkv is implemented by the triton and cpu backends");
-  auto [out, den, argmax] = fwd_meta(q, k, v, gamma, sink, alibi, tau, causal, scale, norm, quant, int8_qkv);
-  out = at::empty(out.sizes(), q.options());
-  den = at::empty(den.sizes(), q.options().dtype(at::kFloat));
-  argmax = at::empty(argmax.sizes(), q.options().dtype(at::kInt));
-  fastattn::cuda::ReluParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), den.data_ptr<float>(),
-                               argmax.data_ptr<int32_t>(), gamma.data_ptr<float>(), sink.data_ptr<float>(),
-                               alibi.numel() ? alibi.data_ptr<float>() : nullptr,
-                               tau.numel() ? tau.data_ptr<float>() : nullptr,
-                               q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3),
-                               causal, static_cast<float>(scale), static_cast<int>(norm), static_cast<int>(quant)};
-  const int dtype = q.scalar_type() == at::kFloat ? 0 : (q.scalar_type() == at::kHalf ? 1 : 2);
-  const cudaError_t err = fastattn::cuda::relu_attention_fwd_cuda(p, dtype, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "relu_attention_fwd (cuda): ", cudaGetErrorString(err));
-  return {out, den, argmax};
-}
-#endif
 
 }  // namespace
 
@@ -76,6 +47,3 @@ TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
   m.impl("relu_attention_bwd", fastattn::meta_with_ragged<&bwd_meta>);
 }
 
-#ifdef FASTATTN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("relu_attention_fwd", fastattn::with_ragged<&fwd_cuda>); }
-#endif

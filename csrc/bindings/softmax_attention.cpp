@@ -1,4 +1,4 @@
-// torch.library glue for softmax_attention: schemas, CPU and Meta kernels (+ CUDA forward when built).
+// torch.library glue for softmax_attention: schemas, CPU and Meta kernels (CUDA: csrc/bindings/cuda/).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -6,14 +6,6 @@
 #include "cpu/attention_common.h"
 #include "cpu/softmax_attention.h"
 
-#ifdef FASTATTN_WITH_CUDA
-// c10's stream and guard headers need only the CUDA runtime (ATen/cuda/CUDAContext.h also pulls in
-// cuBLAS/cuSPARSE), so this branch can be syntax-checked on a machine with a bare CUDA toolkit.
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include "cuda/softmax_attention.cuh"
-#endif
 
 namespace {
 
@@ -41,24 +33,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_meta(const at::Tensor&, const
   return {at::empty_like(q), at::empty_like(k), at::empty_like(v)};
 }
 
-#ifdef FASTATTN_WITH_CUDA
-std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                            bool causal, double scale) {
-  constexpr const char* op = "softmax_attention_fwd (cuda)";
-  fastattn::cpu::check_attention_inputs(op, q, k, v, at::kCUDA);
-  const auto dt = q.scalar_type();
-  const c10::cuda::CUDAGuard guard(q.device());
-  auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
-  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  fastattn::cuda::SoftmaxParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
-                                  q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3),
-                                  causal, static_cast<float>(scale)};
-  const int dtype = dt == at::kFloat ? 0 : (dt == at::kHalf ? 1 : 2);
-  const cudaError_t err = fastattn::cuda::softmax_attention_fwd_cuda(p, dtype, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "softmax_attention_fwd (cuda): ", cudaGetErrorString(err));
-  return {out, lse};
-}
-#endif
 
 }  // namespace
 
@@ -79,6 +53,3 @@ TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
   m.impl("softmax_attention_bwd", fastattn::meta_with_ragged<&bwd_meta>);
 }
 
-#ifdef FASTATTN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("softmax_attention_fwd", fastattn::with_ragged<&fwd_cuda>); }
-#endif

@@ -1,6 +1,6 @@
 // torch.library glue for topk_attention: the threshold op (shared with relu_attention(topk=K)) and
 // the attention op (selection + softmax over the selected keys; backward: the softmax kernel masked
-// to s >= tau); CPU and Meta kernels, plus the CUDA forward when built.
+// to s >= tau); CPU and Meta kernels (CUDA: csrc/bindings/cuda/).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -9,12 +9,6 @@
 #include "cpu/softmax_attention.h"
 #include "cpu/topk_attention.h"
 
-#ifdef FASTATTN_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include "cuda/topk_attention.cuh"
-#endif
 
 namespace {
 
@@ -46,27 +40,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_meta(const at::Tensor&, const
   return {at::empty_like(q), at::empty_like(k), at::empty_like(v)};
 }
 
-#ifdef FASTATTN_WITH_CUDA
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                        int64_t topk, bool causal, double scale) {
-  constexpr const char* op = "topk_attention_fwd (cuda)";
-  fastattn::cpu::check_attention_inputs(op, q, k, v, at::kCUDA);
-  TORCH_CHECK(topk >= 1, op, ": topk must be >= 1, got ", topk);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const int64_t B = q.size(0), Hq = q.size(1), Nq = q.size(2);
-  auto f32 = q.options().dtype(at::kFloat);
-  auto out = at::empty({B, Hq, Nq, v.size(3)}, q.options());
-  auto lse = at::empty({B, Hq, Nq}, f32), tau = at::empty({B, Hq, Nq}, f32);
-  fastattn::cuda::TopkParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
-                               tau.data_ptr<float>(), B, Hq, k.size(1), Nq, k.size(2), q.size(3), v.size(3), topk,
-                               causal, static_cast<float>(scale)};
-  const auto dt = q.scalar_type();
-  const int dtype = dt == at::kFloat ? 0 : (dt == at::kHalf ? 1 : 2);
-  const cudaError_t err = fastattn::cuda::topk_attention_fwd_cuda(p, dtype, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, op, ": ", cudaGetErrorString(err));
-  return {out, lse, tau};
-}
-#endif
 
 }  // namespace
 
@@ -91,6 +64,3 @@ TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
   m.impl("topk_attention_bwd", fastattn::meta_with_ragged<&bwd_meta>);
 }
 
-#ifdef FASTATTN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("topk_attention_fwd", fastattn::with_ragged<&fwd_cuda>); }
-#endif

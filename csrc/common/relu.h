@@ -20,7 +20,7 @@ FASTATTN_HOST_DEVICE float relu_score(float g, float gamma, float slope, int64_t
 FASTATTN_HOST_DEVICE float quantize_weight(float p, int bits) {
   if (bits == 0) return p;
   const float L = static_cast<float>((1 << bits) - 1);
-  return floorf(p * L + 0.5f) / L;
+  return div_rn(floorf(p * L + 0.5f), L);
 }
 
 // The integer level floor(p * L + 0.5) of a weight p in [0, 1].
@@ -32,7 +32,7 @@ FASTATTN_HOST_DEVICE int weight_level(float p, int bits) {
 // round half away from zero to an int8 level of x / scale (|x| <= 127 * scale by construction);
 // a division, as the reference computes it, so ties round identically.
 FASTATTN_HOST_DEVICE int8_t int8_level(float x, float scale) {
-  const float y = x / scale;
+  const float y = div_rn(x, scale);
   const float r = y >= 0.0f ? floorf(y + 0.5f) : -floorf(-y + 0.5f);
   return static_cast<int8_t>(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
 }

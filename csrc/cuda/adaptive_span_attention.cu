@@ -1,124 +1,173 @@
-// Torch-free CUDA forward of adaptive_span_attention: one warp per ACTIVE query row (the host
-// compacts each head's rows with g > 0, so gated-off queries cost nothing), a block of kWarps
-// consecutive compacted rows sharing kTileN-key tiles of K and V in shared memory. A block visits
-// only the keys within reach (floor(fp32(R + span_h))) of its first..last row, so the cost is
-// (active rows) x (span + R + tile). The span factor enters the online softmax as s + log m.
-// Correctness-first like the softmax CUDA forward: the fast GPU path is the Triton kernel.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include "common/macros.h"
-#include "common/online_softmax.h"
-#include "cuda/device_common.cuh"
+// Torch-free CUDA adaptive_span_attention, correctness-first (the fast GPU path is the Triton kernel,
+// kernels/adaptive_span_attention.py). The plan (cuda/adaptive_span_plan.cuh) compacts each head's
+// active query rows (g > 0), so gated-off queries cost nothing; blocks of kWarps consecutive active
+// rows visit only the keys within reach of their first .. last row, so the cost is
+// (active rows) x (span + R + tile). The span factor m enters the softmax as s + log m.
+// Backward (fp32 accumulation, no Nq x Nk buffer, no atomics), with P~ = m exp(s - lse), the row's
+// gate g, delta_i = dO_i . O_i and T = g dP - delta:
+//   dq:   one warp per active row: dS = P~ T, dq += scale dS k; the row's dL/dg = sum_j P~ dP, and its
+//         share of dL/dspan, sum of exp(s - lse) T over the ramp keys (m < 1, where m grows with span);
+//   dkdv: key-owning blocks (cuda/key_blocks.cuh) over the rows within reach: dv += g P~ dO, dk += dS (scale q);
+//   one block per head reduces dL/dspan and, through the gate's derivative, dL/dperiod and dL/dphase.
 #include "cuda/adaptive_span_attention.cuh"
+
+#include "cuda/adaptive_span_plan.cuh"
+#include "cuda/key_blocks.cuh"
 
 namespace fastattn::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kMaxD = 256;
+constexpr int kWarps = 4;  // rows per block (forward, dq)
+constexpr int kReduceThreads = 256;
 
-// The triangle-wave gate in fp64, term by term as the contract computes it.
-__device__ __forceinline__ float gate(int64_t ip, float phase, float period, float duty) {
-  const double t = (static_cast<double>(ip) + static_cast<double>(phase)) / static_cast<double>(period);
-  const double u = 2.0 * (t - floor(t)) - 1.0;
-  const double z = (fabs(u) - static_cast<double>(duty)) / (1.0 - static_cast<double>(duty));
-  return static_cast<float>(z < 0.0 ? 0.0 : (z > 1.0 ? 1.0 : z));
-}
-
-template <typename T, int kSlots, int kTileN = (kSlots >= 8 ? 16 : 32)>
-__global__ void __launch_bounds__(kWarps * 32) span_fwd_kernel(SpanParams p) {
-  __shared__ float ks[kTileN][kSlots * 32];
-  __shared__ float vs[kTileN][kSlots * 32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t n_rb = (p.Nq + kWarps - 1) / kWarps;
-  const int64_t blk = blockIdx.x, rb = blk % n_rb, bh = blk / n_rb;
-  const int64_t b = bh / p.Hq, h = bh % p.Hq, hk = h / (p.Hq / p.Hk);
-  const int64_t active = p.cnt ? p.cnt[h] : p.Nq;
-  const int64_t c_first = rb * kWarps;
-  if (c_first >= active) return;  // whole block past this head's active rows (block-uniform exit)
-  const int64_t c = c_first + warp, c_last = imin(c_first + kWarps, active) - 1;
-  const bool row_ok = c < active;
-  auto row_of = [&](int64_t cc) -> int64_t { return p.idx ? p.idx[h * p.Nq + cc] : cc; };
-  const int64_t i = row_ok ? row_of(c) : 0;
-  const int64_t offset = p.Nk - p.Nq, ip = i + offset;
-  const float A = p.ramp + p.span[h];  // m = clamp((A - x) / R, 0, 1)
-  const int64_t reach = static_cast<int64_t>(floorf(fminf(A, static_cast<float>(p.Nq + p.Nk + 1))));
-  const int64_t ip_first = row_of(c_first) + offset, ip_last = row_of(c_last) + offset;
-  const int64_t lo = imin(imax(ip_first - reach, 0), p.Nk);
-  const int64_t hi = imin(p.causal ? ip_last + 1 : ip_last + reach + 1, p.Nk);
-  const T* q = static_cast<const T*>(p.q) + ((b * p.Hq + h) * p.Nq + i) * p.D;
-  const T* k = static_cast<const T*>(p.k) + (b * p.Hk + hk) * p.Nk * p.D;
-  const T* v = static_cast<const T*>(p.v) + (b * p.Hk + hk) * p.Nk * p.Dv;
-  float qr[kSlots], acc[kSlots];
-#pragma unroll
-  for (int s = 0; s < kSlots; ++s) {
-    const int d = s * 32 + lane;
-    qr[s] = (row_ok && d < p.D) ? to_f(q[d]) * p.scale : 0.0f;
-    acc[s] = 0.0f;
-  }
-  OnlineSoftmax st;
-  for (int64_t j0 = lo; j0 < hi; j0 += kTileN) {
-    __syncthreads();
-    for (int e = threadIdx.x; e < kTileN * kSlots * 32; e += blockDim.x) {
-      const int r = e / (kSlots * 32), cc = e % (kSlots * 32);
-      const int64_t j = j0 + r;
-      ks[r][cc] = (j < hi && cc < p.D) ? to_f(k[j * p.D + cc]) : 0.0f;
-      vs[r][cc] = (j < hi && cc < p.Dv) ? to_f(v[j * p.Dv + cc]) : 0.0f;
-    }
-    __syncthreads();
-    if (!row_ok) continue;
-    const int64_t n = imin(kTileN, hi - j0);
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t xs = ip - (j0 + r);
-      if (p.causal && xs < 0) break;  // keys only get farther in the future
-      const float m = fminf(fmaxf((A - static_cast<float>(xs < 0 ? -xs : xs)) / p.ramp, 0.0f), 1.0f);
-      if (m <= 0.0f) continue;  // warp-uniform: every lane has the same row
-      float dot = 0.0f;
-#pragma unroll
-      for (int s = 0; s < kSlots; ++s) dot += qr[s] * ks[r][s * 32 + lane];
-      const float score = warp_sum(dot) + (m < 1.0f ? logf(m) : 0.0f);
-      const OnlineSoftmax::Step step = st.push(score);
-#pragma unroll
-      for (int s = 0; s < kSlots; ++s) acc[s] = acc[s] * step.rescale + step.weight * vs[r][s * 32 + lane];
-    }
-  }
-  if (!row_ok) return;
-  const int64_t row = (b * p.Hq + h) * p.Nq + i;
-  const float g = p.period ? gate(ip, p.phase[h], p.period[h], p.duty) : 1.0f;
-  T* out = static_cast<T*>(p.out) + row * p.Dv;
-  const float mult = st.sum > 0.0f ? g / st.sum : 0.0f;
-#pragma unroll
-  for (int s = 0; s < kSlots; ++s) {
-    const int d = s * 32 + lane;
-    if (d < p.Dv) out[d] = from_f<T>(acc[s] * mult);
-  }
-  if (lane == 0) p.lse[row] = st.lse();
-}
-
-template <typename T>
-cudaError_t launch(const SpanParams& p, cudaStream_t stream) {
-  const int64_t blocks = (p.Nq + kWarps - 1) / kWarps * p.B * p.Hq;
-  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x limit (2^31 - 1)
-  const dim3 grid(static_cast<unsigned>(blocks));
-  by_slots(p.D, p.Dv, [&](auto slots) {
-    span_fwd_kernel<T, decltype(slots)::value><<<grid, kWarps * 32, 0, stream>>>(p);
+template <typename T, int kSlots, int kTileN = tile_keys<kSlots>()>
+__global__ void __launch_bounds__(kWarps * 32, 4) span_fwd_kernel(SpanParams p, int64_t n_tiles) {
+  __shared__ KVTile<kSlots, kTileN> sm;
+  const int lane = threadIdx.x & 31;
+  for_each_active_row<kWarps>(p, n_tiles, [&](const ActiveRow& w) {
+    const SpanHead sh = span_head(p.span, p.ramp, w.h, w.sq);
+    float qr[kSlots];
+    load_row<T, kSlots>(qr, row_ptr<T>(p.q, w.row, p.d.D), w.ok ? p.d.D : 0, p.scale, lane);
+    SoftmaxRow<kSlots> row;
+    for_each_span_key<T, kSlots, kTileN>(sm, p, w, sh, [&](int64_t, float m, const float* kr, const float* vr) {
+      row.add(row_dot<kSlots>(qr, kr, lane) + (m < 1.0f ? __logf(m) : 0.0f), vr, lane);
+    });
+    if (w.ok) row.store(static_cast<T*>(p.out) + w.row * p.d.Dv, p.lse + w.row, p.d.Dv, w.g, lane);
   });
-  return cudaGetLastError();
+}
+
+template <typename T, int kSlots, int kTileN = tile_keys<kSlots>()>
+__global__ void __launch_bounds__(kWarps * 32, 4) span_bwd_dq_kernel(SpanBwdParams p, int64_t n_tiles) {
+  __shared__ KVTile<kSlots, kTileN> sm;
+  const int lane = threadIdx.x & 31;
+  const Shape& d = p.d;
+  for_each_active_row<kWarps>(p, n_tiles, [&](const ActiveRow& w) {
+    const SpanHead sh = span_head(p.span, p.ramp, w.h, w.sq);
+    const int64_t ip = w.i + w.sq.offset();
+    GradRow<T, kSlots> g(p.q, p.dout, p.out, d, w.row, w.ok, p.scale, lane);
+    const float L = w.ok ? p.lse[w.row] : INFINITY;
+    float dg = 0.0f, dspan = 0.0f;
+    for_each_span_key<T, kSlots, kTileN>(sm, p, w, sh, [&](int64_t j, float m, const float* kr, const float* vr) {
+      const float e = __expf(row_dot<kSlots>(g.q, kr, lane) - L), dp = row_dot<kSlots>(g.dout, vr, lane);
+      const float t = w.g * dp - g.delta;
+      axpy_row<kSlots>(g.dq, m * e * t, kr, lane);
+      dg += m * e * dp;
+      const int64_t x = ip - j;
+      if (span_ramp_raw(sh.A, sh.R, x < 0 ? -x : x) <= 1.0f) dspan += e * t;  // on the ramp: dm/dspan = 1/R
+    });
+    if (!w.ok) return;
+    save_row<T, kSlots>(static_cast<T*>(p.dq) + w.row * d.D, g.dq, p.scale, d.D, lane);
+    if (lane == 0) {
+      p.delta[w.row] = g.delta;
+      p.dg[w.row] = dg;
+      p.dspan_rows[w.row] = dspan;
+    }
+  });
+}
+
+template <typename T, int kSlots>
+__global__ void __launch_bounds__(kWarpsKV * 32, 2) span_bwd_dkdv_kernel(SpanBwdParams p, int64_t n_tiles) {
+  enum { kL, kDelta, kGate, kVals };
+  __shared__ RowTile<kSlots, kVals> sm;  // q staged times scale: dk += dS (scale q)
+  const int lane = threadIdx.x & 31;
+  const Shape& d = p.d;
+  key_blocks<T, kSlots, kVals>(
+      sm, d, p.r, p.q, p.k, p.v, p.dout, p.dk, p.dv, p.scale, n_tiles,
+      [&](const Seq& sq, int64_t h, int64_t j0, int64_t j_end) {  // rows with 0 <= i' - j <= reach (|.| bidirectional)
+        const int64_t reach = span_head(p.span, p.ramp, h, sq).reach;
+        return RowRange{iclamp((p.causal ? j0 : j0 - reach) - sq.offset(), 0, sq.nq),
+                        iclamp(j_end - 1 + reach - sq.offset() + 1, 0, sq.nq)};
+      },
+      [&](const Seq& sq, int64_t h, int t, int64_t row, int64_t i) {
+        sm.val[kL][t] = p.lse[row];
+        sm.val[kDelta][t] = p.delta[row];
+        sm.val[kGate][t] = p.period ? span_gate(i + sq.offset(), p.phase[h], p.period[h], p.duty).g : 1.0f;
+      },
+      [&](const Seq& sq, int64_t h, int64_t i, int64_t j, int t, const float (&kr)[kSlots], const float (&vr)[kSlots],
+          float& P, float& dS) {
+        const float g = sm.val[kGate][t];
+        const int64_t x = i + sq.offset() - j;
+        if (g <= 0.0f || (p.causal && x < 0)) return false;  // gated-off row (not computed), or a future key
+        const float m = span_head(p.span, p.ramp, h, sq).m(x);
+        if (m <= 0.0f) return false;
+        const float pt = m * __expf(row_dot<kSlots>(kr, sm.q[t], lane) - sm.val[kL][t]);
+        dS = pt * (g * row_dot<kSlots>(vr, sm.dout[t], lane) - sm.val[kDelta][t]);
+        P = pt * g;
+        return true;
+      });
+}
+
+// Block h: dL/dspan_h = sum_rows dspan_rows / R, and with a gate dL/dphase_h, dL/dperiod_h from the
+// rows' dL/dg through the gate's derivative (common/selection.h), summed in fp64.
+__global__ void __launch_bounds__(kReduceThreads) span_param_grads_kernel(SpanBwdParams p) {
+  __shared__ double part[3][kReduceThreads / 32];
+  const Shape& d = p.d;
+  const int64_t h = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  double sums[3] = {0.0, 0.0, 0.0};  // dspan * R, dphase, dperiod
+  for (int64_t s = 0; s < p.r.num_seqs; ++s) {
+    const Seq sq = seq_at(d, p.r, s);
+    for (int64_t i = threadIdx.x; i < sq.nq; i += blockDim.x) {
+      const int64_t row = q_index(d, sq, h, i);
+      sums[0] += p.dspan_rows[row];
+      if (p.period) {
+        const SpanGate gate = span_gate(i + sq.offset(), p.phase[h], p.period[h], p.duty);
+        span_gate_grads(gate, p.period[h], p.dg[row], &sums[1], &sums[2]);
+      }
+    }
+  }
+  for (int c = 0; c < 3; ++c) {
+    const double x = warp_sum(sums[c]);
+    if (lane == 0) part[c][warp] = x;
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  for (int c = 0; c < 3; ++c) {
+    sums[c] = 0.0;
+    for (int w = 0; w < kReduceThreads / 32; ++w) sums[c] += part[c][w];
+  }
+  p.dspan[h] = static_cast<float>(sums[0] / p.ramp);
+  if (p.period) {
+    p.dphase[h] = static_cast<float>(sums[1]);
+    p.dperiod[h] = static_cast<float>(sums[2]);
+  }
+}
+
+template <typename P>
+bool valid_span(const P& p) {
+  return valid_shape(p.d, p.r) && p.ramp > 0.0f && p.duty >= 0.0f && p.duty < 1.0f &&
+         (p.period == nullptr) == (p.phase == nullptr) && (p.period == nullptr || p.plan.idx && p.plan.cnt);
 }
 
 }  // namespace
 
 cudaError_t adaptive_span_attention_fwd_cuda(const SpanParams& p, int dtype, cudaStream_t stream) {
-  if (p.D < 1 || p.Dv < 1 || p.D > kMaxD || p.Dv > kMaxD) return cudaErrorInvalidValue;
-  if (p.Hk <= 0 || p.Hq % p.Hk != 0 || !(p.ramp > 0.0f) || !(p.duty >= 0.0f && p.duty < 1.0f)) {
+  if (!valid_span(p)) return cudaErrorInvalidValue;
+  if (p.d.Nk == 0) return cudaSuccess;  // every row: zeros, lse = +inf (the caller's fill)
+  return launch_rows<kWarps>(dtype, p.d, p.r, [&](auto tag, auto slots, const Grid& rows) {
+    const cudaError_t err = launch_span_plan(p.d, p.r, p.period, p.phase, p.duty, p.plan, stream);
+    if (err == cudaSuccess) {
+      span_fwd_kernel<decltype(tag), decltype(slots)::value><<<rows.dim(), kWarps * 32, 0, stream>>>(p, rows.tiles);
+    }
+    return err;
+  });
+}
+
+cudaError_t adaptive_span_attention_bwd_cuda(const SpanBwdParams& p, int dtype, cudaStream_t stream) {
+  if (!valid_span(p) || p.dspan == nullptr || (p.period != nullptr && (!p.dperiod || !p.dphase))) {
     return cudaErrorInvalidValue;
   }
-  if ((p.period == nullptr) != (p.phase == nullptr) || (p.idx == nullptr) != (p.cnt == nullptr)) {
-    return cudaErrorInvalidValue;
-  }
-  if (p.B * p.Hq * p.Nq == 0 || p.Nk == 0) return cudaSuccess;
-  return by_dtype(dtype, [&](auto tag) { return launch<decltype(tag)>(p, stream); });
+  if (p.d.Nk == 0) return cudaSuccess;  // zero gradients (the caller's fill)
+  return launch_backward<kWarps>(dtype, p.d, p.r, [&](auto tag, auto slots, const Grid& rows, const Grid& keys) {
+    using T = decltype(tag);
+    constexpr int S = decltype(slots)::value;
+    const cudaError_t err = launch_span_plan(p.d, p.r, p.period, p.phase, p.duty, p.plan, stream);
+    if (err != cudaSuccess) return err;
+    span_bwd_dq_kernel<T, S><<<rows.dim(), kWarps * 32, 0, stream>>>(p, rows.tiles);
+    span_bwd_dkdv_kernel<T, S><<<keys.dim(), kWarpsKV * 32, 0, stream>>>(p, keys.tiles);
+    span_param_grads_kernel<<<static_cast<unsigned>(p.d.Hq), kReduceThreads, 0, stream>>>(p);
+    return cudaSuccess;
+  });
 }
 
 }  // namespace fastattn::cuda

@@ -1,101 +1,107 @@
-// Torch-free CUDA forward of softmax_attention: one warp per query row, a block of kWarps rows
-// sharing kTileN-key tiles of K and V staged in shared memory. Each lane owns D/32 (rounded up)
-// head-dim slots; q.k is a warp all-reduce; the online softmax keeps (max, sum) per row.
-// Correctness-first: the fast GPU path is the Triton kernel (kernels/softmax_attention.py).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include "common/macros.h"
-#include "common/online_softmax.h"
-#include "cuda/device_common.cuh"
+// Torch-free CUDA softmax_attention, correctness-first (the fast GPU path is the Triton kernel,
+// kernels/softmax_attention.py). Blocks are scheduled per (sequence, head, tile): no tile spans two
+// sequences, and key tiles holding only padding are skipped.
+// Forward: one warp per query row, a block of kWarps rows sharing kTileN-key tiles of K and V staged
+// in shared memory; q.k is a warp all-reduce; the online softmax keeps (max, sum) per row.
+// Backward (fp32 accumulation, no Nq x Nk buffer, no atomics), two kernels:
+//   dq:   one warp per query row, as the forward: delta_i = dO_i . O_i (kept for the next kernel),
+//         then over the row's keys P = exp(s - lse), dP = dO . v, dS = P (dP - delta), dq += scale dS k;
+//   dkdv: one block per (sequence, kv head, kKeys keys), each warp holding its keys' k, v, dk, dv in
+//         registers, walking the query rows of every head of its GQA group in staged tiles:
+//         dv += P dO, dk += dS (scale q).
 #include "cuda/softmax_attention.cuh"
+
+#include "common/online_softmax.h"
+#include "cuda/key_blocks.cuh"
 
 namespace fastattn::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kMaxD = 256;
+constexpr int kWarps = 4;  // rows per block (forward, dq)
 
-// kSlots = ceil(max(D, Dv) / 32) head-dim elements per lane.
-// kTileN keys per staged tile: 2 * kTileN * kSlots * 32 floats stay within 48 KB static smem.
-template <typename T, int kSlots, int kTileN = (kSlots >= 8 ? 16 : 32)>
-__global__ void __launch_bounds__(kWarps * 32) softmax_fwd_kernel(SoftmaxParams p) {
-  __shared__ float ks[kTileN][kSlots * 32];
-  __shared__ float vs[kTileN][kSlots * 32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  // 1-D grid (gridDim.y/z are capped at 65535, B * Hq is not): block = (b, h) x row block.
-  const int64_t n_rb = (p.Nq + kWarps - 1) / kWarps;
-  const int64_t blk = blockIdx.x, rb = blk % n_rb, bh = blk / n_rb;
-  const int64_t b = bh / p.Hq, h = bh % p.Hq, hk = h / (p.Hq / p.Hk);
-  const int64_t i = rb * kWarps + warp;
-  const bool row_ok = i < p.Nq;
-  const T* q = static_cast<const T*>(p.q) + ((b * p.Hq + h) * p.Nq + (row_ok ? i : 0)) * p.D;
-  const T* k = static_cast<const T*>(p.k) + (b * p.Hk + hk) * p.Nk * p.D;
-  const T* v = static_cast<const T*>(p.v) + (b * p.Hk + hk) * p.Nk * p.Dv;
-  float qr[kSlots], acc[kSlots];
-#pragma unroll
-  for (int s = 0; s < kSlots; ++s) {
-    const int d = s * 32 + lane;
-    qr[s] = (row_ok && d < p.D) ? to_f(q[d]) * p.scale : 0.0f;
-    acc[s] = 0.0f;
-  }
-  const int64_t offset = p.Nk - p.Nq;
-  // Keys any row of this block may see.
-  const int64_t last_row = imin(rb * kWarps + kWarps - 1, p.Nq - 1);
-  const int64_t kend = p.causal ? imax(0, imin(p.Nk, last_row + offset + 1)) : p.Nk;
-  const int64_t limit = p.causal ? imax(0, imin(p.Nk, i + offset + 1)) : p.Nk;
-  OnlineSoftmax st;
-  for (int64_t j0 = 0; j0 < kend; j0 += kTileN) {
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < kTileN * kSlots * 32; idx += blockDim.x) {
-      const int r = idx / (kSlots * 32), c = idx % (kSlots * 32);
-      const int64_t j = j0 + r;
-      ks[r][c] = (j < p.Nk && c < p.D) ? to_f(k[j * p.D + c]) : 0.0f;
-      vs[r][c] = (j < p.Nk && c < p.Dv) ? to_f(v[j * p.Dv + c]) : 0.0f;
-    }
-    __syncthreads();
-    if (!row_ok) continue;
-    const int64_t n = imin(kTileN, limit - j0);
-    for (int64_t r = 0; r < n; ++r) {
-      float dot = 0.0f;
-#pragma unroll
-      for (int s = 0; s < kSlots; ++s) dot += qr[s] * ks[r][s * 32 + lane];
-      const float score = warp_sum(dot);
-      const OnlineSoftmax::Step step = st.push(score);
-#pragma unroll
-      for (int s = 0; s < kSlots; ++s) acc[s] = acc[s] * step.rescale + step.weight * vs[r][s * 32 + lane];
-    }
-  }
-  if (!row_ok) return;
-  const int64_t row = (b * p.Hq + h) * p.Nq + i;
-  T* out = static_cast<T*>(p.out) + row * p.Dv;
-  const float inv = st.sum > 0.0f ? 1.0f / st.sum : 0.0f;
-#pragma unroll
-  for (int s = 0; s < kSlots; ++s) {
-    const int d = s * 32 + lane;
-    if (d < p.Dv) out[d] = from_f<T>(acc[s] * inv);
-  }
-  if (lane == 0) p.lse[row] = st.lse();
+template <typename T, int kSlots, int kTileN = tile_keys<kSlots>()>
+__global__ void __launch_bounds__(kWarps * 32, 4) softmax_fwd_kernel(SoftmaxParams p, int64_t n_tiles) {
+  __shared__ KVTile<kSlots, kTileN> sm;
+  const int lane = threadIdx.x & 31;
+  for_each_warp_row<kWarps>(p.d, p.r, n_tiles, [&](const WarpRow& w) {
+    float qr[kSlots];
+    load_row<T, kSlots>(qr, row_ptr<T>(p.q, w.row, p.d.D), w.ok ? p.d.D : 0, p.scale, lane);
+    SoftmaxRow<kSlots> row;
+    for_each_row_key<T, kSlots, kTileN>(sm, p.k, p.v, p.d, p.r, w, p.causal, [&](int64_t, const float* kr, const float* vr) {
+      row.add(row_dot<kSlots>(qr, kr, lane), vr, lane);
+    });
+    if (w.ok) row.store(static_cast<T*>(p.out) + w.row * p.d.Dv, p.lse + w.row, p.d.Dv, 1.0f, lane);
+  });
 }
 
-template <typename T>
-cudaError_t launch(const SoftmaxParams& p, cudaStream_t stream) {
-  const int64_t blocks = (p.Nq + kWarps - 1) / kWarps * p.B * p.Hq;
-  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x limit (2^31 - 1)
-  const dim3 grid(static_cast<unsigned>(blocks));
-  by_slots(p.D, p.Dv, [&](auto slots) {
-    softmax_fwd_kernel<T, decltype(slots)::value><<<grid, kWarps * 32, 0, stream>>>(p);
+// Whether key j (score s) is in a row with threshold tau and log-sum-exp L: top-K keeps s >= tau;
+// on NaN rows (L = NaN) every allowed key is, so the row's gradients come out NaN.
+__device__ __forceinline__ bool kept(float s, float tau, float L) { return s >= tau || isnan(L); }
+
+template <typename T, int kSlots, int kTileN = tile_keys<kSlots>()>
+__global__ void __launch_bounds__(kWarps * 32, 4) softmax_bwd_dq_kernel(SoftmaxBwdParams p, int64_t n_tiles) {
+  __shared__ KVTile<kSlots, kTileN> sm;
+  const int lane = threadIdx.x & 31;
+  const Shape& d = p.d;
+  for_each_warp_row<kWarps>(d, p.r, n_tiles, [&](const WarpRow& w) {
+    GradRow<T, kSlots> g(p.q, p.dout, p.out, d, w.row, w.ok, p.scale, lane);
+    if (w.ok && lane == 0) p.delta[w.row] = g.delta;
+    const float L = w.ok ? p.lse[w.row] : INFINITY;  // +inf: no key, P = 0
+    const float tau = (w.ok && p.tau) ? p.tau[w.row] : -INFINITY;
+    for_each_row_key<T, kSlots, kTileN>(sm, p.k, p.v, d, p.r, w, p.causal, [&](int64_t, const float* kr, const float* vr) {
+      const float s = row_dot<kSlots>(g.q, kr, lane);
+      if (!kept(s, tau, L)) return;  // warp-uniform
+      axpy_row<kSlots>(g.dq, __expf(s - L) * (row_dot<kSlots>(g.dout, vr, lane) - g.delta), kr, lane);
+    });
+    if (w.ok) save_row<T, kSlots>(static_cast<T*>(p.dq) + w.row * d.D, g.dq, p.scale, d.D, lane);
   });
-  return cudaGetLastError();
+}
+
+template <typename T, int kSlots>
+__global__ void __launch_bounds__(kWarpsKV * 32, 2) softmax_bwd_dkdv_kernel(SoftmaxBwdParams p, int64_t n_tiles) {
+  enum { kL, kDelta, kTau, kVals };
+  __shared__ RowTile<kSlots, kVals> sm;  // q staged times scale: dk += dS (scale q)
+  const int lane = threadIdx.x & 31;
+  const Shape& d = p.d;
+  key_blocks<T, kSlots, kVals>(
+      sm, d, p.r, p.q, p.k, p.v, p.dout, p.dk, p.dv, p.scale, n_tiles,
+      [&](const Seq& sq, int64_t, int64_t j0, int64_t) {  // causal: rows with i' >= j0
+        return RowRange{p.causal ? iclamp(j0 - sq.offset(), 0, sq.nq) : 0, sq.nq};
+      },
+      [&](const Seq&, int64_t, int t, int64_t row, int64_t) {
+        sm.val[kL][t] = p.lse[row];
+        sm.val[kDelta][t] = p.delta[row];
+        sm.val[kTau][t] = p.tau ? p.tau[row] : -INFINITY;
+      },
+      [&](const Seq& sq, int64_t, int64_t i, int64_t j, int t, const float (&kr)[kSlots], const float (&vr)[kSlots],
+          float& P, float& dS) {
+        if (p.causal && j > i + sq.offset()) return false;
+        const float s = row_dot<kSlots>(kr, sm.q[t], lane), L = sm.val[kL][t];
+        if (!kept(s, sm.val[kTau][t], L)) return false;
+        P = __expf(s - L);
+        dS = P * (row_dot<kSlots>(vr, sm.dout[t], lane) - sm.val[kDelta][t]);
+        return true;
+      });
 }
 
 }  // namespace
 
 cudaError_t softmax_attention_fwd_cuda(const SoftmaxParams& p, int dtype, cudaStream_t stream) {
-  if (p.D < 1 || p.Dv < 1 || p.D > kMaxD || p.Dv > kMaxD) return cudaErrorInvalidValue;
-  if (p.Hk <= 0 || p.Hq % p.Hk != 0) return cudaErrorInvalidValue;
-  if (p.B * p.Hq * p.Nq == 0) return cudaSuccess;
-  return by_dtype(dtype, [&](auto tag) { return launch<decltype(tag)>(p, stream); });
+  return launch_rows<kWarps>(dtype, p.d, p.r, [&](auto tag, auto slots, const Grid& rows) {
+    softmax_fwd_kernel<decltype(tag), decltype(slots)::value><<<rows.dim(), kWarps * 32, 0, stream>>>(p, rows.tiles);
+    return cudaSuccess;
+  });
+}
+
+cudaError_t softmax_attention_bwd_cuda(const SoftmaxBwdParams& p, int dtype, cudaStream_t stream) {
+  // (no rows: nothing to do; the caller zero-fills the gradients)
+  return launch_backward<kWarps>(dtype, p.d, p.r, [&](auto tag, auto slots, const Grid& rows, const Grid& keys) {
+    using T = decltype(tag);
+    constexpr int S = decltype(slots)::value;
+    softmax_bwd_dq_kernel<T, S><<<rows.dim(), kWarps * 32, 0, stream>>>(p, rows.tiles);
+    if (keys.blocks > 0) softmax_bwd_dkdv_kernel<T, S><<<keys.dim(), kWarpsKV * 32, 0, stream>>>(p, keys.tiles);
+    return cudaSuccess;
+  });
 }
 
 }  // namespace fastattn::cuda

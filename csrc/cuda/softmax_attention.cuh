@@ -1,24 +1,47 @@
-// Torch-free CUDA forward of softmax_attention (SPEC.md §1): raw pointers and a stream.
+// Torch-free CUDA softmax_attention (SPEC.md §1), forward and backward: raw pointers and a stream.
+// The backward also serves topk_attention (its selection fixed by tau).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "cuda/problem.h"
+
 namespace fastattn::cuda {
 
 struct SoftmaxParams {
-  const void* q;  // (B, Hq, Nq, D), contiguous
+  const void* q;  // (B, Hq, Nq, D)
   const void* k;  // (B, Hk, Nk, D)
   const void* v;  // (B, Hk, Nk, Dv)
   void* out;      // (B, Hq, Nq, Dv), q's dtype
-  float* lse;     // (B, Hq, Nq): log-sum-exp, +inf on rows with no allowed key
-  int64_t B, Hq, Hk, Nq, Nk, D, Dv;
+  float* lse;     // (B, Hq, Nq): log-sum-exp; +inf on rows with no allowed key, NaN on NaN rows
+  Shape d;
+  Ragged r;
   bool causal;
   float scale;
 };
 
-// dtype: 0 float32, 1 float16, 2 bfloat16. Head dims up to 256. Returns the launch error, if any.
+struct SoftmaxBwdParams {
+  const void* dout;  // (B, Hq, Nq, Dv)
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* out;
+  const float* lse;
+  const float* tau;  // (B, Hq, Nq): keys with s < tau were not attended (top-K); or null
+  void* dq;          // like q (every row written)
+  void* dk;          // like k (every key written; summed over each GQA group)
+  void* dv;          // like v
+  float* delta;      // (B, Hq, Nq) scratch: dout . out per row
+  Shape d;
+  Ragged r;
+  bool causal;
+  float scale;
+};
+
+// dtype: 0 float32, 1 float16, 2 bfloat16. Head dims up to kMaxHeadDim. Returns the launch error.
 cudaError_t softmax_attention_fwd_cuda(const SoftmaxParams& p, int dtype, cudaStream_t stream);
+cudaError_t softmax_attention_bwd_cuda(const SoftmaxBwdParams& p, int dtype, cudaStream_t stream);
 
 }  // namespace fastattn::cuda
