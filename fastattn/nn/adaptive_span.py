@@ -1,5 +1,5 @@
 """AdaptiveSpanAttention: multi-head attention with a learnable per-head span (Sukhbaatar et al., 2019)
-and an optional learnable periodic query gate (SPEC §4), on fastattn.adaptive_span_attention.
+and an optional learnable periodic query gate (docs/semantics.md §4), on fastattn.adaptive_span_attention.
 
 Span: a per-head parameter in tokens. The forward uses span.clamp(0, max_span), and the trainer calls
 `clamp_()` after each optimizer step so the parameter itself stays in [0, max_span] (where its
