@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, CheckpointWriteError
 from .config import ConfigError
 
 
@@ -32,6 +32,9 @@ def train_main(argv=None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:  # config-level mistakes
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as exc:  # disk full etc.: the last reported checkpoint is intact
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
