@@ -45,7 +45,7 @@ test: build
 # variant of the extension (fastattn._C, x86-64-v3: AVX2) next to the AVX-512 one
 # (fastattn._C_avx512); FASTATTN_CPU_VARIANT=portable makes fastattn load the portable one, and the
 # op tests for the cpu backend run on it. x86-64 hosts only (elsewhere only one variant is built).
-PORTABLE_TESTS := tests/test_softmax_attention.py tests/test_relu_attention.py \
+PORTABLE_TESTS := tests/test_ext.py tests/test_softmax_attention.py tests/test_relu_attention.py \
                   tests/test_topk_attention.py tests/test_adaptive_span_attention.py
 define RUN_PORTABLE_TESTS
 @if [ "$$(uname -m)" != x86_64 ]; then echo "test-portable: x86-64 builds only; skipped on $$(uname -m)"; exit 0; fi; \
