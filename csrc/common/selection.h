@@ -1,8 +1,8 @@
 // Which keys a query row keeps, and with what weight, beyond causal masking: math the CPU and CUDA
 // kernels share, written once for host and device code.
 //   - the head-dim limit of the fused kernels;
-//   - top-K (SPEC.md §3): the tie margin that lowers the K-th score to the threshold tau;
-//   - adaptive span (SPEC.md §4): the ramp m(x) = clamp((A - x) / R, 0, 1) with A = fp32(R + span_h),
+//   - top-K (docs/semantics.md §3): the tie margin that lowers the K-th score to the threshold tau;
+//   - adaptive span (docs/semantics.md §4): the ramp m(x) = clamp((A - x) / R, 0, 1) with A = fp32(R + span_h),
 //     and the triangle-wave query gate g(i') with its derivative (for the period/phase gradients).
 // The Python side (reference, Triton) has its own single definition of each: fastattn/ops and kernels/.
 #pragma once

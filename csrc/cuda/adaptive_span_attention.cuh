@@ -1,5 +1,5 @@
-// Torch-free CUDA adaptive_span_attention (SPEC.md §4), forward and backward: raw pointers and a
-// stream. The contract (math, gate, reach, skipping) is fastattn/ops/adaptive_span_attention.py's.
+// Torch-free CUDA adaptive_span_attention (docs/semantics.md §4), forward and backward: raw pointers
+// and a stream. The contract (math, gate, reach, skipping) is fastattn/ops/adaptive_span_attention.py's.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,4 +1,4 @@
-// Torch-free CUDA relu_attention (SPEC.md §2), forward and backward: raw pointers and a stream.
+// Torch-free CUDA relu_attention (docs/semantics.md §2), forward and backward: raw pointers and a stream.
 // Contract: fastattn/ops/relu_attention.py (the backward is the gradient of the unquantized op).
 #pragma once
 

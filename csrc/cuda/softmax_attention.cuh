@@ -1,4 +1,4 @@
-// Torch-free CUDA softmax_attention (SPEC.md §1), forward and backward: raw pointers and a stream.
+// Torch-free CUDA softmax_attention (docs/semantics.md §1), forward and backward: raw pointers and a stream.
 // The backward also serves topk_attention (its selection fixed by tau).
 #pragma once
 
