@@ -7,7 +7,6 @@
 #include "bindings/ragged.h"
 #include "cpu/attention_common.h"
 
-
 namespace {
 
 using Fwd = std::tuple<at::Tensor, at::Tensor>;
@@ -26,7 +25,6 @@ Bwd bwd_meta(const at::Tensor&, const at::Tensor& q, const at::Tensor& k, const 
   return {at::empty_like(q), at::empty_like(k), at::empty_like(v), at::empty_like(span), at::empty_like(period),
           at::empty_like(period)};
 }
-
 
 }  // namespace
 

@@ -6,7 +6,6 @@
 #include "cpu/attention_common.h"
 #include "cpu/relu_attention.h"
 
-
 namespace {
 
 using Fwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
@@ -24,7 +23,6 @@ Bwd bwd_meta(const at::Tensor&, const at::Tensor& q, const at::Tensor& k, const 
              const at::Tensor&, bool, double, int64_t, int64_t) {
   return {at::empty_like(q), at::empty_like(k), at::empty_like(v), at::empty_like(gamma), at::empty_like(sink)};
 }
-
 
 }  // namespace
 

@@ -6,7 +6,6 @@
 #include "cpu/attention_common.h"
 #include "cpu/softmax_attention.h"
 
-
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -32,7 +31,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_meta(const at::Tensor&, const
                                                         const at::Tensor&, const at::Tensor&, bool, double) {
   return {at::empty_like(q), at::empty_like(k), at::empty_like(v)};
 }
-
 
 }  // namespace
 

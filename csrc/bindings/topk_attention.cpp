@@ -9,12 +9,10 @@
 #include "cpu/softmax_attention.h"
 #include "cpu/topk_attention.h"
 
-
 namespace {
 
 using fastattn::cpu::softmax_attention_bwd_cpu;
 using fastattn::cpu::topk_attention_threshold_cpu;
-
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cpu(const at::Tensor& dout, const at::Tensor& q,
                                                        const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
@@ -39,7 +37,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_meta(const at::Tensor&, const
                                                         const at::Tensor&, bool, double) {
   return {at::empty_like(q), at::empty_like(k), at::empty_like(v)};
 }
-
 
 }  // namespace
 
