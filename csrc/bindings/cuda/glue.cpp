@@ -59,7 +59,7 @@ void Call::check(cudaError_t err) const {
 }
 
 const float* Call::f32(const at::Tensor& t, const char* name, at::IntArrayRef sizes, bool optional) const {
-  if (optional && t.numel() == 0) return nullptr;
+  if (optional && (!t.defined() || t.numel() == 0)) return nullptr;
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.sizes() == sizes && t.is_contiguous() && t.device() == q.device(),
               op, ": ", name, " must be a contiguous float32 tensor of shape ", sizes, " on ", q.device(),
               optional ? " (or empty)" : "", ", got ", t.sizes(), " ", t.scalar_type(), " on ", t.device());

@@ -30,7 +30,8 @@ class Call {
 
   // Throws (naming the op) unless the launcher returned cudaSuccess.
   void check(cudaError_t err) const;
-  // A float32 CUDA tensor of exactly `sizes` on q's device: its data; an empty tensor when `optional`: null.
+  // A float32 CUDA tensor of exactly `sizes` on q's device: its data; an empty or undefined tensor when
+  // `optional`: null.
   const float* f32(const at::Tensor& t, const char* name, at::IntArrayRef sizes, bool optional = false) const;
   // dout / out of a backward: contiguous (B, Hq, Nq, Dv) in q's dtype.
   void check_rows(const at::Tensor& t, const char* name) const;
