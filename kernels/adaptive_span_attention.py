@@ -1,4 +1,4 @@
-"""Triton adaptive-span attention (SPEC.md §4): soft span mask + triangle-wave query gate, with the
+"""Triton adaptive-span attention (docs/semantics.md §4): soft span mask + triangle-wave query gate, with the
 skipped work never done: the kernels follow the host-side plan of kernels/adaptive_span_plan.py
 (compacted active query rows per head; per query tile the key range within reach, per key tile the
 compacted query range that can see it) and apply the exact mask per element.

@@ -1,4 +1,4 @@
-"""The work plan of the Triton adaptive-span kernels (SPEC.md §4), on the host with a few O(Hq * Nq)
+"""The work plan of the Triton adaptive-span kernels (docs/semantics.md §4), on the host with a few O(Hq * Nq)
 torch ops, never an Nq x Nk anything. The kernels (kernels/adaptive_span_attention.py) only follow it.
 
   * gated-off queries (g = 0) are dropped by COMPACTING each head's active query positions into
