@@ -1,4 +1,4 @@
-"""`python -m fastattn {info,bench,train,generate,compare-kinds}`."""
+"""`python -m fastattn {info,bench,train,generate,compare-kinds,task}`."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     p_gen = sub.add_parser("generate", help="generate text from a checkpoint", add_help=False)
     sub.add_parser("compare-kinds", help="train a config once per attention kind; bits/byte vs tokens/s",
                    add_help=False)
+    sub.add_parser("task", help="fine-tune and score a task: text-to-sql, natural-wonders", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "info":
         return _info(args)
@@ -58,6 +59,9 @@ def main(argv=None) -> int:
     if args.cmd == "compare-kinds":
         from .train.compare import main as compare_main
         return compare_main(rest)
+    if args.cmd == "task":
+        from .tasks.cli import main as task_main
+        return task_main(rest)
     return 2
 
 
