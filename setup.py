@@ -58,7 +58,7 @@ setup(
     description="Fused ReLU (ByteScale), top-K sparse and adaptive-span attention kernels for PyTorch",
     packages=find_packages(include=["fastattn", "fastattn.*"]) + ["fastattn.kernels"],
     package_dir={"fastattn.kernels": "kernels"},
-    package_data={"fastattn": ["../configs/*.yaml"]},
+    package_data={"fastattn.configs": ["*.yaml"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={

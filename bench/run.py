@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(HERE, "results", info["machine"])
 
     if args.compile_report:
-        from fastattn import compile_check
-        rows = compile_check.report()
-        table = compile_check.format_table(rows)
+        from . import compile_report
+        rows = compile_report.report()
+        table = compile_report.format_table(rows)
         print(table)
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "compile_report.md"), "w") as f:

@@ -5,6 +5,8 @@ import argparse
 import platform
 import sys
 
+from ._optional import missing_message
+
 
 def _info(args) -> int:
     import torch
@@ -38,17 +40,35 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastattn")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions, backends available and why the others are not")
-    p_bench = sub.add_parser("bench", help="kernel benchmarks (see bench/)", add_help=False)
-    p_train = sub.add_parser("train", help="train a model from a YAML config", add_help=False)
-    p_gen = sub.add_parser("generate", help="generate text from a checkpoint", add_help=False)
+    sub.add_parser("bench", help="kernel benchmarks (bench/ of the source checkout; run in its root)", add_help=False)
+    sub.add_parser("train", help="train a model from a YAML config", add_help=False)
+    sub.add_parser("generate", help="generate text from a checkpoint", add_help=False)
     sub.add_parser("compare-kinds", help="train a config once per attention kind; bits/byte vs tokens/s",
                    add_help=False)
     sub.add_parser("task", help="fine-tune and score a task: text-to-sql, natural-wonders", add_help=False)
     args, rest = parser.parse_known_args(argv)
+    try:
+        return _run(args, rest)
+    except ModuleNotFoundError as exc:  # an optional dependency: one line saying which extra to install
+        msg = missing_message(exc, f"python -m fastattn {args.cmd}")
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _run(args, rest) -> int:
     if args.cmd == "info":
         return _info(args)
     if args.cmd == "bench":
-        from .bench_runner import main as bench_main
+        try:  # the checkout's bench/ (`python -m` puts the working directory on sys.path)
+            from bench.run import main as bench_main
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("bench", "bench.run"):
+                raise
+            print("error: the benchmarks ship with the source checkout, not the package: run "
+                  "`python -m fastattn bench` (or `make bench`) in the checkout's root", file=sys.stderr)
+            return 2
         return bench_main(rest)
     if args.cmd == "train":
         from .train.cli import train_main

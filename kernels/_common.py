@@ -20,4 +20,11 @@ def block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-TL_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+# Triton's signature type names of the element types the kernels take.
+_TL_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8",
+            torch.int32: "i32"}
+
+
+def pointer(dtype: torch.dtype) -> str:
+    """Signature type of a pointer to `dtype` elements, e.g. '*fp16' (the plain data of aot_specs)."""
+    return "*" + _TL_TYPE[dtype]

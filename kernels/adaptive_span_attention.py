@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, upcast_dots
+from ._common import block_d, interpreting, pointer, upcast_dots
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -472,8 +472,7 @@ def adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase, ra
 
 
 def aot_specs(dtype: torch.dtype, head_dim: int):
-    """Default GPU configurations of this module's kernels, for fastattn.compile_check."""
-    from fastattn.compile_check import pointer
+    """Default GPU configurations of this module's kernels, for bench/compile_report.py."""
     BM, BN, warps, stages = _config(head_dim, head_dim, dtype)
     p, f, i = pointer(dtype), pointer(torch.float32), pointer(torch.int32)
     dims = {"Hq": "i32", "Hk": "i32", "Nq": "i32", "Nk": "i32", "D": "i32", "Dv": "i32"}

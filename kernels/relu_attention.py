@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, upcast_dots
+from ._common import block_d, interpreting, pointer, upcast_dots
 
 
 @triton.jit
@@ -382,8 +382,7 @@ def relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slope
 
 
 def aot_specs(dtype: torch.dtype, head_dim: int):
-    """Default GPU configurations of this module's kernels, for fastattn.compile_check."""
-    from fastattn.compile_check import pointer
+    """Default GPU configurations of this module's kernels, for bench/compile_report.py."""
     BM, BN, warps, stages = _config(head_dim, head_dim, dtype)
     p, f, i32 = pointer(dtype), pointer(torch.float32), pointer(torch.int32)
     i8 = pointer(torch.int8)

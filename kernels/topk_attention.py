@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, upcast_dots
+from ._common import block_d, interpreting, pointer, upcast_dots
 from .softmax_attention import softmax_attention_bwd, softmax_attention_fwd
 
 MAX_TOPK = 128
@@ -118,8 +118,7 @@ def topk_attention_bwd(dout, q, k, v, out, lse, tau, causal: bool, scale: float)
 
 
 def aot_specs(dtype: torch.dtype, head_dim: int):
-    """Default GPU configuration of the threshold kernel, for fastattn.compile_check."""
-    from fastattn.compile_check import pointer
+    """Default GPU configuration of the threshold kernel, for bench/compile_report.py."""
     p, f = pointer(dtype), pointer(torch.float32)
     return [dict(fn=topk_attention_threshold_kernel, num_warps=4, num_stages=1,
                  signature={"Q": p, "K": p, "GAMMA": f, "SLOPES": f, "CAND": f, "COUNT": pointer(torch.int32),

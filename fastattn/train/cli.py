@@ -1,6 +1,6 @@
 """`python -m fastattn train ...` and `python -m fastattn generate ...`.
 
-    python -m fastattn train --config configs/tiny.yaml [--set train.max_steps=100 ...]
+    python -m fastattn train --config tiny [--set train.max_steps=100 ...]
     python -m fastattn generate --checkpoint runs/tiny/ckpt.pt --prompt "def " [--stream]
     python -m fastattn generate --checkpoint runs/tiny/ckpt.pt --interactive   # prompts from stdin
 """
@@ -12,13 +12,13 @@ import time
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, CheckpointWriteError
 from .config import ConfigError
 
 
 def train_main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastattn train", description="train a TransformerLM from a YAML config")
-    ap.add_argument("--config", help="YAML file with sections model, data, train (see configs/)")
+    ap.add_argument("--config", help="a bundled config by name (tiny, small, tiny_relu, ...: fastattn/configs/) or a YAML file with sections model, data, train")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value (YAML-parsed), e.g. --set train.lr=3e-4; repeatable")
     args = ap.parse_args(argv)
@@ -32,6 +32,9 @@ def train_main(argv=None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:  # config-level mistakes
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as exc:  # disk full etc.: the last reported checkpoint is intact
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

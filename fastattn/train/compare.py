@@ -2,7 +2,7 @@
 data, same seed, and tabulate validation bits per byte against training tokens/s (one run, one
 machine, so the kinds are comparable).
 
-    python -m fastattn compare-kinds --config configs/small.yaml --steps 200 \
+    python -m fastattn compare-kinds --config small --steps 200 \
         --set train.batch_size=8 --set train.seq_len=256 [--kinds softmax,relu,topk,span] \
         [--kind-kwargs 'span={init_span: 64, periodic: true}']
 
@@ -13,7 +13,7 @@ every validation pass is measured here and subtracted). Writes compare.md and co
 <train.out_dir>; prints the table.
 
 Example (tiny, a few steps):
-    >>> rows = compare_kinds(load_config("configs/tiny.yaml", ["train.max_steps=4"]), ["softmax"])  # doctest: +SKIP
+    >>> rows = compare_kinds(load_config("tiny", ["train.max_steps=4"]), ["softmax"])  # doctest: +SKIP
     >>> sorted(rows[0])                                                                          # doctest: +SKIP
     ['attn_kwargs', 'kind', 'params', 'steps', 'train_tok_s', 'val_bpb', 'val_bpb_start', 'wall_s']
 """

@@ -8,7 +8,7 @@ A config file has three sections:
 
 `--set train.lr=3e-4` style overrides are applied before validation (values parsed as YAML).
 
-    >>> cfg = load_config("configs/tiny.yaml", ["train.max_steps=10"])     # doctest: +SKIP
+    >>> cfg = load_config("tiny", ["train.max_steps=10"])     # doctest: +SKIP
     >>> cfg.train.max_steps
     10
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import configs
 from ..data.corpus import DataConfig
 from ..models.transformer import PRESETS, TransformerConfig
 
@@ -187,11 +188,13 @@ def apply_overrides(raw: dict, overrides) -> dict:
 
 
 def load_config(path: str | Path | None, overrides=()) -> RunConfig:
+    """`path`: a YAML file, or the name of a bundled config (fastattn/configs/, e.g. "tiny")."""
     raw = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
+        try:
+            path = configs.resolve(path)
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -2,13 +2,18 @@
 clipping, dropout annealing, gradient accumulation, bf16 autocast, periodic validation (loss,
 perplexity, bits per byte), atomic checkpoints with exact resume, tqdm, and DDP under torchrun.
 
-    >>> cfg = load_config("configs/tiny.yaml", ["train.max_steps=20"])    # doctest: +SKIP
+    >>> cfg = load_config("tiny", ["train.max_steps=20"])    # doctest: +SKIP
     >>> Trainer(cfg).train()                                              # doctest: +SKIP
 
-Exact resume: a checkpoint holds the model, optimizer, scheduler, torch/python RNG states and the
-data position; continuing from it reproduces the uninterrupted run's losses bit for bit on CPU
-(same thread count). Under DDP only rank 0's RNG state is stored, so dropout on other ranks
+Exact resume: a checkpoint holds the model, optimizer, scheduler, torch/python/numpy RNG states
+and the data position; continuing from it reproduces the uninterrupted run's losses bit for bit on
+CPU (same thread count). Under DDP only rank 0's RNG state is stored, so dropout on other ranks
 differs after a resume (the data order does not).
+
+Fault tolerance: checkpoints are written atomically and durably (checkpoint.py), and the trainer
+logs "checkpoint step N written to PATH" only once the file is on disk, so after a crash at any
+moment PATH holds that checkpoint or a later complete one. A failed write (disk full) stops
+training with CheckpointWriteError and leaves the previous checkpoint in place.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -191,6 +197,7 @@ class Trainer:
         if tc.progress and self.is_main:
             from tqdm import tqdm
             bar = tqdm(total=stop, initial=self.step, desc="train", dynamic_ncols=True)
+        self._bar = bar
         if self.step == 0 and self.is_main:
             self._record(self.evaluate(), bar)
         elif self.step == 0:
@@ -224,7 +231,13 @@ class Trainer:
                 break
         if bar is not None:
             bar.close()
+        self._bar = None
         return self.history
+
+    def _say(self, msg: str) -> None:
+        """A log line that keeps the progress bar intact."""
+        bar = getattr(self, "_bar", None)
+        (bar.write if bar is not None else self.log)(msg)
 
     def _record(self, rec: dict, bar=None, echo: bool = True):
         self.history.append(rec)
@@ -247,14 +260,12 @@ class Trainer:
     def state(self) -> dict:
         return {
             "format": "fastattn-lm",
-            "version": 1,
+            "version": 2,
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-                    "python_version": random.getstate()[0],
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": rng_state(),
             "data": self.batches.state_dict(),
             "run_config": self.cfg.to_dict(),
             "model_config": self.model_cfg.to_dict(),
@@ -264,8 +275,10 @@ class Trainer:
         }
 
     def save(self, path: Path):
+        """Write the checkpoint (rank 0) and only then report it."""
         if self.is_main:
             save_checkpoint(self.state(), path)
+            self._say(f"checkpoint step {self.step} written to {path}")
         if self.world > 1:
             dist.barrier()
 
@@ -280,12 +293,30 @@ class Trainer:
         self.batches.load_state_dict(ck["data"])
         self.step = int(ck["step"])
         if self.rank == 0:  # other ranks keep their own dropout streams
-            torch.set_rng_state(ck["rng"]["torch"])
-            random.setstate((ck["rng"]["python_version"], tuple(ck["rng"]["python"]), None))
-            if ck["rng"]["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+            set_rng_state(ck["rng"])
         if self.is_main:
             self.log(f"resumed from {path} at step {self.step}")
+
+
+def rng_state() -> dict:
+    """The torch (CPU and CUDA), python and numpy global RNG states as tensors and plain values."""
+    py = random.getstate()
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(py[1]), "python_version": py[0],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(st: dict) -> None:
+    """Inverse of rng_state (a checkpoint without numpy's state leaves numpy's as it is)."""
+    torch.set_rng_state(st["torch"])
+    random.setstate((st["python_version"], tuple(st["python"]), None))
+    if "numpy" in st:
+        n = st["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if st["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
 
 
 class _null:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastattn import configs
 from fastattn.train import CheckpointError, ConfigError, Trainer, load_checkpoint, load_config, parse_config
 from fastattn.train.config import apply_overrides
 from fastattn.train.trainer import lr_factor, param_groups
@@ -45,11 +46,12 @@ def test_config_errors_name_the_key():
         apply_overrides({}, ["lr"])
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_validate(path):
-    """Every config parses; its model builds when its attention kind is available."""
+@pytest.mark.parametrize("name", configs.names())
+def test_shipped_configs_validate(name):
+    """Every bundled config parses by name and by path; its model builds when its attention kind is available."""
     from fastattn.models import TransformerLM, available_kinds
-    cfg = load_config(path)
+    cfg = load_config(name)
+    assert cfg == load_config(str(configs.resolve(name)))
     mc = cfg.model.build(256)
     assert cfg.train.seq_len <= mc.max_seq_len
     if available_kinds()[mc.attention] is None:

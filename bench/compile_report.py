@@ -1,6 +1,7 @@
 """Ahead-of-time compile checks that need no GPU: what the kernels will cost on sm_80 / sm_90.
 
-Triton: every `kernels/<op>.py` defines `aot_specs(dtype, head_dim)` returning a list of dicts
+Triton: every `kernels/<op>.py` (the package `fastattn.kernels`) defines `aot_specs(dtype, head_dim)`
+returning a list of dicts (plain data: type strings from kernels/_common.py's `pointer`)
     {"fn": @triton.jit kernel, "signature": {arg: "*fp16" | "*fp32" | "i32" | "fp32" | ...},
      "constexprs": {name: value}, "num_warps": int, "num_stages": int}
 (the non-constexpr arguments in `signature`, the constexpr ones in `constexprs`), describing the
@@ -10,7 +11,10 @@ the compiled metadata, registers/spills from the cubin (triton's bundled cuobjdu
 instructions from the PTX. CUDA: `compile_cuda` builds a csrc/cuda/*.cu file with nvcc and parses
 ptxas' resource usage per kernel.
 
-    python -m fastattn.compile_check          # prints the whole report
+    python -m fastattn bench --compile-report   # prints the whole report, saves it with the results
+    python -m bench.compile_report              # prints it (from the checkout's root)
+
+It lives with the benchmarks, outside the package: it compiles the checkout's csrc/ sources.
 """
 from __future__ import annotations
 
@@ -25,20 +29,9 @@ import tempfile
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout (bench/..)
 # Max dynamic shared memory per block (bytes): A100 163 KB, H100 227 KB.
 SMEM_BUDGET = {80: 163 * 1024, 90: 227 * 1024}
-_TL = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8",
-       torch.int32: "i32"}
-
-
-def pointer(dtype: torch.dtype) -> str:
-    """Signature type of a pointer to `dtype` elements, e.g. '*fp16'."""
-    return "*" + _TL[dtype]
-
-
-def scalar(dtype: torch.dtype) -> str:
-    return _TL[dtype]
 
 
 def triton_ops() -> list[str]:
@@ -226,8 +219,8 @@ def _report_subprocess(ops, ccs, dtypes, head_dims):
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     args = {"ops": ops, "ccs": list(ccs), "dtypes": [str(d).replace("torch.", "") for d in dtypes],
             "head_dims": list(head_dims)}
-    res = subprocess.run([sys.executable, "-m", "fastattn.compile_check", "--json", json.dumps(args)],
-                         capture_output=True, text=True, env=env)
+    res = subprocess.run([sys.executable, "-m", "bench.compile_report", "--json", json.dumps(args)],
+                         capture_output=True, text=True, env=env, cwd=REPO)
     if res.returncode != 0:
         raise RuntimeError(f"ahead-of-time compile subprocess failed:\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -247,7 +240,7 @@ def format_table(rows) -> str:
 def main(argv=None) -> int:
     import argparse
     import json
-    parser = argparse.ArgumentParser(prog="python -m fastattn.compile_check")
+    parser = argparse.ArgumentParser(prog="python -m bench.compile_report")
     parser.add_argument("--json", help="JSON {ops, ccs, dtypes, head_dims}: print the Triton rows as JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

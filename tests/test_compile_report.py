@@ -1,15 +1,16 @@
 """GPU-readiness without a GPU: every Triton kernel compiles ahead of time for sm_80 and sm_90 at
 its default configuration (shared memory within budget, no register spills, tensor-core MMA for
 half-precision dots), and every CUDA source compiles with nvcc for both targets. New ops' kernels
-are picked up automatically (kernels/<op>.py with aot_specs; csrc/cuda/*.cu)."""
+are picked up automatically (kernels/<op>.py with aot_specs; csrc/cuda/*.cu). The report is
+bench/compile_report.py (`python -m fastattn bench --compile-report`)."""
 import shutil
 
 import pytest
 import torch
 
-from fastattn import compile_check
+from bench import compile_report
 
-OPS = compile_check.triton_ops()
+OPS = compile_report.triton_ops()
 CCS = (80, 90)
 # Default run: every kernel once per target in fp16/D=64 and bf16/D=128; the full grid is slow.
 DEFAULT = [(torch.float16, 64), (torch.bfloat16, 128)]
@@ -20,7 +21,7 @@ FULL = [(torch.bfloat16, 64), (torch.float16, 128)]
 def default_rows():
     rows = []
     for dtype, d in DEFAULT:
-        rows += compile_check.report(OPS, CCS, (dtype,), (d,), cuda=False)
+        rows += compile_report.report(OPS, CCS, (dtype,), (d,), cuda=False)
     return rows
 
 
@@ -56,22 +57,22 @@ def test_triton_aot(op, default_rows):
 def test_triton_aot_full(op):
     rows = []
     for dtype, d in FULL:
-        rows += compile_check.report([op], CCS, (dtype,), (d,), cuda=False)
+        rows += compile_report.report([op], CCS, (dtype,), (d,), cuda=False)
     _check_rows(rows, op)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 @pytest.mark.parametrize("cc", CCS)
-@pytest.mark.parametrize("path", compile_check.cuda_sources(), ids=lambda p: p.rsplit("/", 1)[-1])
+@pytest.mark.parametrize("path", compile_report.cuda_sources(), ids=lambda p: p.rsplit("/", 1)[-1])
 def test_cuda_sources_compile(path, cc):
-    rows = compile_check.compile_cuda(path, cc)
+    rows = compile_report.compile_cuda(path, cc)
     assert rows, f"{path}: nvcc produced no kernels"
     for row in rows:
         assert row["shared"] <= row["shared_budget"] and row["spill_bytes"] == 0, row
 
 
 def test_every_cuda_source_is_checked():
-    assert compile_check.cuda_sources(), "no csrc/cuda/*.cu found"
+    assert compile_report.cuda_sources(), "no csrc/cuda/*.cu found"
 
 
 def test_relu_int8_path_uses_integer_mma(default_rows):
@@ -82,8 +83,8 @@ def test_relu_int8_path_uses_integer_mma(default_rows):
         assert any(".s8" in k for k in kinds), f"sm_{cc}: no integer MMA among {kinds}"
 
 
-@pytest.mark.skipif(compile_check._nvcc() is None, reason="nvcc not installed")
-@pytest.mark.parametrize("path", compile_check.binding_sources(), ids=lambda p: p.rsplit("/", 1)[-1])
+@pytest.mark.skipif(compile_report._nvcc() is None, reason="nvcc not installed")
+@pytest.mark.parametrize("path", compile_report.binding_sources(), ids=lambda p: p.rsplit("/", 1)[-1])
 def test_cuda_glue_compiles(path):
     """The torch glue under FASTATTN_WITH_CUDA (only built on a CUDA machine) parses and type-checks."""
-    compile_check.check_cuda_glue(path)
+    compile_report.check_cuda_glue(path)
