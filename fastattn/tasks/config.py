@@ -4,16 +4,15 @@ kinds), checked key by key like the trainer's configs (`fastattn.train.config`).
     >>> cfg = load_task_config("text_to_sql", ["finetune.steps=50"], SqlData, SqlEval)   # doctest: +SKIP
 
 `name_or_path` is a YAML file, or the name of a config bundled in `fastattn/configs/`
-("text_to_sql" -> fastattn/configs/text_to_sql.yaml).
+("text_to_sql" -> fastattn/configs/text_to_sql.yaml; `fastattn.configs.resolve`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
 import yaml
 
+from .. import configs
 from ..models.transformer import PRESETS, TransformerConfig
 from ..train.config import ConfigError, apply_overrides, build_dataclass
 from .finetune import FinetuneConfig
@@ -34,21 +33,6 @@ class TaskConfig:
     data: object            # the task's data dataclass
     eval: object            # the task's eval dataclass
     raw: dict = field(default_factory=dict, repr=False)
-
-
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A YAML path as given, else the bundled config of that name."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    name = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
-    bundled = resources.files("fastattn") / "configs" / name
-    if bundled.is_file():
-        return Path(str(bundled))
-    available = sorted(f.name[:-5] for f in (resources.files("fastattn") / "configs").iterdir()
-                       if f.name.endswith(".yaml"))
-    raise ConfigError(f"config {str(name_or_path)!r}: no such file, and no bundled config of that name; "
-                      f"bundled: {', '.join(available)}")
 
 
 def _model(raw: dict) -> TransformerConfig:
@@ -84,7 +68,10 @@ def parse_task_config(raw: dict, task: str, data_cls, eval_cls) -> TaskConfig:
 
 def load_task_config(name_or_path, overrides, task: str, data_cls, eval_cls) -> TaskConfig:
     """Read, apply `--set section.key=value` overrides, validate."""
-    path = resolve_config_path(name_or_path)
+    try:
+        path = configs.resolve(name_or_path)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from exc
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

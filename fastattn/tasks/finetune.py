@@ -36,6 +36,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int | None = None
+    prompt_loss: bool = False        # also train on the prompt's bytes (language modelling of the question)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -58,15 +59,18 @@ def encode_pairs(tokenizer, pairs, max_len: int | None = None) -> list[tuple[lis
     return out
 
 
-def _pad(seqs: list[tuple[list[int], int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> x (B, T) inputs, y (B, T) next-token targets with IGNORE on prompt and padding."""
+def _pad(seqs: list[tuple[list[int], int]], pad_id: int = 0, prompt_loss: bool = False
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> x (B, T) inputs, y (B, T) next-token targets with IGNORE on padding (and on the prompt
+    unless prompt_loss)."""
     T = max(len(s) for s, _ in seqs) - 1
     x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     y = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
     for r, (s, n_prompt) in enumerate(seqs):
         ids = torch.tensor(s, dtype=torch.long)
         x[r, : len(s) - 1] = ids[:-1]
-        y[r, n_prompt - 1: len(s) - 1] = ids[n_prompt:]
+        first = 0 if prompt_loss else n_prompt - 1
+        y[r, first: len(s) - 1] = ids[first + 1:]
     return x, y
 
 
@@ -74,10 +78,10 @@ class SupervisedBatches:
     """Endless seeded batches of padded sequences. Each epoch shuffles, sorts windows of
     `bucket` batches by length (little padding) and shuffles the batch order."""
 
-    def __init__(self, seqs, batch_size: int, seed: int = 0, bucket: int = 32):
+    def __init__(self, seqs, batch_size: int, seed: int = 0, bucket: int = 32, prompt_loss: bool = False):
         if not seqs:
             raise ValueError("SupervisedBatches: no sequences")
-        self.seqs, self.B, self.bucket = list(seqs), batch_size, bucket
+        self.seqs, self.B, self.bucket, self.prompt_loss = list(seqs), batch_size, bucket, prompt_loss
         self.g = torch.Generator().manual_seed(seed)
         self.queue: list[list[int]] = []
         self.last_tokens = 0  # non-padding input tokens of the last batch
@@ -96,7 +100,7 @@ class SupervisedBatches:
             self._epoch()
         seqs = [self.seqs[i] for i in self.queue.pop()]
         self.last_tokens = sum(len(s) - 1 for s, _ in seqs)
-        return _pad(seqs)
+        return _pad(seqs, prompt_loss=self.prompt_loss)
 
 
 def finetune(model, seqs, cfg: FinetuneConfig, log=print, progress: bool = True, desc: str = "finetune",
@@ -107,7 +111,7 @@ def finetune(model, seqs, cfg: FinetuneConfig, log=print, progress: bool = True,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    batches = SupervisedBatches(seqs, cfg.batch_size, seed=cfg.seed)
+    batches = SupervisedBatches(seqs, cfg.batch_size, seed=cfg.seed, prompt_loss=cfg.prompt_loss)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr / cfg.lr))

@@ -63,7 +63,7 @@ def pretrained_state(model_cfg: TransformerConfig, cfg: PretrainConfig, data: Te
     cfg.max_chars); cache: the cache root (default: the user's cache dir)."""
     if cfg.steps == 0:
         return None
-    from ..train.checkpoint import load_checkpoint
+    from ..train.checkpoint import CheckpointError, load_checkpoint
     from ..train.config import ModelSection, RunConfig, TrainConfig
     from ..train.trainer import Trainer
 
@@ -71,9 +71,14 @@ def pretrained_state(model_cfg: TransformerConfig, cfg: PretrainConfig, data: Te
     out = root / "pretrained" / cache_key(model_cfg, cfg, data)
     ckpt = out / "ckpt.pt"
     if ckpt.exists():
-        ck = load_checkpoint(ckpt)
-        if int(ck.get("step", 0)) >= cfg.steps:
-            return ck["model"]
+        try:
+            ck = load_checkpoint(ckpt)
+        except CheckpointError as exc:  # a cache entry, not user data: train it again
+            log(f"cached pretrained checkpoint unusable ({exc}); pretraining again")
+            ckpt.unlink()
+        else:
+            if int(ck.get("step", 0)) >= cfg.steps:
+                return ck["model"]
     overrides = {k: v for k, v in model_cfg.to_dict().items() if k != "vocab_size"}
     run = RunConfig(ModelSection(None, overrides), DataConfig(source="stdlib", max_chars=cfg.max_chars, seed=cfg.seed),
                     TrainConfig(out_dir=str(out), seed=cfg.seed, batch_size=cfg.batch_size, seq_len=cfg.seq_len,

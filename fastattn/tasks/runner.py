@@ -50,7 +50,7 @@ def step_weight_bytes(model, kind: str, seqs, batch_size: int, seed: int) -> dic
 def save_finetuned(model, path: Path, kind: str, task: str):
     """A checkpoint `python -m fastattn generate --checkpoint` and `load_model` read."""
     from ..train.checkpoint import save_checkpoint
-    save_checkpoint({"format": "fastattn-lm", "version": 1, "step": 0, "model": model.state_dict(),
+    save_checkpoint({"format": "fastattn-lm", "version": 2, "step": 0, "model": model.state_dict(),
                      "model_config": model.config.to_dict(), "tokenizer": ByteTokenizer().to_dict(),
                      "task": task, "kind": kind}, path)
 

@@ -10,6 +10,7 @@ def test_dataset():
         assert w.continent in CONTINENTS and w.country and w.kind and any(c.isdigit() for c in w.fact)
         assert w.sentences.count(".") >= 2
         assert w.description.startswith(" A") and w.description.endswith("\n")
+        assert len((w.prompt + w.description).encode()) <= 256  # the tiny preset's max_seq_len
 
 
 def test_held_out_split():

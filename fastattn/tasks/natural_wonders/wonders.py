@@ -10,8 +10,8 @@ from __future__ import annotations
 WONDERS: tuple[tuple[str, str, str, str, str, str], ...] = (
     # ---- waterfalls ----
     ("Victoria Falls", "Zambia", "Africa", "waterfall", "It drops 108 m into a narrow gorge.",
-     "The Zambezi River spreads over a wide basalt edge and falls into a deep chasm. Its spray rises like smoke "
-     "and can be seen from far away, so people call it the smoke that thunders."),
+     "A wide river spreads over a basalt edge and falls into a deep chasm. Its spray rises like smoke, so "
+     "people call it the smoke that thunders."),
     ("Niagara Falls", "Canada", "North America", "waterfall", "Its Horseshoe Falls are about 51 m high.",
      "Three falls carry the river between two of the Great Lakes. Tour boats sail into the mist at the foot of "
      "the curved main fall."),

@@ -90,7 +90,7 @@ def _rows(seed: int) -> dict[str, list[tuple]]:
     employees = []
     for i in range(N_EMPLOYEES):
         age = rng.randint(22, 64)
-        employees.append((i + 1, names[i], age, rng.randrange(300, 1500) * 100, rng.choice(TITLES),
+        employees.append((i + 1, names[i], age, rng.randrange(30, 150) * 1000, rng.choice(TITLES),
                           rng.randint(max(2000, 2024 - (age - 21)), 2024), rng.randint(1, len(DEPARTMENTS))))
     projects = [(i + 1, name, rng.choice(STATUSES), rng.randrange(10, 500) * 1000, rng.randint(2010, 2024),
                  rng.randint(1, len(DEPARTMENTS))) for i, name in enumerate(PROJECTS)]

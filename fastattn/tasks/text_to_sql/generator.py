@@ -261,7 +261,7 @@ class Generator:
                 gcol, group_join = "name", True
                 slots["g"] = "department"
         if connector is not None:
-            n = 2 if rng.random() < 0.25 else 1
+            n = 2 if rng.random() < 0.15 else 1
             while len(conds) < n:
                 c = _cond(rng, self.vals, table, allow_join=not group_join)
                 if all(c.sql != o.sql for o in conds) and not (c.join and any(o.join for o in conds)):
