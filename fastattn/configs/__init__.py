@@ -3,7 +3,7 @@ natural_wonders are task configs (`python -m fastattn task ...`, fastattn.tasks.
 
     >>> from fastattn import configs
     >>> configs.names()
-    ['natural_wonders', 'small', 'text_to_sql', 'tiny', 'tiny_draft', 'tiny_relu', 'tiny_span', 'tiny_topk']
+    ['charlm_span_tiny', 'enwik8_span', 'natural_wonders', 'small', 'text_to_sql', 'tiny', 'tiny_draft', 'tiny_relu', 'tiny_span', 'tiny_topk']
     >>> configs.resolve("tiny").name
     'tiny.yaml'
 """

@@ -26,7 +26,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 
 
 class ByteScaleAttention(SelfAttention):
-    """Multi-head ByteScale attention (SPEC §2) on top of SelfAttention (projections, GQA, RoPE,
+    """Multi-head ByteScale attention (docs/semantics.md §2) on top of SelfAttention (projections, GQA, RoPE,
     KV cache). gamma and sink are learnable per head (sink = softplus(raw) >= 0); topk keeps each
     query's `topk` best keys (None: all).
 

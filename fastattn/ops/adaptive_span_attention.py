@@ -1,4 +1,4 @@
-"""fastattn.adaptive_span_attention: adaptive span + periodic query gate (SPEC.md §4) on every backend.
+"""fastattn.adaptive_span_attention: adaptive span + periodic query gate (docs/semantics.md §4) on every backend.
 
 Kernel-level contract (identical positional arguments for the Triton launchers
 kernels/adaptive_span_attention.py and the C++ ops torch.ops.fastattn_C.adaptive_span_attention_*;
@@ -67,17 +67,22 @@ def _args(backend: str, *tensors):
 @torch.library.custom_op("fastattn::adaptive_span_attention_fwd", mutates_args=())
 def adaptive_span_attention_fwd(q: Tensor, k: Tensor, v: Tensor, span: Tensor, period: Tensor | None,
                                 phase: Tensor | None, ramp: float, duty: float, causal: bool, scale: float,
-                                backend: str) -> tuple[Tensor, Tensor]:
+                                backend: str,
+                                key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                                cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
+                                ) -> tuple[Tensor, Tensor]:
     """-> out (B, Hq, Nq, Dv) gated, in q's dtype; lse (B, Hq, Nq) fp32, ungated (+inf where g = 0)."""
     fn = dispatch.kernel(OP, "fwd", backend)
     period, phase = _args(backend, period, phase)
     return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), span.float().contiguous(),
               period if period is None else period.float().contiguous(),
-              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale)
+              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @adaptive_span_attention_fwd.register_fake
-def _(q, k, v, span, period, phase, ramp, duty, causal, scale, backend):
+def _(q, k, v, span, period, phase, ramp, duty, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None,
+      cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     B, Hq, Nq, _ = q.shape
     return q.new_empty(B, Hq, Nq, v.shape[-1]), q.new_empty(B, Hq, Nq, dtype=torch.float32)
 
@@ -85,7 +90,9 @@ def _(q, k, v, span, period, phase, ramp, duty, causal, scale, backend):
 @torch.library.custom_op("fastattn::adaptive_span_attention_bwd", mutates_args=())
 def adaptive_span_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                                 span: Tensor, period: Tensor | None, phase: Tensor | None, ramp: float,
-                                duty: float, causal: bool, scale: float, backend: str
+                                duty: float, causal: bool, scale: float, backend: str,
+                                key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                                cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
                                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> dq, dk, dv like q, k, v; dspan (Hq,) fp32; dperiod, dphase (Hq,) fp32 ((0,) without period)."""
     fn = dispatch.kernel(OP, "bwd", backend)
@@ -93,32 +100,35 @@ def adaptive_span_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
     return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
               lse.contiguous(), span.float().contiguous(),
               period if period is None else period.float().contiguous(),
-              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale)
+              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @adaptive_span_attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale, backend):
+def _(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale, backend, key_padding_mask=None,
+      cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     n = 0 if period is None else span.shape[0]
     f32 = dict(dtype=torch.float32, device=q.device)
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty(span.shape[0], **f32),
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty(span.shape[0], **f32),
             torch.empty(n, **f32), torch.empty(n, **f32))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, span, period, phase, ramp, duty, causal, scale, backend = inputs
+    q, k, v, span, period, phase, ramp, duty, causal, scale, backend, kpm, cu_q, cu_k, max_q, max_k = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, span, period, phase)
+    ctx.save_for_backward(q, k, v, out, lse, span, period, phase, kpm, cu_q, cu_k)
     ctx.opts = (ramp, duty, causal, scale, backend)
+    ctx.max_seqlens = (max_q, max_k)
     ctx.dtypes = tuple(None if t is None else t.dtype for t in (span, period, phase))
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, span, period, phase = ctx.saved_tensors
+    q, k, v, out, lse, span, period, phase, kpm, cu_q, cu_k = ctx.saved_tensors
     dq, dk, dv, dspan, dperiod, dphase = adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase,
-                                                                     *ctx.opts)
+                                                                     *ctx.opts, kpm, cu_q, cu_k, *ctx.max_seqlens)
     ds, dp, dph = ctx.dtypes
     return (dq, dk, dv, dspan.to(ds), None if dp is None else dperiod.to(dp), None if dph is None else dphase.to(dph),
-            None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None, None)
 
 
 adaptive_span_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -127,7 +137,7 @@ adaptive_span_attention_fwd.register_autograd(_backward, setup_context=_setup_co
 def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: float = 32.0, period=None, phase=None,
                             duty: float = 0.5, causal: bool = True, allow_bidirectional: bool = False,
                             scale: float | None = None, backend: str = "auto") -> Tensor:
-    """Adaptive-span softmax attention with an optional learnable periodic query gate (SPEC.md §4).
+    """Adaptive-span softmax attention with an optional learnable periodic query gate (docs/semantics.md §4).
 
     p_ij = m_ij exp(s_ij) / sum_k m_ik exp(s_ik) with the soft span mask
     m_ij = clamp((R + span_h - x_ij) / R, 0, 1), x_ij = i' - j, i' = i + Nk - Nq (bottom-right aligned);

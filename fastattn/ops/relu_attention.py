@@ -1,4 +1,4 @@
-"""fastattn.relu_attention: ByteScale ReLU attention (SPEC.md §2) on every backend.
+"""fastattn.relu_attention: ByteScale ReLU attention (docs/semantics.md §2) on every backend.
 
 Kernel-level contract (identical positional arguments for torch.ops.fastattn_C.relu_attention_fwd/bwd
 and kernels/relu_attention.py; absent tensors are empty for C++, None for Triton):
@@ -36,15 +36,20 @@ def _args(backend: str, *tensors):
 @torch.library.custom_op("fastattn::relu_attention_fwd", mutates_args=())
 def relu_attention_fwd(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, sink: Tensor, alibi_slopes: Tensor | None,
                        tau: Tensor | None, causal: bool, scale: float, norm: int, quant: int, int8_qkv: bool,
-                       backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                       backend: str,
+                       key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                       cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
+                       ) -> tuple[Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "fwd", backend)
     alibi_slopes, tau = _args(backend, alibi_slopes, tau)
     return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), gamma.contiguous(), sink.contiguous(),
-              alibi_slopes, tau, causal, scale, norm, quant, int8_qkv)
+              alibi_slopes, tau, causal, scale, norm, quant, int8_qkv,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @relu_attention_fwd.register_fake
-def _(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend):
+def _(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend, key_padding_mask=None,
+      cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     B, Hq, Nq, _ = q.shape
     return (q.new_empty(B, Hq, Nq, v.shape[-1]), q.new_empty(B, Hq, Nq, dtype=torch.float32),
             q.new_empty(B, Hq, Nq, dtype=torch.int32))
@@ -53,35 +58,55 @@ def _(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_
 @torch.library.custom_op("fastattn::relu_attention_bwd", mutates_args=())
 def relu_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, den: Tensor, argmax: Tensor,
                        gamma: Tensor, sink: Tensor, alibi_slopes: Tensor | None, tau: Tensor | None, causal: bool,
-                       scale: float, norm: int, quant: int, backend: str
+                       scale: float, norm: int, quant: int, backend: str,
+                       key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                       cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "bwd", backend)
     alibi_slopes, tau = _args(backend, alibi_slopes, tau)
     return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), den, argmax,
-              gamma.contiguous(), sink.contiguous(), alibi_slopes, tau, causal, scale, norm, quant)
+              gamma.contiguous(), sink.contiguous(), alibi_slopes, tau, causal, scale, norm, quant,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @relu_attention_bwd.register_fake
-def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(gamma),
+def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend,
+      key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(gamma),
             torch.empty_like(sink))
 
 
+def _int8_operands(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """q, k int8-rounded per token in fp32: level * fp32 scale, the values whose products the int8_qkv
+    kernels compute exactly. Rounded back to fp16/bf16 they would differ from those products by the
+    half dtype's rounding, far beyond the top-K threshold's tie margin, so a threshold or backward
+    computed from them would drop or add keys at the K-th place (issue 21)."""
+    return int8_round(q.float(), -1), int8_round(k.float(), -1)
+
+
 def _setup_context(ctx, inputs, output):
-    q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend = inputs
+    q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend, *ragged = inputs
+    kpm, cu_q, cu_k, max_q, max_k = ragged
     out, den, argmax = output
-    ctx.save_for_backward(q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau)
+    ctx.save_for_backward(q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, kpm, cu_q, cu_k)
     ctx.opts = (causal, scale, norm, quant, int8_qkv, backend)
+    ctx.max_seqlens = (max_q, max_k)
 
 
 def _backward(ctx, dout, _dden, _dargmax):
-    q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau = ctx.saved_tensors
+    q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, kpm, cu_q, cu_k = ctx.saved_tensors
     causal, scale, norm, quant, int8_qkv, backend = ctx.opts
-    if int8_qkv:  # straight-through: the gradient of the op at the rounded inputs
-        q, k, v = int8_round(q, -1), int8_round(k, -1), int8_round(v, -2)
+    dtype = q.dtype
+    if int8_qkv:  # straight-through: the gradient of the op at the rounded inputs, exactly as the forward
+        # multiplied them (see _int8_operands); the gradients go back to the inputs' dtype
+        (q, k), v = _int8_operands(q, k), int8_round(v.float(), -2)
+        dout, out = dout.float(), out.float()
     dq, dk, dv, dgamma, dsink = relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes,
-                                                   tau, causal, scale, norm, quant, backend)
-    return dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None
+                                                   tau, causal, scale, norm, quant, backend, kpm, cu_q, cu_k,
+                                                   *ctx.max_seqlens)
+    dq, dk, dv = dq.to(dtype), dk.to(dtype), dv.to(dtype)
+    return (dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None,
+            None, None, None, None, None)
 
 
 relu_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -91,7 +116,7 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
                    gamma: float | Tensor = 1.0, alibi_slopes: Tensor | None = None, sink: float | Tensor = 0.0,
                    norm: str = "max", topk: int | None = None, quant=None, int8_qkv: bool = False,
                    backend: str = "auto") -> Tensor:
-    """ByteScale ReLU attention: softmax-free, p_ij = relu(s_ij) / (sink + max|sum|count) (SPEC.md §2).
+    """ByteScale ReLU attention: softmax-free, p_ij = relu(s_ij) / (sink + max|sum|count) (docs/semantics.md §2).
 
     s_ij = gamma_h * scale * q_i.k_j - slope_h * |i' - j|, with i' = i + Nk - Nq (bottom-right aligned).
 
@@ -150,7 +175,7 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
     tau = None
     if topk is not None:
         with torch.no_grad():
-            qs, ks = (int8_round(q, -1), int8_round(k, -1)) if int8_qkv else (q, k)  # select on what is multiplied
+            qs, ks = _int8_operands(q, k) if int8_qkv else (q, k)  # select on what is multiplied
             tau = topk_threshold(qs, ks, gamma_t.detach(), alibi_t, causal, scale, topk, name)
     bits = quant_bits(quant, Nk)
     return relu_attention_fwd(q, k, v, gamma_t, sink_t, alibi_t, tau, causal, scale, NORM_CODE[norm], bits,
