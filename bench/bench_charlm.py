@@ -88,7 +88,10 @@ def suite(quick: bool = True, device: str = "cpu", reps: int = 5, blocks=tuple(B
         for v in VARIANTS:
             cfg, sec = variant_config(block, steps, v, device, out_dir=f"/tmp/fastattn-bench-charlm/{block}")
             trainers[v] = CharLMTrainer(copy.deepcopy(cfg), sec, data=data, log=_quiet)
-        for _ in range(steps):  # in turns
+        for step in range(steps):  # in turns
+            if not quick and step and step % 25 == 0:  # the full run takes a while: show where it is
+                print(f"charlm T{block}: step {step}/{steps}, median ms so far "
+                      + ", ".join(f"{v} {statistics.median(t) * 1e3:.0f}" for v, t in times.items()), flush=True)
             for v, tr in trainers.items():
                 if device == "cuda":
                     torch.cuda.synchronize()
