@@ -33,12 +33,16 @@ def build_info() -> dict:
     """What fastattn._C was built with; {} when it did not load.
 
     {"cpu_features": ["avx512f", ...]: the instruction-set extensions the CPU kernels use (empty:
-    their portable C++ paths, e.g. FASTATTN_CPU_ARCH=x86-64-v3), "cuda": whether CUDA kernels are in it}
+    their portable C++ paths, e.g. FASTATTN_CPU_ARCH=x86-64-v3), "cuda": whether CUDA kernels are in it,
+    and the kernels' limits (csrc/common/limits.h): "max_head_dim" (D and Dv), "max_topk_cpu",
+    "tie_margin" (fused top-K's tau margin)}
 
         >>> fastattn._ext.build_info()                 # doctest: +SKIP
-        {'cpu_features': ['avx512f', 'avx512bw', 'avx512vnni', 'avx512bf16'], 'cuda': False}
+        {'cpu_features': ['avx512f', 'avx512bw', 'avx512vnni', 'avx512bf16'], 'cuda': False, 'max_head_dim': 256,
+         'max_topk_cpu': 4096, 'tie_margin': 1.9999999494757503e-05}
     """
     if _error is not None:
         return {}
     ext = importlib.import_module("fastattn._C")
-    return {"cpu_features": ext.cpu_features.split(), "cuda": bool(ext.with_cuda)}
+    return {"cpu_features": ext.cpu_features.split(), "cuda": bool(ext.with_cuda), "max_head_dim": ext.max_head_dim,
+            "max_topk_cpu": ext.max_topk_cpu, "tie_margin": ext.tie_margin}

@@ -14,14 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, pointer, require_dense, upcast_dots
+from ._common import MAX_TOPK, TIE_MARGIN, block_d, interpreting, pointer, require_dense, upcast_dots
 from .softmax_attention import softmax_attention_bwd, softmax_attention_fwd
-
-MAX_TOPK = 128
-# tau is lowered by TIE_MARGIN * max(1, |tau|) so that the key defining it survives when the
-# attention kernel recomputes its score with another summation order; keys that close to tau are
-# the near-ties SPEC §3 lets backends select differently. Same margin as csrc/cpu/topk_attention.cpp.
-TIE_MARGIN = 2e-5
 
 
 @triton.jit

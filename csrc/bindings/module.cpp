@@ -2,6 +2,8 @@
 // registrations of csrc/bindings/<op>.cpp; itself it exposes only what the build holds.
 #include <Python.h>
 
+#include "../common/limits.h"
+
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastattn kernels (torch.ops.fastattn_C)", -1,
                                nullptr};
@@ -29,8 +31,12 @@ extern "C" PyObject* PyInit__C(void) {
 #else
   const long with_cuda = 0;
 #endif
+  // The kernels' limits (csrc/common/limits.h), which fastattn.dispatch reads rather than restates.
   if (PyModule_AddStringConstant(m, "cpu_features", cpu_features) < 0 ||
-      PyModule_AddIntConstant(m, "with_cuda", with_cuda) < 0) {
+      PyModule_AddIntConstant(m, "with_cuda", with_cuda) < 0 ||
+      PyModule_AddIntConstant(m, "max_head_dim", fastattn::kMaxHeadDim) < 0 ||
+      PyModule_AddIntConstant(m, "max_topk_cpu", fastattn::kMaxTopkCpu) < 0 ||
+      PyModule_AddObject(m, "tie_margin", PyFloat_FromDouble(fastattn::kTieMargin)) < 0) {
     Py_DECREF(m);
     return nullptr;
   }
