@@ -36,14 +36,20 @@ def _args(backend: str, *tensors):
     return tuple(torch.empty(0) if t is None else operand(t) for t in tensors)
 
 
-def int8_operands(q: Tensor, k: Tensor, v: Tensor, ragged: Ragged):
-    """q, k per token and v per channel over the keys that exist (per packed sequence), straight-through."""
-    groups = None
-    if ragged.cu_seqlens_k is not None:  # (Nk,) sequence of each key
-        cu = ragged.cu_seqlens_k.to(torch.int64)
-        groups = torch.searchsorted(cu[1:], torch.arange(v.shape[2], device=v.device), right=True)
-    return (int8_round(q, -1), int8_round(k, -1),
-            int8_round(v, -2, keep=ragged.key_padding_mask, groups=groups))
+def int8_operands(q: Tensor, k: Tensor, v: Tensor | None, ragged: Ragged):
+    """q, k per token and v per channel over the keys that exist (one scale per packed sequence),
+    int8-rounded in fp32 (straight-through): level * fp32 scale, the values whose products the int8_qkv
+    kernels compute exactly. Rounded back to fp16/bf16 they would differ from those products by the half
+    dtype's rounding, far beyond the top-K threshold's tie margin, so a threshold or backward computed
+    from them would drop or add keys at the K-th place (issue 21 #1)."""
+    out = [int8_round(q.float(), -1), int8_round(k.float(), -1)]
+    if v is not None:
+        groups = None
+        if ragged.cu_seqlens_k is not None:  # (Nk,) sequence of each key
+            cu = ragged.cu_seqlens_k.to(torch.int64)
+            groups = torch.searchsorted(cu[1:], torch.arange(v.shape[2], device=v.device), right=True)
+        out.append(int8_round(v.float(), -2, keep=ragged.key_padding_mask, groups=groups))
+    return out
 
 
 @torch.library.custom_op("fastattn::relu_attention_fwd", mutates_args=())
@@ -101,10 +107,14 @@ def _backward(ctx, dout, _dden, _dargmax):
     q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, kpm, cu_q, cu_k = ctx.saved_tensors
     causal, scale, norm, quant, int8_qkv, backend = ctx.opts
     ragged = Ragged(kpm, cu_q, cu_k, *ctx.max_seqlens)
-    if int8_qkv:  # straight-through: the gradient of the op at the rounded inputs
+    dtype = q.dtype
+    if int8_qkv:  # straight-through: the gradient of the op at the rounded inputs, exactly as the forward
+        # multiplied them (see int8_operands); the gradients go back to the inputs' dtype
         q, k, v = int8_operands(q, k, v, ragged)
+        dout, out = dout.float(), out.float()
     dq, dk, dv, dgamma, dsink = relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes,
                                                    tau, causal, scale, norm, quant, backend, *ragged)
+    dq, dk, dv = dq.to(dtype), dk.to(dtype), dv.to(dtype)
     return (dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None,
             None, None, None, None, None)
 
@@ -201,7 +211,7 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
     tau = None
     if topk is not None:
         with torch.no_grad():
-            qs, ks = (int8_round(q, -1), int8_round(k, -1)) if int8_qkv else (q, k)  # select on what is multiplied
+            qs, ks = int8_operands(q, k, None, ragged) if int8_qkv else (q, k)  # select on what is multiplied
             tau = topk_threshold(qs, ks, gamma_t.detach(), alibi_t, causal, scale, topk, name, OP, ragged)
     return relu_attention_fwd(q, k, v, gamma_t, sink_t, alibi_t, tau, causal, scale, NORM_CODE[norm], bits,
                               int8_qkv, name, *ragged)[0]
