@@ -11,7 +11,7 @@ TEST_ARGS  ?= -m "not slow"
 # Two cores here: two pytest workers.
 TEST_WORKERS ?= 2
 
-.PHONY: venv build bench test test-portable info clean
+.PHONY: venv build bench test test-portable fuzz info clean
 all: test
 
 $(VENV)/.deps:
@@ -61,6 +61,14 @@ test-portable: venv
 	    assert i and not i['cpu_features'], f'not the portable build: {i} {_ext.extension_error()}'; \
 	    print('test-portable: fastattn._C built for x86-64-v3, no AVX-512 paths')"; \
 	$$py -m pytest -n $(TEST_WORKERS) -q -p no:cacheprovider -m "not slow and not gpu" -k "not triton" $(PORTABLE_TESTS)
+
+# Property-based fuzzing (issue 21): thousands of random calls per op and backend against the reference,
+# every hostile call, in worker processes (a crash or hang is reported with its input). ~10 min on 2
+# quiet cores; failing inputs in build/fuzz/failures.jsonl. FUZZ_ARGS e.g. "--cases 500 --seed 1".
+FUZZ_ARGS ?=
+fuzz: build
+	rm -f build/fuzz/failures.jsonl
+	$(PY) -m tests.fuzz --out build/fuzz/failures.jsonl $(FUZZ_ARGS)
 
 info: build
 	$(PY) -m fastattn info

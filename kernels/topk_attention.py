@@ -77,6 +77,8 @@ def topk_attention_threshold(q, k, gamma, alibi_slopes, causal: bool, scale: flo
     Hk, Nk = k.shape[1], k.shape[2]
     if B * Hq * Nq == 0:
         return torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
+    if Nk == 0:  # no key: fewer than K allowed everywhere
+        return torch.full((B, Hq, Nq), float("-inf"), dtype=torch.float32, device=q.device)
     K_PAD = max(16, triton.next_power_of_2(topk))
     BM = 16 if interpreting() or Nq <= 16 else 32
     row_blocks = triton.cdiv(Nq, BM)

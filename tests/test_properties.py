@@ -20,7 +20,7 @@ PROFILE = dict(deadline=None, derandomize=True, database=None,
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
-    w = Worker(str(tmp_path_factory.mktemp("fuzz") / "current_case.json"), memory_limit_gb=16)
+    w = Worker(str(tmp_path_factory.mktemp("fuzz") / "current_case.json"), timeout=600, memory_limit_gb=16)
     yield w
     w.close()
 
