@@ -1,4 +1,4 @@
-"""Straight-through rounding of relu_attention (SPEC.md §2): the int8 operand rounding and the
+"""Straight-through rounding of relu_attention (docs/semantics.md §2): the int8 operand rounding and the
 quantized weight levels, shared by the reference (which defines them) and the op layer (whose
 backward runs the kernels at the rounded inputs).
 
@@ -11,7 +11,7 @@ from torch import Tensor
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 stays fp64; everything else accumulates in fp32 (SPEC: accumulate in fp32)."""
+    """fp64 stays fp64; everything else accumulates in fp32 (docs/semantics.md: accumulate in fp32)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -25,7 +25,7 @@ def round_half_away(x: Tensor) -> Tensor:
 
 
 def int8_round(x: Tensor, dim: int, keep: Tensor | None = None, groups: Tensor | None = None) -> Tensor:
-    """Symmetric int8 rounding with one scale per slice along `dim` (SPEC §2 int8_qkv), straight-through:
+    """Symmetric int8 rounding with one scale per slice along `dim` (docs/semantics.md §2 int8_qkv), straight-through:
     scale = max|x| / 127 (1 for an all-zero slice), x <- round_half_away(x / scale) * scale.
 
     For v (dim=-2, keys) the max runs over the keys that exist (CONTRACTS §1): `keep` (B, Nk) bool

@@ -1,4 +1,4 @@
-"""Triton top-K attention (SPEC.md §3): a streaming per-row top-K threshold, then the flash softmax
+"""Triton top-K attention (docs/semantics.md §3): a streaming per-row top-K threshold, then the flash softmax
 kernels of kernels/softmax_attention.py restricted to s >= tau. Same contract as the C++ ops
 (fastattn/ops/topk_attention.py).
 

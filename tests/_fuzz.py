@@ -1,5 +1,5 @@
 """Property-based fuzzing of the ops (issue 21): random valid calls of every op with every option,
-checked against the reference under SPEC's tolerance rule (forward and backward), each run in a worker
+checked against the reference under docs/semantics.md's tolerance rule (forward and backward), each run in a worker
 subprocess that records the input before running it, so a crash or a hang is reported with its input.
 
 A case is a plain JSON-able dict (hypothesis draws it: `cases(op, backend)`); `check(case)` builds
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 HEAD_DIMS = [1, 2, 3, 5, 8, 16, 17, 24, 32, 33, 40, 64, 72, 96, 128, 130, 255, 256]
-TOPK_GAP = 1e-4  # near-tie rule (SPEC §3): rows whose K-th and (K+1)-th scores are closer are not compared
+TOPK_GAP = 1e-4  # near-tie rule (docs/semantics.md §3): rows whose K-th and (K+1)-th scores are closer are not compared
 LEVEL_GAP = 1e-4  # quantized levels: rows with p * L within this of a rounding boundary are not compared
 
 
@@ -226,7 +226,7 @@ def _per_problem(op, q, k, v, opts, causal, scale, ragged, padding_side):
 
 
 def _compared_rows(c, t, ragged, params):
-    """bool (B, Hq, Nq): rows the tolerance rule may judge (SPEC's near-tie rules), or None for all."""
+    """bool (B, Hq, Nq): rows the tolerance rule may judge (docs/semantics.md's near-tie rules), or None for all."""
     from fastattn.reference._common import expand_kv, layout, scores
     op, o = c["op"], c["opts"]
     q, k = t["q"], t["k"]
@@ -267,7 +267,7 @@ def _compared_rows(c, t, ragged, params):
 
 
 def check(c: dict) -> dict:
-    """Run case `c` and compare with the oracle under SPEC's tolerance rule; raises AssertionError."""
+    """Run case `c` and compare with the oracle under docs/semantics.md's tolerance rule; raises AssertionError."""
     from fastattn.testing import assert_matches_reference
     op, backend, dt = c["op"], c["backend"], DTYPES[c["dtype"]]
     t, ragged, params = _inputs(c)

@@ -1,5 +1,5 @@
 """Property-based tests (issue 21), a bounded number per op and backend in `make test` (`make fuzz`
-runs thousands): random valid calls against the reference under SPEC's tolerance rule, forward and
+runs thousands): random valid calls against the reference under docs/semantics.md's tolerance rule, forward and
 backward, and the hostile calls of tests/_hostile.py, each in a worker process that reports a crash
 or a hang with its input. Deterministic (derandomize) so a red run reproduces."""
 import json

@@ -1,4 +1,4 @@
-"""Padding masks and packed sequences (SPEC.md §5, CONTRACTS §1) for every op: the helpers
+"""Padding masks and packed sequences (docs/semantics.md §5, CONTRACTS §1) for every op: the helpers
 (unpad / pad / cu_seqlens_from_lengths), validation, dispatch (a masked call never reaches a backend
 without the feature), the reference against each sequence computed alone, and every backend that
 declares "padding" / "varlen" against the reference (forward, backward, opcheck, torch.compile).
@@ -71,7 +71,7 @@ def test_packed_attention_through_the_helpers_equals_each_sequence_alone():
         assert (out[b, :, n:] == 0).all()
 
 
-# ---- validation (SPEC §5's bad input), the same on every backend ---------------------------------
+# ---- validation (docs/semantics.md §5's bad input), the same on every backend ---------------------------------
 
 CU = torch.tensor([0, 3, 8], dtype=torch.int32)
 BAD = [
@@ -183,7 +183,7 @@ def _packed(seed, Hq=2, Hk=1, D=8, Dv=6, lq=LENGTHS_Q, lk=LENGTHS_K, dtype=torch
 
 
 def per_sequence(op, q, k, v, cu_q, cu_k, **opts):
-    """The dense reference on each packed sequence alone, concatenated (the oracle of SPEC §5)."""
+    """The dense reference on each packed sequence alone, concatenated (the oracle of docs/semantics.md §5)."""
     outs = []
     cq, ck = cu_q.tolist(), cu_k.tolist()
     for s in range(len(cq) - 1):

@@ -1,4 +1,4 @@
-"""Validation and argument normalization shared by the public ops (SPEC.md, common conventions).
+"""Validation and argument normalization shared by the public ops (docs/semantics.md, conventions).
 
 Checks that read tensor values (ranges, finiteness of tensor parameters, packed offsets) run only
 where values exist: not while torch.compile traces, not on meta or fake tensors (`concrete`).

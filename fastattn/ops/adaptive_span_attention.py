@@ -1,4 +1,4 @@
-"""fastattn.adaptive_span_attention: adaptive span + periodic query gate (SPEC.md §4) on every backend.
+"""fastattn.adaptive_span_attention: adaptive span + periodic query gate (docs/semantics.md §4) on every backend.
 
 Kernel-level contract (identical positional arguments for the Triton launchers
 kernels/adaptive_span_attention.py and the C++ ops torch.ops.fastattn_C.adaptive_span_attention_*;
@@ -139,7 +139,7 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: floa
                             scale: float | None = None, backend: str = "auto", key_padding_mask: Tensor | None = None,
                             cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
                             max_seqlen_q: int | None = None, max_seqlen_k: int | None = None) -> Tensor:
-    """Adaptive-span softmax attention with an optional learnable periodic query gate (SPEC.md §4).
+    """Adaptive-span softmax attention with an optional learnable periodic query gate (docs/semantics.md §4).
 
     p_ij = m_ij exp(s_ij) / sum_k m_ik exp(s_ik) with the soft span mask
     m_ij = clamp((R + span_h - x_ij) / R, 0, 1), x_ij = i' - j, i' = i + Nk - Nq (bottom-right aligned);
@@ -158,7 +158,7 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: floa
         scale: defaults to 1 / sqrt(D).
         backend: "auto" | "reference" | "triton" | "cpu" | "cuda".
         key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k: padding masks and
-            packed sequences as in fastattn.softmax_attention (SPEC §5); positions, spans and the gate's
+            packed sequences as in fastattn.softmax_attention (docs/semantics.md §5); positions, spans and the gate's
             phase restart at each packed sequence.
 
     Returns:

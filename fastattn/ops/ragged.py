@@ -1,4 +1,4 @@
-"""Padding masks and packed sequences at the op layer (SPEC.md §5, CONTRACTS §1): validation of
+"""Padding masks and packed sequences at the op layer (docs/semantics.md §5, CONTRACTS §1): validation of
 key_padding_mask / cu_seqlens_q / cu_seqlens_k / max_seqlen_q / max_seqlen_k, and the five trailing
 kernel arguments they become.
 
@@ -83,7 +83,7 @@ def _check_cu(cu, name: str, q: Tensor, op: str) -> Tensor:
 
 def check_ragged(q: Tensor, k: Tensor, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                  op: str) -> Ragged:
-    """Validate SPEC §5's arguments for q (B, Hq, Nq, D), k (B, Hk, Nk, D); return the kernel arguments.
+    """Validate docs/semantics.md §5's arguments for q (B, Hq, Nq, D), k (B, Hk, Nk, D); return the kernel arguments.
 
     cu_seqlens_k defaults to cu_seqlens_q (and the other way round). The offsets are read and checked
     (start 0, non-decreasing, last = packed length) whenever the values can be read: always on CPU,

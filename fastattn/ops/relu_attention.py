@@ -1,4 +1,4 @@
-"""fastattn.relu_attention: ByteScale ReLU attention (SPEC.md §2) on every backend.
+"""fastattn.relu_attention: ByteScale ReLU attention (docs/semantics.md §2) on every backend.
 
 Kernel-level contract (identical positional arguments for torch.ops.fastattn_C.relu_attention_fwd/bwd
 and kernels/relu_attention.py; absent tensors are empty for C++, None for Triton; every stage ends
@@ -143,7 +143,7 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
                    backend: str = "auto", key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
                    cu_seqlens_k: Tensor | None = None, max_seqlen_q: int | None = None,
                    max_seqlen_k: int | None = None) -> Tensor:
-    """ByteScale ReLU attention: softmax-free, p_ij = relu(s_ij) / (sink + max|sum|count) (SPEC.md §2).
+    """ByteScale ReLU attention: softmax-free, p_ij = relu(s_ij) / (sink + max|sum|count) (docs/semantics.md §2).
 
     s_ij = gamma_h * scale * q_i.k_j - slope_h * |i' - j|, with i' = i + Nk - Nq (bottom-right aligned).
 
@@ -162,7 +162,7 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
             sequence) to int8 and use integer products.
         backend: "auto" | "reference" | "triton" | "cpu" | "cuda".
         key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k: padding masks and
-            packed sequences as in fastattn.softmax_attention (SPEC §5).
+            packed sequences as in fastattn.softmax_attention (docs/semantics.md §5).
 
     Returns:
         (B, Hq, Nq, Dv) in q's dtype. Rows whose scores are all negative (and no sink) are zeros; rows

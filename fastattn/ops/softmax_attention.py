@@ -1,4 +1,4 @@
-"""fastattn.softmax_attention: the softmax baseline (SPEC.md §1) on every backend."""
+"""fastattn.softmax_attention: the softmax baseline (docs/semantics.md §1) on every backend."""
 from __future__ import annotations
 
 import torch
@@ -70,7 +70,7 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
                       scale: float | None = None, backend: str = "auto", key_padding_mask: Tensor | None = None,
                       cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
                       max_seqlen_q: int | None = None, max_seqlen_k: int | None = None) -> Tensor:
-    """Softmax attention, the baseline the other ops are measured against (SPEC.md §1).
+    """Softmax attention, the baseline the other ops are measured against (docs/semantics.md §1).
 
     Args:
         q: (B, Hq, Nq, D); k: (B, Hk, Nk, D); v: (B, Hk, Nk, Dv), with Hq % Hk == 0 (MHA/GQA/MQA).
@@ -78,10 +78,10 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
             query block appended to a KV cache sees the whole cache).
         scale: defaults to 1 / sqrt(D).
         backend: "auto" | "reference" | "triton" | "cpu" | "cuda" (FASTATTN_BACKEND overrides auto).
-        key_padding_mask: bool (B, Nk), True = the key exists (SPEC §5); positions stay those of the
+        key_padding_mask: bool (B, Nk), True = the key exists (docs/semantics.md §5); positions stay those of the
             tensors, so left and right padding give the real rows their unpadded result.
         cu_seqlens_q, cu_seqlens_k: int32 (S + 1,) offsets of S packed sequences (B = 1; one defaults
-            to the other); each sequence is attended alone (SPEC §5). See fastattn.unpad / pad.
+            to the other); each sequence is attended alone (docs/semantics.md §5). See fastattn.unpad / pad.
         max_seqlen_q, max_seqlen_k: the longest sequence, hints: on CPU the exact maxima are computed
             anyway; on CUDA, with both given, the offsets are trusted and not read on the host.
 

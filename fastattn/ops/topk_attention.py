@@ -1,4 +1,4 @@
-"""fastattn.topk_attention: sparse top-K attention (SPEC.md §3), the core of MSLA, on every backend.
+"""fastattn.topk_attention: sparse top-K attention (docs/semantics.md §3), the core of MSLA, on every backend.
 
 Kernel-level contract (identical positional arguments for torch.ops.fastattn_C.* and
 kernels/topk_attention.py; every stage ends with the five ragged arguments of CONTRACTS §1):
@@ -85,7 +85,7 @@ def topk_attention(q: Tensor, k: Tensor, v: Tensor, topk: int, *, causal: bool =
                    scale: float | None = None, backend: str = "auto", key_padding_mask: Tensor | None = None,
                    cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
                    max_seqlen_q: int | None = None, max_seqlen_k: int | None = None) -> Tensor:
-    """Sparse top-K attention: each query attends (softmax) to its `topk` best allowed keys (SPEC.md §3).
+    """Sparse top-K attention: each query attends (softmax) to its `topk` best allowed keys (docs/semantics.md §3).
 
     Args:
         q: (B, Hq, Nq, D); k: (B, Hk, Nk, D); v: (B, Hk, Nk, Dv); Hq % Hk == 0.
@@ -94,7 +94,7 @@ def topk_attention(q: Tensor, k: Tensor, v: Tensor, topk: int, *, causal: bool =
         scale: defaults to 1 / sqrt(D).
         backend: "auto" | "reference" | "triton" | "cpu" | "cuda".
         key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k: padding masks and
-            packed sequences as in fastattn.softmax_attention (SPEC §5); K counts allowed keys only.
+            packed sequences as in fastattn.softmax_attention (docs/semantics.md §5); K counts allowed keys only.
 
     Returns:
         (B, Hq, Nq, Dv) in q's dtype. Gradients flow to the selected keys only (selection held fixed).

@@ -1,4 +1,4 @@
-"""The top-K threshold stage shared by topk_attention and relu_attention(topk=K) (SPEC.md §3, §2.2).
+"""The top-K threshold stage shared by topk_attention and relu_attention(topk=K) (docs/semantics.md §3, §2.2).
 
 Kernel-level contract (torch.ops.fastattn_C.topk_attention_threshold and
 kernels/topk_attention.py::topk_attention_threshold take the same positional arguments; an absent
@@ -8,7 +8,7 @@ alibi_slopes is an empty tensor for C++, None for Triton):
       packed sequences per CONTRACTS §1), -inf if fewer than K allowed. No Nq x Nk buffer (streaming
       per-row select). Fused backends lower tau by their tie margin (dispatch.limits(backend).tie_margin)
       * max(1, |tau|) so the K-th key survives the attention kernel's recomputation of its score;
-      keys within it are SPEC §3's near-ties.
+      keys within it are docs/semantics.md §3's near-ties.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batch <-> packed helpers for variable-length sequences (SPEC.md §5): `unpad`, `pad`,
+"""Batch <-> packed helpers for variable-length sequences (docs/semantics.md §5): `unpad`, `pad`,
 `cu_seqlens_from_lengths`, with FlashAttention's conventions (int32 offsets, batch-major packing).
 
     >>> mask = torch.tensor([[True, True, False], [True, True, True]])        # (B, N)

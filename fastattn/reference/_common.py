@@ -35,7 +35,7 @@ def allowed_mask(Nq: int, Nk: int, causal: bool, device) -> Tensor:
 
 @dataclass(frozen=True)
 class Layout:
-    """Which key each query may read, and where it stands (SPEC.md §5). Broadcasts over (B, H, Nq, Nk).
+    """Which key each query may read, and where it stands (docs/semantics.md §5). Broadcasts over (B, H, Nq, Nk).
 
     allowed: (B or 1, 1, Nq, Nk) bool: causal, padding mask and same packed sequence together.
     dist: (1, 1, Nq, Nk) int64 x_ij = i' - j, positions local to the sequence when packed.

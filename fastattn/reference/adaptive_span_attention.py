@@ -1,4 +1,4 @@
-"""Reference adaptive-span attention with periodic query masking (SPEC.md §4): fp64-capable,
+"""Reference adaptive-span attention with periodic query masking (docs/semantics.md §4): fp64-capable,
 autograd defines the gradients (span through the ramp, period/phase through the triangle wave)."""
 import torch
 
@@ -48,7 +48,7 @@ def adaptive_span_attention_ref(q, k, v, span, ramp=32.0, period=None, phase=Non
 
     p_ij = m_ij exp(s_ij) / sum_k m_ik exp(s_ik) (softmax of s + log m, m = 0 exactly excluded);
     with `period`, o_i is multiplied by the triangle-wave gate g_h(i). causal=False = bidirectional.
-    Padding / packed sequences per SPEC §5 (positions, spans and gate phase per sequence);
+    Padding / packed sequences per docs/semantics.md §5 (positions, spans and gate phase per sequence);
     non-finite values per CONTRACTS §2 (gated-off rows stay zeros).
 
         >>> q = k = v = torch.randn(1, 2, 16, 8, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Reference ByteScale ReLU attention (SPEC.md §2): softmax-free, fp64-capable, autograd defines the
+"""Reference ByteScale ReLU attention (docs/semantics.md §2): softmax-free, fp64-capable, autograd defines the
 gradient (quantization and int8 rounding straight-through). Materializes Nq x Nk."""
 import torch
 
@@ -27,7 +27,7 @@ def relu_attention_ref(q, k, v, causal=False, scale=None, gamma=1.0, alibi_slope
     gamma, sink: float or (Hq,) tensor; alibi_slopes: (Hq,) or None; norm: max | sum | len;
     topk: int or None; quant: None | 7 | 8 | "auto" ("auto" by each sequence's key count);
     int8_qkv: per-token q/k, per-channel v rounding (v's scale over the keys that exist, per packed
-    sequence); key_padding_mask / cu_seqlens_q, cu_seqlens_k: SPEC §5; non-finite values: CONTRACTS §2.
+    sequence); key_padding_mask / cu_seqlens_q, cu_seqlens_k: docs/semantics.md §5; non-finite values: CONTRACTS §2.
 
         >>> q = k = v = torch.randn(1, 2, 6, 8, dtype=torch.float64)
         >>> relu_attention_ref(q, k, v, causal=True, norm="sum", quant=8).shape
@@ -72,6 +72,6 @@ def relu_attention_ref(q, k, v, causal=False, scale=None, gamma=1.0, alibi_slope
     p = torch.where(ok, a / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(a))
     out = weighted_sum(p, vc, q.dtype)
     L = quant_levels(quant, lay.nkeys)
-    if L is not None:  # value of the quantized op, gradient of the unquantized one (SPEC: straight-through)
+    if L is not None:  # value of the quantized op, gradient of the unquantized one (docs/semantics.md: straight-through)
         out = straight_through(out, weighted_sum(quantize_weights(p, L), vc.detach(), q.dtype))
     return poison(out, nan_rows(q, k, v, allowed, support=keep), q0)

@@ -1,4 +1,4 @@
-"""Reference softmax attention (SPEC.md §1): the executable spec, fp64-capable, materializes Nq x Nk."""
+"""Reference softmax attention (docs/semantics.md §1): the executable spec, fp64-capable, materializes Nq x Nk."""
 from ._common import expand_kv, layout, masked_softmax, nan_rows, poison, sanitize, scores, weighted_sum
 
 
@@ -6,7 +6,7 @@ def softmax_attention_ref(q, k, v, causal: bool = False, scale: float | None = N
                           cu_seqlens_q=None, cu_seqlens_k=None):
     """q (B, Hq, Nq, D), k (B, Hk, Nk, D), v (B, Hk, Nk, Dv) -> (B, Hq, Nq, Dv) in q's dtype.
 
-    key_padding_mask (B, Nk) bool / cu_seqlens_q, cu_seqlens_k (S+1,): SPEC §5. Rows with no allowed
+    key_padding_mask (B, Nk) bool / cu_seqlens_q, cu_seqlens_k (S+1,): docs/semantics.md §5. Rows with no allowed
     key output zeros; rows reading a non-finite value are NaN (CONTRACTS §2).
 
         >>> q = k = v = torch.randn(1, 2, 5, 8, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Reference top-K attention (SPEC.md §3) and the threshold shared with relu_attention(topk=K)."""
+"""Reference top-K attention (docs/semantics.md §3) and the threshold shared with relu_attention(topk=K)."""
 import torch
 
 from ._common import expand_kv, layout, masked_softmax, nan_rows, poison, sanitize, scores, weighted_sum
@@ -23,7 +23,7 @@ def topk_attention_ref(q, k, v, topk: int, causal: bool = False, scale: float | 
 
     Each query attends (softmax) only to its `topk` highest-scoring allowed keys (ties at the
     threshold all kept); with fewer than `topk` allowed keys, to all of them. Padding / packed
-    sequences per SPEC §5 (counts and selection among allowed keys); non-finite values per CONTRACTS §2.
+    sequences per docs/semantics.md §5 (counts and selection among allowed keys); non-finite values per CONTRACTS §2.
 
         >>> q = k = v = torch.randn(1, 2, 9, 8, dtype=torch.float64)
         >>> topk_attention_ref(q, k, v, 3, causal=True).shape
