@@ -260,12 +260,7 @@ class BLTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BLTConfig":
-        d = {k: v for k, v in d.items() if k != "kind"}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"BLTConfig: unknown keys {unknown}; accepted: {sorted(names)}")
-        return cls(**d)
+        return TransformerConfig.from_dict.__func__(cls, {k: v for k, v in d.items() if k != "kind"})
 
     @property
     def attention(self) -> str:
