@@ -78,7 +78,7 @@ def plot_all(rows, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     time_groups: dict[str, list] = defaultdict(list)
-    mem_points, model_rows = [], []
+    mem_points, model_rows, gpt2_rows = [], [], []
     for r in rows:
         suite = _get(r, "suite") or ""
         n = row_n(r)
@@ -88,6 +88,9 @@ def plot_all(rows, out_dir: str) -> list[str]:
         if suite == "memory":
             if n is not None and peak is not None:
                 mem_points.append(((str(_get(r, "op", "?")), key[0]), n, peak))
+            continue
+        if suite == "gpt2":
+            gpt2_rows.append(r)
             continue
         if suite == "models":
             if _num((_get(r, "extra") or {}).get("tokens_per_s")) is not None:
@@ -111,6 +114,9 @@ def plot_all(rows, out_dir: str) -> list[str]:
         attempt(_memory_figure, mem_points, os.path.join(out_dir, "memory.png"))
     if model_rows:
         attempt(_models_figure, model_rows, os.path.join(out_dir, "models_tokens.png"))
+    if gpt2_rows:
+        from .bench_gpt2 import plot as gpt2_figure
+        attempt(gpt2_figure, gpt2_rows, out_dir)
     return paths
 
 

@@ -25,6 +25,7 @@ SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
     "models": "bench.bench_models",
     "charlm": "bench.bench_charlm",
     "training": "bench.bench_training",
+    "gpt2": "bench.bench_gpt2",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
 
