@@ -87,11 +87,11 @@ class AdaptiveSpanAttention(SelfAttention):
         self.span.clamp_(0.0, self.max_span)
         return self
 
-    def attend(self, q, k, v):
+    def attend(self, q, k, v, **masks):
         return fastattn.adaptive_span_attention(
             q, k, v, self.current_span(), ramp=self.ramp, period=self.period,
             phase=self.phase if self.periodic else None, duty=self.duty, causal=self.causal,
-            allow_bidirectional=not self.causal, backend=self.backend)
+            allow_bidirectional=not self.causal, backend=self.backend, **masks)
 
     def extra_loss(self) -> torch.Tensor:
         """The L1 span penalty span_loss_coef * sum_h span_h (spans are >= 0)."""

@@ -46,7 +46,7 @@ class ByteScaleAttention(SelfAttention):
     def sink(self) -> torch.Tensor:
         return F.softplus(self.sink_raw)
 
-    def attend(self, q, k, v):
+    def attend(self, q, k, v, **masks):
         return fastattn.relu_attention(q, k, v, causal=self.causal, gamma=self.gamma, sink=self.sink,
                                        alibi_slopes=self.slopes, norm=self.norm, quant=self.quant,
-                                       backend=self.backend)
+                                       backend=self.backend, **masks)
