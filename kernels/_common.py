@@ -28,3 +28,9 @@ _TL_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"
 def pointer(dtype: torch.dtype) -> str:
     """Signature type of a pointer to `dtype` elements, e.g. '*fp16' (the plain data of aot_specs)."""
     return "*" + _TL_TYPE[dtype]
+
+
+def require_dense(op: str, key_padding_mask, cu_seqlens_q, cu_seqlens_k) -> None:
+    """Refuse (never ignore) a padding mask or packed sequences in a launcher that lacks them."""
+    if key_padding_mask is not None or cu_seqlens_q is not None or cu_seqlens_k is not None:
+        raise NotImplementedError(f"{op} (triton): key_padding_mask / cu_seqlens are not implemented yet")

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, pointer, upcast_dots
+from ._common import block_d, interpreting, pointer, require_dense, upcast_dots
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -415,10 +415,13 @@ def _prepare(q, k, v, span, period, phase, ramp, duty, causal):
 
 
 def adaptive_span_attention_fwd(q, k, v, span, period, phase, ramp: float, duty: float, causal: bool,
-                                scale: float):
+                                scale: float,
+                                key_padding_mask=None, cu_seqlens_q=None,
+                                cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """q (B,Hq,Nq,D), k (B,Hk,Nk,D), v (B,Hk,Nk,Dv) contiguous; span/period/phase fp32 (Hq,)
     (period/phase None: no gate) -> out (B,Hq,Nq,Dv) gated, lse fp32 (B,Hq,Nq) ungated
     (+inf on gated-off rows and rows with no key)."""
+    require_dense("adaptive_span_attention_fwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
     B, Hq, Hk, Nq, Nk, D, Dv = _meta(q, k, v)
     gated = period is not None
     alloc = torch.zeros if gated else torch.empty  # gated-off rows are never written
@@ -435,9 +438,12 @@ def adaptive_span_attention_fwd(q, k, v, span, period, phase, ramp: float, duty:
 
 
 def adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase, ramp: float, duty: float,
-                                causal: bool, scale: float):
+                                causal: bool, scale: float,
+                                key_padding_mask=None, cu_seqlens_q=None,
+                                cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """-> dq, dk, dv (like q, k, v; dk/dv summed over GQA groups), dspan fp32 (Hq,), dperiod and
     dphase fp32 (Hq,) (empty (0,) tensors when period is None)."""
+    require_dense("adaptive_span_attention_bwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
     B, Hq, Hk, Nq, Nk, D, Dv = _meta(q, k, v)
     gated = period is not None
     dev = q.device

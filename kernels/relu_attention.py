@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, pointer, upcast_dots
+from ._common import block_d, interpreting, pointer, require_dense, upcast_dots
 
 
 @triton.jit
@@ -312,8 +312,10 @@ def _int8_round(x: torch.Tensor, dim: int):
     return lv.contiguous(), s.squeeze(dim).contiguous()
 
 
-def relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv):
+def relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv,
+                       key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """Contract: fastattn/ops/relu_attention.py. -> out, den fp32 (B,Hq,Nq), argmax int32 (B,Hq,Nq)."""
+    require_dense("relu_attention_fwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
     B, Hq, Nq, D = q.shape
     Hk, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     out = torch.empty(B, Hq, Nq, Dv, dtype=q.dtype, device=q.device)
@@ -341,8 +343,10 @@ def relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, n
 
 
 def relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm,
-                       quant):
+                       quant,
+                       key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """Gradient of the unquantized op -> dq, dk, dv, dgamma (Hq,), dsink (Hq,)."""
+    require_dense("relu_attention_bwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
     B, Hq, Nq, D = q.shape
     Hk, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

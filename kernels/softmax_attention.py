@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, pointer, upcast_dots
+from ._common import block_d, interpreting, pointer, require_dense, upcast_dots
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -215,8 +215,10 @@ def _meta(q, k, v):
     return B, Hq, k.shape[1], Nq, k.shape[2], D, v.shape[3]
 
 
-def softmax_attention_fwd(q, k, v, causal: bool, scale: float, tau=None):
+def softmax_attention_fwd(q, k, v, causal: bool, scale: float, key_padding_mask=None, cu_seqlens_q=None,
+                          cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, tau=None):
     """q (B,Hq,Nq,D), k (B,Hk,Nk,D), v (B,Hk,Nk,Dv) contiguous -> out (B,Hq,Nq,Dv), lse fp32 (B,Hq,Nq)."""
+    require_dense("softmax_attention_fwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
     B, Hq, Hk, Nq, Nk, D, Dv = _meta(q, k, v)
     out = torch.empty(B, Hq, Nq, Dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
@@ -231,8 +233,10 @@ def softmax_attention_fwd(q, k, v, causal: bool, scale: float, tau=None):
     return out, lse
 
 
-def softmax_attention_bwd(dout, q, k, v, out, lse, causal: bool, scale: float, tau=None):
+def softmax_attention_bwd(dout, q, k, v, out, lse, causal: bool, scale: float, key_padding_mask=None,
+                          cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, tau=None):
     """-> dq, dk, dv like q, k, v (dk, dv summed over each GQA group)."""
+    require_dense("softmax_attention_bwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
     B, Hq, Hk, Nq, Nk, D, Dv = _meta(q, k, v)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:

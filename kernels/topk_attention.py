@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, pointer, upcast_dots
+from ._common import block_d, interpreting, pointer, require_dense, upcast_dots
 from .softmax_attention import softmax_attention_bwd, softmax_attention_fwd
 
 MAX_TOPK = 128
@@ -73,8 +73,10 @@ def topk_attention_threshold_kernel(Q, K, GAMMA, SLOPES, CAND, COUNT, Hq, Hk, Nq
     tl.store(COUNT + slot, count, mask=row_ok)
 
 
-def topk_attention_threshold(q, k, gamma, alibi_slopes, causal: bool, scale: float, topk: int):
+def topk_attention_threshold(q, k, gamma, alibi_slopes, causal: bool, scale: float, topk: int, key_padding_mask=None,
+                             cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """tau fp32 (B, Hq, Nq): the K-th largest allowed score per row, -inf with fewer than K allowed."""
+    require_dense("topk_attention_threshold", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
     if topk > MAX_TOPK:
         raise ValueError(f"topk={topk} exceeds the triton backend's maximum of {MAX_TOPK}")
     B, Hq, Nq, D = q.shape
@@ -104,16 +106,20 @@ def topk_attention_threshold(q, k, gamma, alibi_slopes, causal: bool, scale: flo
     return torch.where(allowed >= topk, kth, torch.full_like(kth, float("-inf"))).contiguous()
 
 
-def topk_attention_fwd(q, k, v, topk: int, causal: bool, scale: float):
+def topk_attention_fwd(q, k, v, topk: int, causal: bool, scale: float, key_padding_mask=None, cu_seqlens_q=None,
+                       cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """-> out (B,Hq,Nq,Dv), lse fp32 (B,Hq,Nq), tau fp32 (B,Hq,Nq)."""
+    require_dense("topk_attention_fwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
     ones = torch.ones(q.shape[1], dtype=torch.float32, device=q.device)
     tau = topk_attention_threshold(q, k, ones, None, causal, scale, topk)
     out, lse = softmax_attention_fwd(q, k, v, causal, scale, tau=tau)
     return out, lse, tau
 
 
-def topk_attention_bwd(dout, q, k, v, out, lse, tau, causal: bool, scale: float):
+def topk_attention_bwd(dout, q, k, v, out, lse, tau, causal: bool, scale: float, key_padding_mask=None,
+                       cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """The softmax gradient on the selected keys (selection held fixed) -> dq, dk, dv."""
+    require_dense("topk_attention_bwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
     return softmax_attention_bwd(dout, q, k, v, out, lse, causal, scale, tau=tau)
 
 

@@ -544,7 +544,7 @@ class _TritonTau(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, tau, causal, scale):
-        out, lse = softmax_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, tau)
+        out, lse = softmax_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, tau=tau)
         ctx.save_for_backward(q, k, v, out, lse, tau)
         ctx.causal, ctx.scale = causal, scale
         return out
@@ -553,7 +553,7 @@ class _TritonTau(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse, tau = ctx.saved_tensors
         dq, dk, dv = softmax_attention_bwd(dout.contiguous(), q.contiguous(), k.contiguous(),
-                                           v.contiguous(), out, lse, ctx.causal, ctx.scale, tau)
+                                           v.contiguous(), out, lse, ctx.causal, ctx.scale, tau=tau)
         return dq, dk, dv, None, None, None
 
 
@@ -572,7 +572,7 @@ def test_triton_tau_matches_masked_reference(shape, dtype):
 
     # lse = log sum over kept keys; +inf (and zero output) where nothing is kept.
     qd, kd, vd = (t.to(dtype) for t in (q, k, v))
-    out, lse = softmax_attention_fwd(qd, kd, vd, causal, scale, tau)
+    out, lse = softmax_attention_fwd(qd, kd, vd, causal, scale, tau=tau)
     s = scale * (qd.double() @ expand_kv(kd, Hq).double().transpose(-1, -2))
     lse_ref = s.masked_fill(~keep, float("-inf")).logsumexp(-1)
     empty = ~keep.any(-1)

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu/adaptive_span_attention.h"
+#include "bindings/ragged.h"
 #include "cpu/attention_common.h"
 
 #ifdef FASTATTN_WITH_CUDA
@@ -79,22 +80,23 @@ Fwd fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
 
 TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
   m.def("adaptive_span_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor span, Tensor period, Tensor phase, "
-        "float ramp, float duty, bool causal, float scale) -> (Tensor, Tensor)");
+        "float ramp, float duty, bool causal, float scale, " FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor)");
   m.def("adaptive_span_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "Tensor span, Tensor period, Tensor phase, float ramp, float duty, bool causal, float scale) -> "
+        "Tensor span, Tensor period, Tensor phase, float ramp, float duty, bool causal, float scale, "
+     FASTATTN_RAGGED_SCHEMA ") -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
-  m.impl("adaptive_span_attention_fwd", &fastattn::cpu::adaptive_span_attention_fwd_cpu);
-  m.impl("adaptive_span_attention_bwd", &fastattn::cpu::adaptive_span_attention_bwd_cpu);
+  m.impl("adaptive_span_attention_fwd", fastattn::with_ragged<&fastattn::cpu::adaptive_span_attention_fwd_cpu>);
+  m.impl("adaptive_span_attention_bwd", fastattn::with_ragged<&fastattn::cpu::adaptive_span_attention_bwd_cpu>);
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
-  m.impl("adaptive_span_attention_fwd", &fwd_meta);
-  m.impl("adaptive_span_attention_bwd", &bwd_meta);
+  m.impl("adaptive_span_attention_fwd", fastattn::meta_with_ragged<&fwd_meta>);
+  m.impl("adaptive_span_attention_bwd", fastattn::meta_with_ragged<&bwd_meta>);
 }
 
 #ifdef FASTATTN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("adaptive_span_attention_fwd", &fwd_cuda); }
+TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("adaptive_span_attention_fwd", fastattn::with_ragged<&fwd_cuda>); }
 #endif

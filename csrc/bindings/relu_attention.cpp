@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "bindings/ragged.h"
 #include "cpu/attention_common.h"
 #include "cpu/relu_attention.h"
 
@@ -58,22 +59,23 @@ Fwd fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
 
 TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
   m.def("relu_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor gamma, Tensor sink, Tensor alibi_slopes, "
-        "Tensor tau, bool causal, float scale, int norm, int quant, bool int8_qkv) -> (Tensor, Tensor, Tensor)");
+        "Tensor tau, bool causal, float scale, int norm, int quant, bool int8_qkv, "
+     FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor, Tensor)");
   m.def("relu_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor den, Tensor argmax, "
         "Tensor gamma, Tensor sink, Tensor alibi_slopes, Tensor tau, bool causal, float scale, int norm, "
-        "int quant) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "int quant, " FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
-  m.impl("relu_attention_fwd", &fastattn::cpu::relu_attention_fwd_cpu);
-  m.impl("relu_attention_bwd", &fastattn::cpu::relu_attention_bwd_cpu);
+  m.impl("relu_attention_fwd", fastattn::with_ragged<&fastattn::cpu::relu_attention_fwd_cpu>);
+  m.impl("relu_attention_bwd", fastattn::with_ragged<&fastattn::cpu::relu_attention_bwd_cpu>);
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
-  m.impl("relu_attention_fwd", &fwd_meta);
-  m.impl("relu_attention_bwd", &bwd_meta);
+  m.impl("relu_attention_fwd", fastattn::meta_with_ragged<&fwd_meta>);
+  m.impl("relu_attention_bwd", fastattn::meta_with_ragged<&bwd_meta>);
 }
 
 #ifdef FASTATTN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("relu_attention_fwd", &fwd_cuda); }
+TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("relu_attention_fwd", fastattn::with_ragged<&fwd_cuda>); }
 #endif

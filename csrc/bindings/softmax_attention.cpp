@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "bindings/ragged.h"
 #include "cpu/attention_common.h"
 #include "cpu/softmax_attention.h"
 
@@ -62,21 +63,22 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tenso
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
-  m.def("softmax_attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)");
+  m.def("softmax_attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, "
+        FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor)");
   m.def("softmax_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
-        "float scale) -> (Tensor, Tensor, Tensor)");
+        "float scale, " FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
-  m.impl("softmax_attention_fwd", &fwd_cpu);
-  m.impl("softmax_attention_bwd", &bwd_cpu);
+  m.impl("softmax_attention_fwd", fastattn::with_ragged<&fwd_cpu>);
+  m.impl("softmax_attention_bwd", fastattn::with_ragged<&bwd_cpu>);
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
-  m.impl("softmax_attention_fwd", &fwd_meta);
-  m.impl("softmax_attention_bwd", &bwd_meta);
+  m.impl("softmax_attention_fwd", fastattn::meta_with_ragged<&fwd_meta>);
+  m.impl("softmax_attention_bwd", fastattn::meta_with_ragged<&bwd_meta>);
 }
 
 #ifdef FASTATTN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("softmax_attention_fwd", &fwd_cuda); }
+TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("softmax_attention_fwd", fastattn::with_ragged<&fwd_cuda>); }
 #endif

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "bindings/ragged.h"
 #include "cpu/attention_common.h"
 #include "cpu/softmax_attention.h"
 #include "cpu/topk_attention.h"
@@ -71,25 +72,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, con
 
 TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
   m.def("topk_attention_threshold(Tensor q, Tensor k, Tensor gamma, Tensor alibi_slopes, bool causal, float scale, "
-        "int topk) -> Tensor");
-  m.def("topk_attention_fwd(Tensor q, Tensor k, Tensor v, int topk, bool causal, float scale) -> (Tensor, Tensor, "
-        "Tensor)");
+        "int topk, " FASTATTN_RAGGED_SCHEMA ") -> Tensor");
+  m.def("topk_attention_fwd(Tensor q, Tensor k, Tensor v, int topk, bool causal, float scale, "
+        FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor, Tensor)");
   m.def("topk_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor tau, "
-        "bool causal, float scale) -> (Tensor, Tensor, Tensor)");
+        "bool causal, float scale, " FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
-  m.impl("topk_attention_threshold", &topk_attention_threshold_cpu);
-  m.impl("topk_attention_fwd", &fastattn::cpu::topk_attention_fwd_cpu);
-  m.impl("topk_attention_bwd", &bwd_cpu);
+  m.impl("topk_attention_threshold", fastattn::with_ragged<&topk_attention_threshold_cpu>);
+  m.impl("topk_attention_fwd", fastattn::with_ragged<&fastattn::cpu::topk_attention_fwd_cpu>);
+  m.impl("topk_attention_bwd", fastattn::with_ragged<&bwd_cpu>);
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
-  m.impl("topk_attention_threshold", &threshold_meta);
-  m.impl("topk_attention_fwd", &fwd_meta);
-  m.impl("topk_attention_bwd", &bwd_meta);
+  m.impl("topk_attention_threshold", fastattn::meta_with_ragged<&threshold_meta>);
+  m.impl("topk_attention_fwd", fastattn::meta_with_ragged<&fwd_meta>);
+  m.impl("topk_attention_bwd", fastattn::meta_with_ragged<&bwd_meta>);
 }
 
 #ifdef FASTATTN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("topk_attention_fwd", &fwd_cuda); }
+TORCH_LIBRARY_IMPL(fastattn_C, CUDA, m) { m.impl("topk_attention_fwd", fastattn::with_ragged<&fwd_cuda>); }
 #endif

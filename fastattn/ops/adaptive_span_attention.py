@@ -67,17 +67,22 @@ def _args(backend: str, *tensors):
 @torch.library.custom_op("fastattn::adaptive_span_attention_fwd", mutates_args=())
 def adaptive_span_attention_fwd(q: Tensor, k: Tensor, v: Tensor, span: Tensor, period: Tensor | None,
                                 phase: Tensor | None, ramp: float, duty: float, causal: bool, scale: float,
-                                backend: str) -> tuple[Tensor, Tensor]:
+                                backend: str,
+                                key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                                cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
+                                ) -> tuple[Tensor, Tensor]:
     """-> out (B, Hq, Nq, Dv) gated, in q's dtype; lse (B, Hq, Nq) fp32, ungated (+inf where g = 0)."""
     fn = dispatch.kernel(OP, "fwd", backend)
     period, phase = _args(backend, period, phase)
     return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), span.float().contiguous(),
               period if period is None else period.float().contiguous(),
-              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale)
+              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @adaptive_span_attention_fwd.register_fake
-def _(q, k, v, span, period, phase, ramp, duty, causal, scale, backend):
+def _(q, k, v, span, period, phase, ramp, duty, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None,
+      cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     B, Hq, Nq, _ = q.shape
     return q.new_empty(B, Hq, Nq, v.shape[-1]), q.new_empty(B, Hq, Nq, dtype=torch.float32)
 
@@ -85,7 +90,9 @@ def _(q, k, v, span, period, phase, ramp, duty, causal, scale, backend):
 @torch.library.custom_op("fastattn::adaptive_span_attention_bwd", mutates_args=())
 def adaptive_span_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                                 span: Tensor, period: Tensor | None, phase: Tensor | None, ramp: float,
-                                duty: float, causal: bool, scale: float, backend: str
+                                duty: float, causal: bool, scale: float, backend: str,
+                                key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                                cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
                                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> dq, dk, dv like q, k, v; dspan (Hq,) fp32; dperiod, dphase (Hq,) fp32 ((0,) without period)."""
     fn = dispatch.kernel(OP, "bwd", backend)
@@ -93,11 +100,13 @@ def adaptive_span_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
     return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
               lse.contiguous(), span.float().contiguous(),
               period if period is None else period.float().contiguous(),
-              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale)
+              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @adaptive_span_attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale, backend):
+def _(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale, backend, key_padding_mask=None,
+      cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     n = 0 if period is None else span.shape[0]
     f32 = dict(dtype=torch.float32, device=q.device)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty(span.shape[0], **f32),
@@ -105,20 +114,21 @@ def _(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale, b
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, span, period, phase, ramp, duty, causal, scale, backend = inputs
+    q, k, v, span, period, phase, ramp, duty, causal, scale, backend, kpm, cu_q, cu_k, max_q, max_k = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, span, period, phase)
+    ctx.save_for_backward(q, k, v, out, lse, span, period, phase, kpm, cu_q, cu_k)
     ctx.opts = (ramp, duty, causal, scale, backend)
+    ctx.max_seqlens = (max_q, max_k)
     ctx.dtypes = tuple(None if t is None else t.dtype for t in (span, period, phase))
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, span, period, phase = ctx.saved_tensors
+    q, k, v, out, lse, span, period, phase, kpm, cu_q, cu_k = ctx.saved_tensors
     dq, dk, dv, dspan, dperiod, dphase = adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase,
-                                                                     *ctx.opts)
+                                                                     *ctx.opts, kpm, cu_q, cu_k, *ctx.max_seqlens)
     ds, dp, dph = ctx.dtypes
     return (dq, dk, dv, dspan.to(ds), None if dp is None else dperiod.to(dp), None if dph is None else dphase.to(dph),
-            None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None, None)
 
 
 adaptive_span_attention_fwd.register_autograd(_backward, setup_context=_setup_context)

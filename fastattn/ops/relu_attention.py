@@ -36,15 +36,20 @@ def _args(backend: str, *tensors):
 @torch.library.custom_op("fastattn::relu_attention_fwd", mutates_args=())
 def relu_attention_fwd(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, sink: Tensor, alibi_slopes: Tensor | None,
                        tau: Tensor | None, causal: bool, scale: float, norm: int, quant: int, int8_qkv: bool,
-                       backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                       backend: str,
+                       key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                       cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
+                       ) -> tuple[Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "fwd", backend)
     alibi_slopes, tau = _args(backend, alibi_slopes, tau)
     return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), gamma.contiguous(), sink.contiguous(),
-              alibi_slopes, tau, causal, scale, norm, quant, int8_qkv)
+              alibi_slopes, tau, causal, scale, norm, quant, int8_qkv,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @relu_attention_fwd.register_fake
-def _(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend):
+def _(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend, key_padding_mask=None,
+      cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     B, Hq, Nq, _ = q.shape
     return (q.new_empty(B, Hq, Nq, v.shape[-1]), q.new_empty(B, Hq, Nq, dtype=torch.float32),
             q.new_empty(B, Hq, Nq, dtype=torch.int32))
@@ -53,35 +58,43 @@ def _(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_
 @torch.library.custom_op("fastattn::relu_attention_bwd", mutates_args=())
 def relu_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, den: Tensor, argmax: Tensor,
                        gamma: Tensor, sink: Tensor, alibi_slopes: Tensor | None, tau: Tensor | None, causal: bool,
-                       scale: float, norm: int, quant: int, backend: str
+                       scale: float, norm: int, quant: int, backend: str,
+                       key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                       cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "bwd", backend)
     alibi_slopes, tau = _args(backend, alibi_slopes, tau)
     return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), den, argmax,
-              gamma.contiguous(), sink.contiguous(), alibi_slopes, tau, causal, scale, norm, quant)
+              gamma.contiguous(), sink.contiguous(), alibi_slopes, tau, causal, scale, norm, quant,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @relu_attention_bwd.register_fake
-def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend):
+def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend,
+      key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(gamma),
             torch.empty_like(sink))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend = inputs
+    q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend, *ragged = inputs
+    kpm, cu_q, cu_k, max_q, max_k = ragged
     out, den, argmax = output
-    ctx.save_for_backward(q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau)
+    ctx.save_for_backward(q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, kpm, cu_q, cu_k)
     ctx.opts = (causal, scale, norm, quant, int8_qkv, backend)
+    ctx.max_seqlens = (max_q, max_k)
 
 
 def _backward(ctx, dout, _dden, _dargmax):
-    q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau = ctx.saved_tensors
+    q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, kpm, cu_q, cu_k = ctx.saved_tensors
     causal, scale, norm, quant, int8_qkv, backend = ctx.opts
     if int8_qkv:  # straight-through: the gradient of the op at the rounded inputs
         q, k, v = int8_round(q, -1), int8_round(k, -1), int8_round(v, -2)
     dq, dk, dv, dgamma, dsink = relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes,
-                                                   tau, causal, scale, norm, quant, backend)
-    return dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None
+                                                   tau, causal, scale, norm, quant, backend, kpm, cu_q, cu_k,
+                                                   *ctx.max_seqlens)
+    return (dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None,
+            None, None, None, None, None)
 
 
 relu_attention_fwd.register_autograd(_backward, setup_context=_setup_context)

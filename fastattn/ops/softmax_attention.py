@@ -13,43 +13,53 @@ OP = "softmax_attention"
 
 @torch.library.custom_op("fastattn::softmax_attention_fwd", mutates_args=())
 def softmax_attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float,
-                          backend: str) -> tuple[Tensor, Tensor]:
+                          backend: str,
+                          key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                          cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
+                          ) -> tuple[Tensor, Tensor]:
     """-> out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) fp32 (+inf on rows with no key)."""
     fn = dispatch.kernel(OP, "fwd", backend)
-    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), causal, scale)
+    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), causal, scale,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @softmax_attention_fwd.register_fake
-def _(q, k, v, causal, scale, backend):
+def _(q, k, v, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0,
+      max_seqlen_k=0):
     B, Hq, Nq, _ = q.shape
     return q.new_empty(B, Hq, Nq, v.shape[-1]), q.new_empty(B, Hq, Nq, dtype=torch.float32)
 
 
 @torch.library.custom_op("fastattn::softmax_attention_bwd", mutates_args=())
 def softmax_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                          causal: bool, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                          causal: bool, scale: float, backend: str,
+                          key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                          cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
+                          ) -> tuple[Tensor, Tensor, Tensor]:
     """-> dq, dk, dv shaped and typed like q, k, v."""
     fn = dispatch.kernel(OP, "bwd", backend)
     return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
-              lse.contiguous(), causal, scale)
+              lse.contiguous(), causal, scale, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @softmax_attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, causal, scale, backend):
+def _(dout, q, k, v, out, lse, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
+      max_seqlen_q=0, max_seqlen_k=0):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale, backend = inputs
+    q, k, v, causal, scale, backend, kpm, cu_q, cu_k, max_q, max_k = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.causal, ctx.scale, ctx.backend = causal, scale, backend
+    ctx.save_for_backward(q, k, v, out, lse, kpm, cu_q, cu_k)
+    ctx.opts = (causal, scale, backend)
+    ctx.max_seqlens = (max_q, max_k)
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = softmax_attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale, ctx.backend)
-    return dq, dk, dv, None, None, None
+    q, k, v, out, lse, kpm, cu_q, cu_k = ctx.saved_tensors
+    dq, dk, dv = softmax_attention_bwd(dout, q, k, v, out, lse, *ctx.opts, kpm, cu_q, cu_k, *ctx.max_seqlens)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 softmax_attention_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -25,38 +25,51 @@ MAX_TOPK = {"cpu": 4096, "triton": 128}  # per fused backend; the reference and 
 
 @torch.library.custom_op("fastattn::topk_attention_threshold", mutates_args=())
 def topk_attention_threshold(q: Tensor, k: Tensor, gamma: Tensor, alibi_slopes: Tensor | None, causal: bool,
-                             scale: float, topk: int, backend: str) -> Tensor:
+                             scale: float, topk: int, backend: str,
+                             key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                             cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
+                             ) -> Tensor:
     fn = dispatch.kernel(OP, "threshold", backend)
     if backend != "triton" and alibi_slopes is None:
         alibi_slopes = torch.empty(0)
-    return fn(q.contiguous(), kv_operand(k, backend), gamma.contiguous(), alibi_slopes, causal, scale, topk)
+    return fn(q.contiguous(), kv_operand(k, backend), gamma.contiguous(), alibi_slopes, causal, scale, topk,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @topk_attention_threshold.register_fake
-def _(q, k, gamma, alibi_slopes, causal, scale, topk, backend):
+def _(q, k, gamma, alibi_slopes, causal, scale, topk, backend, key_padding_mask=None, cu_seqlens_q=None,
+      cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     return q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-def topk_threshold(q, k, gamma, alibi_slopes, causal, scale, topk, backend):
-    """tau (B, Hq, Nq) for relu_attention(topk=K) and topk_attention on a fused backend."""
+def topk_threshold(q, k, gamma, alibi_slopes, causal, scale, topk, backend, *ragged):
+    """tau (B, Hq, Nq) for relu_attention(topk=K) and topk_attention on a fused backend; `ragged`: the
+    five trailing kernel arguments (key_padding_mask, cu_seqlens_q/k, max_seqlen_q/k), or none."""
     _check_topk(topk, backend)
-    return topk_attention_threshold(q, k, gamma, alibi_slopes, causal, scale, topk, backend)
+    return topk_attention_threshold(q, k, gamma, alibi_slopes, causal, scale, topk, backend, *ragged)
 
 
 @torch.library.custom_op("fastattn::topk_attention_fwd", mutates_args=())
 def topk_attention_fwd(q: Tensor, k: Tensor, v: Tensor, topk: int, causal: bool, scale: float,
-                       backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _fwd_kernel(q, k, v, topk, causal, scale, backend)
+                       backend: str,
+                       key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                       cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    return _fwd_kernel(q, k, v, topk, causal, scale, backend, key_padding_mask, cu_seqlens_q, cu_seqlens_k,
+                       max_seqlen_q, max_seqlen_k)
 
 
-def _fwd_kernel(q, k, v, topk, causal, scale, backend):
+def _fwd_kernel(q, k, v, topk, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                max_seqlen_q=0, max_seqlen_k=0):
     """The backend's fused forward -> (out, lse, tau); the custom op's body, also called directly."""
     fn = dispatch.kernel(OP, "fwd", backend)
-    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), topk, causal, scale)
+    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), topk, causal, scale,
+              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @topk_attention_fwd.register_fake
-def _(q, k, v, topk, causal, scale, backend):
+def _(q, k, v, topk, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
+      max_seqlen_q=0, max_seqlen_k=0):
     B, Hq, Nq, _ = q.shape
     return (q.new_empty(B, Hq, Nq, v.shape[-1]), q.new_empty(B, Hq, Nq, dtype=torch.float32),
             q.new_empty(B, Hq, Nq, dtype=torch.float32))
@@ -64,29 +77,35 @@ def _(q, k, v, topk, causal, scale, backend):
 
 @torch.library.custom_op("fastattn::topk_attention_bwd", mutates_args=())
 def topk_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, tau: Tensor,
-                       causal: bool, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                       causal: bool, scale: float, backend: str,
+                       key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                       cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
+                       ) -> tuple[Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "bwd", backend)
     return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), lse, tau,
-              causal, scale)
+              causal, scale, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 @topk_attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, tau, causal, scale, backend):
+def _(dout, q, k, v, out, lse, tau, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None,
+      cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, topk, causal, scale, backend = inputs
+    q, k, v, topk, causal, scale, backend, kpm, cu_q, cu_k, max_q, max_k = inputs
     out, lse, tau = output
-    ctx.save_for_backward(q, k, v, out, lse, tau)
+    ctx.save_for_backward(q, k, v, out, lse, tau, kpm, cu_q, cu_k)
     ctx.opts = (causal, scale, backend)
+    ctx.max_seqlens = (max_q, max_k)
 
 
 def _backward(ctx, dout, _dlse, _dtau):
-    q, k, v, out, lse, tau = ctx.saved_tensors
+    q, k, v, out, lse, tau, kpm, cu_q, cu_k = ctx.saved_tensors
     causal, scale, backend = ctx.opts
-    dq, dk, dv = topk_attention_bwd(dout, q, k, v, out, lse, tau, causal, scale, backend)
-    return dq, dk, dv, None, None, None, None
+    dq, dk, dv = topk_attention_bwd(dout, q, k, v, out, lse, tau, causal, scale, backend, kpm, cu_q, cu_k,
+                                    *ctx.max_seqlens)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 topk_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
