@@ -11,7 +11,7 @@ TEST_ARGS  ?= -m "not slow"
 # Two cores here: two pytest workers.
 TEST_WORKERS ?= 2
 
-.PHONY: venv build bench test test-portable info clean
+.PHONY: venv build bench test test-portable check-cuda info clean
 all: test
 
 $(VENV)/.deps:
@@ -61,6 +61,13 @@ test-portable: venv
 	    assert i and not i['cpu_features'], f'not the portable build: {i} {_ext.extension_error()}'; \
 	    print('test-portable: fastattn._C built for x86-64-v3, no AVX-512 paths')"; \
 	$$py -m pytest -n $(TEST_WORKERS) -q -p no:cacheprovider -m "not slow and not gpu" -k "not triton" $(PORTABLE_TESTS)
+
+# The CUDA build a GPU user gets, compiled and loaded here without a GPU (.ci/check_cuda.py): a venv in
+# ~/.cache with PyPI's CUDA torch of the test venv's version (~2.2 GB, downloaded once), the README's
+# install command in a copy under build/cuda, then every stage the dispatch table runs on cuda is
+# checked for a CUDA kernel with its CPU kernel's signature.
+check-cuda: venv
+	$(PY) .ci/check_cuda.py --torch "$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
 
 info: build
 	$(PY) -m fastattn info

@@ -1,4 +1,4 @@
-"""`python -m fastattn {info,bench,train,generate,compare-kinds}`."""
+"""`python -m fastattn {info,bench,train,generate,compare-kinds,charlm}`."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     sub.add_parser("generate", help="generate text from a checkpoint", add_help=False)
     sub.add_parser("compare-kinds", help="train a config once per attention kind; bits/byte vs tokens/s",
                    add_help=False)
+    sub.add_parser("charlm", help="the adaptive-span character LM recipe (enwik8 or any corpus)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     try:
         return _run(args, rest)
@@ -78,6 +79,9 @@ def _run(args, rest) -> int:
     if args.cmd == "compare-kinds":
         from .train.compare import main as compare_main
         return compare_main(rest)
+    if args.cmd == "charlm":
+        from .train.charlm import main as charlm_main
+        return charlm_main(rest)
     return 2
 
 

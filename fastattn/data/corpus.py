@@ -6,6 +6,8 @@ Sources (DataConfig.source):
             JSON-lines file under cache_dir and loaded from there with `datasets`.
   "files":  local text files (one document per file) or JSON-lines files (`text_field` per line).
   "hub":    a Hugging Face Hub dataset (hub_name / hub_config / hub_split); supported, never required.
+  "enwik8": the enwik8 benchmark file (paths: [enwik8.zip or the raw file], default
+            fastattn.data.enwik8.default_dir()), byte level, its standard 90/5/5 split (with `test`).
 
     >>> data = load_corpus(DataConfig(source="stdlib", max_chars=200_000))    # doctest: +SKIP
     >>> data.train.shape, data.tokenizer.vocab_size                            # doctest: +SKIP
@@ -30,7 +32,7 @@ _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "_
 
 @dataclass
 class DataConfig:
-    source: str = "stdlib"          # "stdlib" | "files" | "hub"
+    source: str = "stdlib"          # "stdlib" | "files" | "hub" | "enwik8"
     paths: list = field(default_factory=list)
     format: str = "text"            # for source="files": "text" | "json"
     text_field: str = "text"
@@ -45,7 +47,7 @@ class DataConfig:
     document_mask: bool = True       # attention and targets stop at document boundaries (corpora of several documents)
 
     def __post_init__(self):
-        checks = [("source", self.source, ("stdlib", "files", "hub")), ("format", self.format, ("text", "json")),
+        checks = [("source", self.source, ("stdlib", "files", "hub", "enwik8")), ("format", self.format, ("text", "json")),
                   ("tokenizer", self.tokenizer, ("byte", "char"))]
         for name, val, ok in checks:
             if val not in ok:
@@ -60,12 +62,13 @@ class DataConfig:
 
 @dataclass
 class TextData:
-    """Tokenized splits (1-D int32 tensors), what bits per byte needs, and where documents start
+    """Tokenized splits (1-D integer tensors), what bits per byte needs, and where documents start
     (int64 token offsets, the first 0; None for a corpus that is one stream)."""
     train: torch.Tensor
     val: torch.Tensor
     tokenizer: object
     val_bytes_per_token: float   # UTF-8 bytes of the validation text / its number of tokens
+    test: torch.Tensor | None = None  # a held-out test split, where the source defines one (enwik8)
     train_doc_starts: torch.Tensor | None = None
     val_doc_starts: torch.Tensor | None = None
 
@@ -128,6 +131,10 @@ def _load_documents(cfg: DataConfig) -> list[str]:
 
 def load_corpus(cfg: DataConfig) -> TextData:
     """Load, cap, split and tokenize. Deterministic for a given config (the same order on resume)."""
+    if cfg.source == "enwik8":  # bytes as they are, its own split; max_chars and val_fraction do not apply
+        from .enwik8 import load_enwik8
+        train, val, test = load_enwik8(cfg.paths[0] if cfg.paths else None)
+        return TextData(train, val, ByteTokenizer(), 1.0, test)
     docs = _load_documents(cfg)
     if not docs:
         raise ValueError("the corpus is empty")
@@ -157,7 +164,8 @@ def load_corpus(cfg: DataConfig) -> TextData:
     if len(docs) < 2:
         train_starts = val_starts = None
     val_bytes = len(sep.join(val_docs).encode("utf-8"))
-    return TextData(train, val, tok, val_bytes / max(1, len(val)), train_starts, val_starts)
+    return TextData(train, val, tok, val_bytes / max(1, len(val)), train_doc_starts=train_starts,
+                    val_doc_starts=val_starts)
 
 
 def _encode_documents(tok, docs: list[str], sep: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -109,7 +109,7 @@ def _(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale, b
       cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     n = 0 if period is None else span.shape[0]
     f32 = dict(dtype=torch.float32, device=q.device)
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty(span.shape[0], **f32),
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty(span.shape[0], **f32),
             torch.empty(n, **f32), torch.empty(n, **f32))
 
 

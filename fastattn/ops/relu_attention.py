@@ -72,8 +72,16 @@ def relu_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
 @relu_attention_bwd.register_fake
 def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend,
       key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(gamma),
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(gamma),
             torch.empty_like(sink))
+
+
+def _int8_operands(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """q, k int8-rounded per token in fp32: level * fp32 scale, the values whose products the int8_qkv
+    kernels compute exactly. Rounded back to fp16/bf16 they would differ from those products by the
+    half dtype's rounding, far beyond the top-K threshold's tie margin, so a threshold or backward
+    computed from them would drop or add keys at the K-th place (issue 21)."""
+    return int8_round(q.float(), -1), int8_round(k.float(), -1)
 
 
 def _setup_context(ctx, inputs, output):
@@ -88,11 +96,15 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dden, _dargmax):
     q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, kpm, cu_q, cu_k = ctx.saved_tensors
     causal, scale, norm, quant, int8_qkv, backend = ctx.opts
-    if int8_qkv:  # straight-through: the gradient of the op at the rounded inputs
-        q, k, v = int8_round(q, -1), int8_round(k, -1), int8_round(v, -2)
+    dtype = q.dtype
+    if int8_qkv:  # straight-through: the gradient of the op at the rounded inputs, exactly as the forward
+        # multiplied them (see _int8_operands); the gradients go back to the inputs' dtype
+        (q, k), v = _int8_operands(q, k), int8_round(v.float(), -2)
+        dout, out = dout.float(), out.float()
     dq, dk, dv, dgamma, dsink = relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes,
                                                    tau, causal, scale, norm, quant, backend, kpm, cu_q, cu_k,
                                                    *ctx.max_seqlens)
+    dq, dk, dv = dq.to(dtype), dk.to(dtype), dv.to(dtype)
     return (dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None,
             None, None, None, None, None)
 
@@ -163,7 +175,7 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
     tau = None
     if topk is not None:
         with torch.no_grad():
-            qs, ks = (int8_round(q, -1), int8_round(k, -1)) if int8_qkv else (q, k)  # select on what is multiplied
+            qs, ks = _int8_operands(q, k) if int8_qkv else (q, k)  # select on what is multiplied
             tau = topk_threshold(qs, ks, gamma_t.detach(), alibi_t, causal, scale, topk, name)
     bits = quant_bits(quant, Nk)
     return relu_attention_fwd(q, k, v, gamma_t, sink_t, alibi_t, tau, causal, scale, NORM_CODE[norm], bits,

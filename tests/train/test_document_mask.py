@@ -80,7 +80,7 @@ def _doc_data(val_docs, train_text_seed=0):
         starts = torch.tensor([0] + [len(p) for p in parts[:-1]]).cumsum(0)
         return torch.cat(parts), starts
     (train, ts), (val, vs) = enc(train_docs), enc(val_docs)
-    return TextData(train, val, tok, 1.0, ts, vs)
+    return TextData(train, val, tok, 1.0, train_doc_starts=ts, val_doc_starts=vs)
 
 
 def _run(tmp_path, **data):
