@@ -54,7 +54,7 @@ def default_positions(n: int, cache: KVCache | None, key_padding_mask: torch.Ten
     None for the plain start..start+n-1."""
     if cu_seqlens is not None:
         return positions_from_cu_seqlens(cu_seqlens, n)
-    if key_padding_mask is None and (cache is None or not cache.padded):
+    if key_padding_mask is None and not getattr(cache, "padded", False):
         return None
     offset = cache.real_lengths() if cache is not None and cache.pos else None
     if key_padding_mask is None:
@@ -70,6 +70,8 @@ def check_masks(name: str, B: int, N: int, cache, key_padding_mask, cu_seqlens, 
                                          tuple(key_padding_mask.shape) != (B, N)):
         raise ValueError(f"{name}: key_padding_mask must be bool (B, N) = ({B}, {N}), True for real tokens; got "
                          f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+    if key_padding_mask is not None and cache is not None and not hasattr(cache, "real_lengths"):
+        raise ValueError(f"{name}: key_padding_mask needs a KVCache (this {type(cache).__name__} keeps no padding mask)")
     if cu_seqlens is not None:
         if cache is not None:
             raise ValueError(f"{name}: cu_seqlens (packed documents) cannot be used with a KV cache; decode "
@@ -211,9 +213,12 @@ class SelfAttention(nn.Module):
             position_ids = default_positions(N, cache, key_padding_mask, cu_seqlens)
         q, cached = self.project(x, start) if position_ids is None else self.project(x, start, position_ids)
         key_positions = position_ids
-        if cache is not None:
-            cached = cache.append(*cached, key_padding_mask=key_padding_mask, positions=position_ids)
-            key_padding_mask, key_positions = cache.key_padding_mask(), cache.key_positions()
+        if cache is not None:  # a KVCache; other caches (segment memory) may know only pos and append(*new)
+            ragged = {k: t for k, t in (("key_padding_mask", key_padding_mask), ("positions", position_ids))
+                      if t is not None}
+            cached = cache.append(*cached, **ragged)
+            key_padding_mask = cache.key_padding_mask() if getattr(cache, "padded", False) else None
+            key_positions = cache.key_positions() if getattr(cache, "has_positions", False) else None
         extra = op_masks(key_padding_mask, cu_seqlens, max_seqlen)
         if key_positions is not None:
             extra["key_positions"] = key_positions
