@@ -25,10 +25,11 @@ def _info(args) -> int:
     err = fastattn.extension_error()
     if err is None:
         info = _ext.build_info()
-        print(f"fastattn._C: loaded; CPU kernels use {' '.join(info['cpu_features']) or 'portable C++ paths only'}; "
+        print(f"extension: {info['module']}, the {info['variant']} CPU variant (FASTATTN_CPU_VARIANT); CPU kernels "
+              f"use {' '.join(info['cpu_features']) or 'their portable C++ paths (AVX2)'}; "
               f"CUDA kernels {'built' if info['cuda'] else 'not built'}")
     else:
-        print(f"fastattn._C: NOT loaded: {err}")
+        print(f"extension: NOT loaded: {err}")
     for op, backends in dispatch.report().items():
         print(f"\n{op}")
         for b, why in backends.items():

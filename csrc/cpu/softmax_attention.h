@@ -1,4 +1,4 @@
-// Fused, tiled CPU softmax attention (SPEC.md §1), forward and backward.
+// Fused, tiled CPU softmax attention (docs/semantics.md §1), forward and backward.
 // The optional `tau` (fp32 (B, Hq, Nq), empty = none) keeps key j for query i only where
 // s_ij >= tau_i: top-K attention is this kernel plus a threshold (csrc/cpu/topk_attention.cpp).
 #pragma once

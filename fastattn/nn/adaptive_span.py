@@ -1,5 +1,5 @@
 """AdaptiveSpanAttention: multi-head attention with a learnable per-head span (Sukhbaatar et al., 2019)
-and an optional learnable periodic query gate (SPEC §4), on fastattn.adaptive_span_attention.
+and an optional learnable periodic query gate (docs/semantics.md §4), on fastattn.adaptive_span_attention.
 
 Span: a per-head parameter `span_frac`, the span as a fraction of max_span (as in Sukhbaatar et al.'s
 code: an optimizer step of size ~lr then moves a span by ~lr * max_span tokens, so spans actually
@@ -12,7 +12,7 @@ initialized spread over the heads so that different heads gate off different pos
 `learn_span=False` fixes every head's span at max_span (no parameter, no penalty): with the gate,
 that is dense attention (up to max_span + ramp back) with periodic query masking only.
 
-Gate positions: the gate is a function of the query's position i' = i + Nk - Nq (SPEC §4), as a KV
+Gate positions: the gate is a function of the query's position i' = i + Nk - Nq (docs/semantics.md §4), as a KV
 cache continues it. Under segment memory (fastattn.nn.segment_memory) the memory's length changes
 as it is trimmed, so the memory sets `gate_anchor` A: the block's queries are gated as positions
 A + i whatever the memory length (trimming then never changes the gate).

@@ -1,4 +1,4 @@
-"""fastattn.adaptive_span_attention: adaptive span + periodic query gate (SPEC.md §4) on every backend.
+"""fastattn.adaptive_span_attention: adaptive span + periodic query gate (docs/semantics.md §4) on every backend.
 
 Kernel-level contract (identical positional arguments for the Triton launchers
 kernels/adaptive_span_attention.py and the C++ ops torch.ops.fastattn_C.adaptive_span_attention_*;
@@ -137,7 +137,7 @@ adaptive_span_attention_fwd.register_autograd(_backward, setup_context=_setup_co
 def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: float = 32.0, period=None, phase=None,
                             duty: float = 0.5, causal: bool = True, allow_bidirectional: bool = False,
                             scale: float | None = None, backend: str = "auto") -> Tensor:
-    """Adaptive-span softmax attention with an optional learnable periodic query gate (SPEC.md §4).
+    """Adaptive-span softmax attention with an optional learnable periodic query gate (docs/semantics.md §4).
 
     p_ij = m_ij exp(s_ij) / sum_k m_ik exp(s_ik) with the soft span mask
     m_ij = clamp((R + span_h - x_ij) / R, 0, 1), x_ij = i' - j, i' = i + Nk - Nq (bottom-right aligned);

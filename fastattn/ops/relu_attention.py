@@ -1,4 +1,4 @@
-"""fastattn.relu_attention: ByteScale ReLU attention (SPEC.md §2) on every backend.
+"""fastattn.relu_attention: ByteScale ReLU attention (docs/semantics.md §2) on every backend.
 
 Kernel-level contract (identical positional arguments for torch.ops.fastattn_C.relu_attention_fwd/bwd
 and kernels/relu_attention.py; absent tensors are empty for C++, None for Triton):
@@ -116,7 +116,7 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
                    gamma: float | Tensor = 1.0, alibi_slopes: Tensor | None = None, sink: float | Tensor = 0.0,
                    norm: str = "max", topk: int | None = None, quant=None, int8_qkv: bool = False,
                    backend: str = "auto") -> Tensor:
-    """ByteScale ReLU attention: softmax-free, p_ij = relu(s_ij) / (sink + max|sum|count) (SPEC.md §2).
+    """ByteScale ReLU attention: softmax-free, p_ij = relu(s_ij) / (sink + max|sum|count) (docs/semantics.md §2).
 
     s_ij = gamma_h * scale * q_i.k_j - slope_h * |i' - j|, with i' = i + Nk - Nq (bottom-right aligned).
 

@@ -1,4 +1,4 @@
-"""fastattn.softmax_attention: the softmax baseline (SPEC.md §1) on every backend."""
+"""fastattn.softmax_attention: the softmax baseline (docs/semantics.md §1) on every backend."""
 from __future__ import annotations
 
 import torch
@@ -67,7 +67,7 @@ softmax_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
                       scale: float | None = None, backend: str = "auto") -> Tensor:
-    """Softmax attention, the baseline the other ops are measured against (SPEC.md §1).
+    """Softmax attention, the baseline the other ops are measured against (docs/semantics.md §1).
 
     Args:
         q: (B, Hq, Nq, D); k: (B, Hk, Nk, D); v: (B, Hk, Nk, Dv), with Hq % Hk == 0 (MHA/GQA/MQA).
