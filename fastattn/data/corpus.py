@@ -44,7 +44,9 @@ class DataConfig:
     val_fraction: float = 0.05
     seed: int = 0
     cache_dir: str | None = None     # default ~/.cache/fastattn
-    document_mask: bool = True       # attention and targets stop at document boundaries (corpora of several documents)
+    # Attention and targets stop at document boundaries (corpora of several documents): true, false,
+    # or null (default) = on where the attention ops have a fused varlen backend (Trainer).
+    document_mask: bool | None = None
 
     def __post_init__(self):
         checks = [("source", self.source, ("stdlib", "files", "hub", "enwik8")), ("format", self.format, ("text", "json")),

@@ -14,7 +14,8 @@ Batches (`generate_batch`): prompts of different lengths are left-padded into on
 padding mask keeps every row to its own tokens (with a KV cache the mask stays in the cache for
 all decoding steps) and RoPE positions count real tokens only, so each row gets what generating
 its prompt alone gives (greedy: the same tokens, barring exact near-ties in rounding). Batches
-that would outgrow max_seq_len are grouped by prompt length instead (sliding window as above).
+that would outgrow max_seq_len, or whose attention backend takes no padding mask, are grouped by
+prompt length instead (sliding window as above).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from typing import Iterator
 
 import torch
 from torch.nn import functional as F
+
+from ..dispatch import BackendUnavailable
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -129,8 +132,11 @@ def generate_batch(model, prompts: list, max_new_tokens: int, temperature: float
             raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
     lengths = [len(p) for p in prompts]
     if len(set(lengths)) > 1 and max(lengths) + max_new_tokens <= L:
-        return _generate_padded(model, prompts, max_new_tokens, use_cache,
-                                lambda logits: sample(logits, temperature, top_k, top_p, generator))
+        try:
+            return _generate_padded(model, prompts, max_new_tokens, use_cache,
+                                    lambda logits: sample(logits, temperature, top_k, top_p, generator))
+        except BackendUnavailable:  # raised by the prefill, before anything is sampled
+            pass  # the model's backend takes no padding mask: groups of equal length below
     device = next(model.parameters()).device
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):

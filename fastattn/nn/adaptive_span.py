@@ -46,6 +46,8 @@ class AdaptiveSpanAttention(SelfAttention):
         >>> loss = attn(torch.randn(2, 32, 128)).square().mean() + attn.extra_loss()
     """
 
+    op = "adaptive_span_attention"
+
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, max_span: float = 1024.0,
                  init_span: float | None = None, ramp: float = 32.0, span_loss_coef: float = 2e-6,
                  periodic: bool = False, period_range: tuple[float, float] = (2.0, 8.0),

@@ -129,6 +129,7 @@ class SelfAttention(nn.Module):
     """
 
     cache_class = KVCache
+    op = "softmax_attention"  # the fastattn op `attend` calls (the trainer asks dispatch what it supports)
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, head_dim: int | None = None,
                  rope: bool = True, rope_base: float = 10000.0, max_seq_len: int = 2048, dropout: float = 0.0,

@@ -34,6 +34,8 @@ class ByteScaleAttention(SelfAttention):
         torch.Size([2, 16, 256])
     """
 
+    op = "relu_attention"
+
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, norm: str = "max",
                  quant="auto", alibi: bool = True, init_sink: float = 1.0, **kw):
         super().__init__(dim, n_heads, n_kv_heads, **kw)

@@ -83,6 +83,8 @@ class SparseLatentAttention(SelfAttention):
         torch.Size([2, 1, 64, 80])
     """
 
+    op = "topk_attention"
+
     # Absorbed attention runs on r + dr wide heads; the fused backends take head dims up to this.
     MAX_ABSORBED_DIM = 256
 

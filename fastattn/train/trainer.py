@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from .. import dispatch
 from ..data.corpus import TextData, load_corpus
 from ..data.packed import PackedBatches, eval_batches
 from ..models.transformer import TransformerLM
@@ -55,6 +56,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def varlen_unavailable(model: nn.Module, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when every attention layer of `model` runs packed sequences (cu_seqlens) with backward
+    on a fused backend (its own, or one `auto` picks), else why not."""
+    for m in model.modules():
+        if not isinstance(m, SelfAttention):
+            continue
+        names = [m.backend] if m.backend != "auto" else [b for b in dispatch.AUTO.get(device.type, ()) if b != "reference"]
+        reasons = [dispatch.unavailable_reason(m.op, b, device, dtype, m.head_dim, ("varlen",), needs_backward=True)
+                   for b in names]
+        if all(reasons):
+            return "; ".join(reasons) if reasons else f"no fused backend for {m.op} on {device.type}"
+    return None
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
@@ -103,8 +118,7 @@ class Trainer:
         ratio = tc.min_lr / tc.lr
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, ratio))
-        # Document masking: attention and targets stop at document boundaries (corpora of documents).
-        self.document_mask = cfg.data.document_mask and self.data.train_doc_starts is not None
+        self.document_mask = self._document_mask(cfg.data.document_mask)
         self.batches = PackedBatches(self.data.train, tc.batch_size, tc.seq_len, seed=tc.seed,
                                      rank=self.rank, world_size=self.world,
                                      doc_starts=self.data.train_doc_starts if self.document_mask else None)
@@ -133,9 +147,10 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if want_cuda else "gloo")
         if tc.dtype == "bfloat16" or (tc.dtype == "auto" and want_cuda and torch.cuda.is_bf16_supported()):
-            self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
+            self.amp_dtype = torch.bfloat16  # what the attention ops get (parameters stay fp32)
         else:
-            self.autocast = torch.autocast(self.device.type, enabled=False)
+            self.amp_dtype = None
+        self.autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         self.is_main = self.rank == 0
 
     # ---- steps -------------------------------------------------------------------------------
@@ -202,6 +217,20 @@ class Trainer:
                 "val_bpb": loss / LN2 / self.data.val_bytes_per_token}
 
     # ---- loop --------------------------------------------------------------------------------
+    def _document_mask(self, setting: bool | None) -> bool:
+        """Whether batches are document-masked: never for a corpus that is one stream; by default
+        (None) when every attention layer's op has a fused backend with varlen (the reference
+        would materialize (B*T)^2 scores per packed batch), else off with a log line saying why."""
+        if setting is False or self.data.train_doc_starts is None:
+            return False
+        if setting is None:
+            why = varlen_unavailable(self.model, self.device, self.amp_dtype or next(self.model.parameters()).dtype)
+            if why:
+                if self.is_main:
+                    self.log(f"document masking off: {why} (data.document_mask: true forces it)")
+                return False
+        return True
+
     def train(self, until: int | None = None) -> list[dict]:
         """Run to max_steps (or to step `until`, for tests that stop early); returns the log."""
         tc = self.cfg.train

@@ -9,7 +9,7 @@ from fastattn.data.packed import document_batch
 from fastattn.train import Trainer
 
 from ..models._tiny import pattern_text
-from ._helpers import tiny_run
+from ._helpers import tiny_data, tiny_run
 
 QUIET = dict(log=lambda *a: None)
 
@@ -83,8 +83,10 @@ def _doc_data(val_docs, train_text_seed=0):
     return TextData(train, val, tok, 1.0, train_doc_starts=ts, val_doc_starts=vs)
 
 
-def _run(tmp_path, **data):
+def _run(tmp_path, backend="auto", **data):
+    """auto: a fused backend where one implements varlen, else the reference."""
     cfg = tiny_run(tmp_path, max_steps=3, eval_every=3, seq_len=48, batch_size=2, resume=False)
+    cfg.model.backend = backend
     for k, v in data.items():
         setattr(cfg.data, k, v)
     return cfg
@@ -119,7 +121,7 @@ def test_validation_never_conditions_on_the_previous_document(tmp_path, document
 def test_trainer_feeds_cu_seqlens_when_the_corpus_has_documents(tmp_path):
     data = _doc_data([pattern_text(500, seed=s) for s in (40, 41, 42)])
     seen = []
-    tr = Trainer(_run(tmp_path), data=data, **QUIET)
+    tr = Trainer(_run(tmp_path, document_mask=True), data=data, **QUIET)
     tr.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("cu_seqlens")), with_kwargs=True)
     hist = tr.train()
     assert tr.document_mask and seen and all(cu is not None and cu.dtype == torch.int32 for cu in seen)
@@ -129,3 +131,49 @@ def test_trainer_feeds_cu_seqlens_when_the_corpus_has_documents(tmp_path):
     off.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("cu_seqlens")), with_kwargs=True)
     off.train_step()
     assert not off.document_mask and seen == [None]
+
+
+def test_document_masked_step_equals_per_document_losses(tmp_path):
+    """The loss of a packed, document-masked batch is the token-weighted mean of each segment's
+    loss computed alone (every segment a separate sequence from position 0), and its gradient too."""
+    data = _doc_data([pattern_text(70, seed=s) for s in range(40, 50)], train_text_seed=100)
+    data.train, data.train_doc_starts = data.val, data.val_doc_starts  # short documents: many boundaries
+    tr = Trainer(_run(tmp_path, document_mask=True), data=data, **QUIET)
+    tr.model.eval()  # no dropout
+    x, y, kw = tr.model_inputs(tr.batches.next())
+    cu = kw["cu_seqlens"].tolist()
+    assert len(cu) > 3 and (y == -100).any()
+    _, loss = tr.model(x, targets=y, **kw)
+    grads = torch.autograd.grad(loss, list(tr.model.parameters()), allow_unused=True)
+    total, count = 0.0, 0
+    for a, b in zip(cu[:-1], cu[1:]):
+        logits = tr.model(x[:, a:b])
+        total = total + torch.nn.functional.cross_entropy(logits[0], y[0, a:b], ignore_index=-100, reduction="sum")
+        count += int((y[0, a:b] != -100).sum())
+    want = total / count + tr.model.extra_loss()
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(grads, torch.autograd.grad(want, list(tr.model.parameters()), allow_unused=True)):
+        if g is not None or w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_document_mask_default_follows_fused_varlen_support(tmp_path, monkeypatch):
+    """data.document_mask unset: on when the attention op has a fused backend with varlen (the
+    reference would build (B*T)^2 scores), else off with a log line; true forces it, false stops it."""
+    from fastattn import dispatch
+    data = _doc_data([pattern_text(500, seed=s) for s in (40, 41, 42)])
+    logs = []
+    asked = []
+
+    def without_varlen(op, backend, *a, **kw):
+        asked.append((op, backend))
+        return f"{backend} {op} does not implement varlen"
+    monkeypatch.setattr(dispatch, "unavailable_reason", without_varlen)
+    tr = Trainer(_run(tmp_path / "a", backend="cpu"), data=data, log=logs.append)
+    assert not tr.document_mask and any("document masking off: cpu softmax_attention" in m for m in logs), logs
+    assert set(asked) == {("softmax_attention", "cpu")}
+    assert Trainer(_run(tmp_path / "b", backend="cpu", document_mask=True), data=data, **QUIET).document_mask
+    monkeypatch.setattr(dispatch, "unavailable_reason", lambda *a, **kw: None)
+    assert Trainer(_run(tmp_path / "c", backend="cpu"), data=data, **QUIET).document_mask
+    assert not Trainer(_run(tmp_path / "d", backend="cpu", document_mask=False), data=data, **QUIET).document_mask
+    assert not Trainer(_run(tmp_path / "e", backend="cpu"), data=tiny_data(), **QUIET).document_mask  # one stream
