@@ -86,7 +86,7 @@ def _doc_data(val_docs, train_text_seed=0):
 def _run(tmp_path, backend="auto", **data):
     """auto: a fused backend where one implements varlen, else the reference."""
     cfg = tiny_run(tmp_path, max_steps=3, eval_every=3, seq_len=48, batch_size=2, resume=False)
-    cfg.model.backend = backend
+    cfg.model.overrides["backend"] = backend
     for k, v in data.items():
         setattr(cfg.data, k, v)
     return cfg
