@@ -1,0 +1,403 @@
+"""BLT, the byte latent transformer (Pagnoni et al., 2024), with every attention on fastattn's ops.
+
+Bytes (B, T) -> patches -> a global transformer over patches -> next-byte logits (B, T, 256):
+
+* Patching: a bool (B, T) tensor `starts`, True where a patch begins (starts[:, 0] always). Rules:
+  entropy (a patch starts where the entropy model's next-byte entropy exceeds a global threshold,
+  or with `monotonic` where it rises by more than the threshold over the previous byte), fixed
+  stride, and space-like boundaries (a patch starts at the first word byte after a space-like
+  byte); then min / max patch lengths. starts[t] depends on bytes x[<= t] only (entropy: x[< t]).
+* Embeddings: a byte embedding plus, per n in `ngram_sizes`, an embedding of the rolling
+  polynomial hash of the n bytes ending at t (`ngram_hashes`), in `ngram_buckets` buckets.
+* Local encoder: byte layers with sliding-window attention (adaptive-span attention with a fixed
+  span = `window`), then cross-attention where each patch's query (its bytes' max-pool) attends to
+  its own bytes only. Global transformer: causal over patches, any attention kind. Local decoder:
+  each byte cross-attends to the global state of the patch BEFORE its own (the last one that
+  ends before the byte; a learned state for the first patch), so no byte sees its own patch's
+  future bytes; then byte layers and the byte head.
+
+Every attention runs through fastattn ops, and no Nq x Nk mask is built: a patch's bytes are
+gathered into a (patches, L) group whose query sits in row len - 1, so the op's causal rule admits
+exactly the patch's bytes; a byte's cross-attention is a group of its `cross_k` patch vectors.
+
+    >>> cfg = BLTConfig(patching="stride", stride=4)
+    >>> model = BLT(cfg)
+    >>> x = torch.randint(0, 256, (2, 32))
+    >>> logits, loss = model(x, targets=torch.randint(0, 256, (2, 32)))
+    >>> logits.shape
+    torch.Size([2, 32, 256])
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import fastattn
+
+from ..nn.norm import RMSNorm
+from .transformer import Block, TransformerConfig, TransformerLM
+
+PATCHINGS = ("entropy", "stride", "space")
+HASH_BASE, HASH_MOD = 257, 2_147_483_647  # rolling hash: sum_i (byte_i + 1) * BASE^(n-1-i) mod MOD
+
+
+# ---- patching --------------------------------------------------------------------------------
+def _space_table() -> torch.Tensor:
+    word = torch.zeros(256, dtype=torch.bool)
+    for lo, hi in ((48, 57), (65, 90), (97, 122), (128, 255)):  # digits, letters, UTF-8 multi-byte parts
+        word[lo:hi + 1] = True
+    return ~word
+
+
+SPACE_LIKE = _space_table()  # (256,) bool: the byte is space-like (not a letter, digit or UTF-8 part)
+
+
+def stride_starts(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """(B, T) bytes -> (B, T) bool: a patch starts every `stride` bytes."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    t = torch.arange(x.shape[1], device=x.device)
+    return (t % stride == 0).expand(x.shape[0], -1).clone()
+
+
+def space_starts(x: torch.Tensor) -> torch.Tensor:
+    """(B, T) bytes -> (B, T) bool: a patch starts at each word byte that follows a space-like byte
+    (runs of spaces and punctuation stay with the word before them)."""
+    sp = SPACE_LIKE.to(x.device)[x.long()]
+    starts = torch.zeros_like(sp)
+    starts[:, 1:] = sp[:, :-1] & ~sp[:, 1:]
+    starts[:, 0] = True
+    return starts
+
+
+def entropy_starts(entropy: torch.Tensor, threshold: float, monotonic: bool = False) -> torch.Tensor:
+    """(B, T) next-byte entropies (entropy[t]: of byte t given bytes < t) -> (B, T) bool: a patch
+    starts where the entropy exceeds `threshold` (monotonic: rises by more than it over byte t-1)."""
+    if monotonic:
+        starts = torch.zeros_like(entropy, dtype=torch.bool)
+        starts[:, 1:] = entropy[:, 1:] - entropy[:, :-1] > threshold
+    else:
+        starts = entropy > threshold
+    starts[:, 0] = True
+    return starts
+
+
+def limit_lengths(starts: torch.Tensor, min_len: int = 1, max_len: int | None = None) -> torch.Tensor:
+    """Candidate starts (B, T) -> starts whose patches are >= min_len (a candidate closer than
+    min_len to the previous start is dropped; the last patch may be shorter) and <= max_len bytes
+    (a start is forced max_len bytes after the previous one). min_len = 1 is closed-form; min_len
+    > 1 loops over patches (never over bytes)."""
+    if min_len < 1 or (max_len is not None and max_len < min_len):
+        raise ValueError(f"patch lengths need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+    B, T = starts.shape
+    cand = starts.clone()
+    cand[:, 0] = True
+    t = torch.arange(T, device=starts.device)
+    if min_len == 1:
+        if max_len is None:
+            return cand
+        last = torch.where(cand, t, 0).cummax(1).values  # the latest candidate at or before t
+        return cand | ((t - last) % max_len == 0)
+    # nxt[b, u]: the first candidate at or after u (T when none; padded so u up to T + min_len is valid)
+    nxt = torch.where(cand, t, T).flip(1).cummin(1).values.flip(1)
+    nxt = torch.cat([nxt, nxt.new_full((B, min_len + 1), T)], 1)
+    out = torch.zeros_like(cand)
+    rows = torch.arange(B, device=starts.device)
+    cur = torch.zeros(B, dtype=torch.long, device=starts.device)
+    while bool((cur < T).any()):
+        live = cur < T
+        out[rows[live], cur[live]] = True
+        step = nxt[rows, (cur + min_len).clamp(max=T)]
+        cur = torch.minimum(step, cur + max_len) if max_len is not None else step
+        cur = torch.where(live, cur, T)
+    return out
+
+
+class PatchLayout(NamedTuple):
+    """Where the patches of a batch lie: ids (B, T) patch index of each byte; first (B, P) first
+    byte of each patch; lengths (B, P) bytes per patch (0 for the padding patches of shorter rows);
+    counts (B,) patches per row. P = the largest count."""
+    ids: torch.Tensor
+    first: torch.Tensor
+    lengths: torch.Tensor
+    counts: torch.Tensor
+
+
+def patch_layout(starts: torch.Tensor) -> PatchLayout:
+    """(B, T) bool starts (starts[:, 0] True) -> PatchLayout."""
+    if not bool(starts[:, 0].all()):
+        raise ValueError("starts[:, 0] must be True (every row begins a patch)")
+    ids = starts.long().cumsum(1) - 1
+    counts = ids[:, -1] + 1
+    P = int(counts.max())
+    lengths = torch.zeros(starts.shape[0], P, dtype=torch.long, device=starts.device)
+    lengths.scatter_add_(1, ids, torch.ones_like(ids))
+    first = lengths.cumsum(1) - lengths
+    return PatchLayout(ids, first, lengths, counts)
+
+
+# ---- embeddings --------------------------------------------------------------------------------
+def ngram_hashes(x: torch.Tensor, n: int, buckets: int) -> torch.Tensor:
+    """(B, T) bytes -> (B, T) int64 bucket of the n bytes ending at each position (bytes before
+    the start count as absent): (sum_i (x[t-n+1+i] + 1) * 257^(n-1-i) mod (2^31 - 1)) mod buckets."""
+    v = F.pad(x.long() + 1, (n - 1, 0))  # absent bytes are 0, real bytes 1..256
+    T = x.shape[1]
+    h = torch.zeros_like(x, dtype=torch.long)
+    for i in range(n):  # over the n-gram, not over bytes
+        h = (h * HASH_BASE + v[:, i:i + T]) % HASH_MOD
+    return h % buckets
+
+
+class HashNgramEmbedding(nn.Module):
+    """(B, T) bytes -> (B, T, dim): byte embedding + one hash-bucket embedding per n-gram size."""
+
+    def __init__(self, dim: int, ngram_sizes=(3, 4, 5, 6, 7, 8), buckets: int = 4096):
+        super().__init__()
+        if buckets < 1 or any(n < 2 for n in ngram_sizes):
+            raise ValueError(f"ngram_sizes must be >= 2 and buckets >= 1, got {tuple(ngram_sizes)}, {buckets}")
+        self.ngram_sizes, self.buckets = tuple(ngram_sizes), buckets
+        self.byte = nn.Embedding(256, dim)
+        self.ngrams = nn.ModuleList(nn.Embedding(buckets, dim) for _ in self.ngram_sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.byte(x.long())
+        for n, emb in zip(self.ngram_sizes, self.ngrams):
+            e = e + emb(ngram_hashes(x, n, self.buckets))
+        return e / math.sqrt(1 + len(self.ngram_sizes))
+
+
+# ---- cross-attention -----------------------------------------------------------------------------
+class CrossAttention(nn.Module):
+    """Grouped cross-attention on fastattn.softmax_attention: q_in (G, Nq, dq), kv_in (G, Nk, dkv)
+    -> (G, Nq, dq); group g's queries attend only to group g's keys (causal: bottom-right aligned)."""
+
+    def __init__(self, dq: int, dkv: int, n_heads: int, backend: str = "auto"):
+        super().__init__()
+        if dq % n_heads:
+            raise ValueError(f"CrossAttention: dq ({dq}) must be divisible by n_heads ({n_heads})")
+        self.n_heads, self.hd, self.backend = n_heads, dq // n_heads, backend
+        self.wq = nn.Linear(dq, dq, bias=False)
+        self.wk = nn.Linear(dkv, dq, bias=False)
+        self.wv = nn.Linear(dkv, dq, bias=False)
+        self.wo = nn.Linear(dq, dq, bias=False)
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, causal: bool) -> torch.Tensor:
+        G, Nq, _ = q_in.shape
+        Nk = kv_in.shape[1]
+        heads = lambda t, n: t.view(G, n, self.n_heads, self.hd).transpose(1, 2)  # noqa: E731
+        o = fastattn.softmax_attention(heads(self.wq(q_in), Nq), heads(self.wk(kv_in), Nk), heads(self.wv(kv_in), Nk),
+                                       causal=causal, backend=self.backend)
+        return self.wo(o.transpose(1, 2).reshape(G, Nq, -1))
+
+
+# ---- the model -----------------------------------------------------------------------------------
+@dataclass
+class BLTConfig:
+    """Everything that defines a BLT; plain data (checkpoints store `to_dict()`).
+
+    patching: "entropy" | "stride" | "space"; threshold / monotonic: the entropy rule (nats);
+    min_patch / max_patch: patch length limits (max_patch also bounds the encoder's groups).
+    global_attention / global_attn_kwargs: the global transformer's attention kind.
+    entropy_model: a TransformerConfig dict of the byte-level entropy model (patching="entropy").
+    """
+    dim_local: int = 64
+    dim_global: int = 128
+    n_heads_local: int = 4
+    n_heads_global: int = 4
+    n_enc_layers: int = 1
+    n_dec_layers: int = 2
+    n_global_layers: int = 4
+    window: int = 64
+    max_seq_len: int = 1024
+    ngram_sizes: tuple = (3, 4, 5, 6, 7, 8)
+    ngram_buckets: int = 4096
+    patching: str = "entropy"
+    stride: int = 4
+    threshold: float = 1.5
+    monotonic: bool = False
+    min_patch: int = 1
+    max_patch: int = 16
+    cross_k: int = 2
+    global_attention: str = "softmax"
+    global_attn_kwargs: dict = field(default_factory=dict)
+    entropy_model: dict | None = None
+    backend: str = "auto"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        self.ngram_sizes = tuple(self.ngram_sizes)
+        if self.patching not in PATCHINGS:
+            raise ValueError(f"BLTConfig.patching must be one of {PATCHINGS}, got {self.patching!r}")
+        if self.patching == "entropy" and self.entropy_model is None:
+            raise ValueError("BLTConfig.patching='entropy' needs entropy_model (a TransformerConfig dict)")
+        for name in ("dim_local", "dim_global", "n_heads_local", "n_heads_global", "n_enc_layers", "n_dec_layers",
+                     "n_global_layers", "window", "max_seq_len", "cross_k", "max_patch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BLTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.min_patch <= self.max_patch:
+            raise ValueError(f"BLTConfig needs 1 <= min_patch <= max_patch, got {self.min_patch}, {self.max_patch}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ngram_sizes"] = list(self.ngram_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BLTConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"BLTConfig: unknown keys {unknown}; accepted: {sorted(names)}")
+        return cls(**d)
+
+    def local(self, n_layers: int) -> TransformerConfig:
+        """The byte layers: sliding-window attention = adaptive span fixed at `window` (ramp 1)."""
+        return TransformerConfig(vocab_size=256, dim=self.dim_local, n_layers=n_layers, n_heads=self.n_heads_local,
+                                 max_seq_len=self.max_seq_len, attention="span", backend=self.backend,
+                                 attn_kwargs={"max_span": float(self.window), "ramp": 1.0, "learn_span": False,
+                                              "span_loss_coef": 0.0})
+
+    def global_(self) -> TransformerConfig:
+        return TransformerConfig(vocab_size=256, dim=self.dim_global, n_layers=self.n_global_layers,
+                                 n_heads=self.n_heads_global, max_seq_len=self.max_seq_len,
+                                 attention=self.global_attention, attn_kwargs=dict(self.global_attn_kwargs),
+                                 backend=self.backend)
+
+
+@torch.no_grad()
+def next_byte_entropy(model: TransformerLM, x: torch.Tensor) -> torch.Tensor:
+    """(B, T) bytes -> (B, T) fp32 entropy (nats) of the model's distribution of byte t given bytes
+    < t; position 0 (no context) is +inf."""
+    logp = F.log_softmax(model(x.long()).float(), -1)
+    h = -(logp.exp() * logp).sum(-1)
+    return torch.cat([h.new_full((x.shape[0], 1), math.inf), h[:, :-1]], 1)
+
+
+class BLT(nn.Module):
+    """idx (B, T) bytes -> logits (B, T, 256) [and the loss when targets are given], like
+    TransformerLM. `patch_starts(idx)` gives the patching; forward(idx, starts=...) overrides it."""
+
+    def __init__(self, cfg: BLTConfig):
+        super().__init__()
+        self.config = cfg
+        dl, dg = cfg.dim_local, cfg.dim_global
+        self.embed = HashNgramEmbedding(dl, cfg.ngram_sizes, cfg.ngram_buckets)
+        self.encoder = nn.ModuleList(Block(cfg.local(cfg.n_enc_layers)) for _ in range(cfg.n_enc_layers))
+        self.patch_in = nn.Linear(dl, dg, bias=False)
+        self.enc_norm_q, self.enc_norm_kv = RMSNorm(dg), RMSNorm(dl)
+        self.enc_cross = CrossAttention(dg, dl, cfg.n_heads_global, cfg.backend)
+        self.glob = nn.ModuleList(Block(cfg.global_()) for _ in range(cfg.n_global_layers))
+        self.glob_norm = RMSNorm(dg)
+        self.begin = nn.Parameter(torch.zeros(dg))  # the "previous patch" of the first patch
+        self.dec_kv = nn.Linear(dg, cfg.cross_k * dl, bias=False)
+        self.dec_norms = nn.ModuleList(RMSNorm(dl) for _ in range(cfg.n_dec_layers))
+        self.dec_cross = nn.ModuleList(CrossAttention(dl, dl, cfg.n_heads_local, cfg.backend)
+                                       for _ in range(cfg.n_dec_layers))
+        self.decoder = nn.ModuleList(Block(cfg.local(cfg.n_dec_layers)) for _ in range(cfg.n_dec_layers))
+        self.norm = RMSNorm(dl)
+        self.head = nn.Linear(dl, 256, bias=False)
+        self._init_weights()
+        self.entropy_model = None
+        if cfg.entropy_model is not None:
+            self.entropy_model = TransformerLM(TransformerConfig.from_dict(cfg.entropy_model))
+            self.entropy_model.requires_grad_(False)
+
+    def _init_weights(self):
+        std = self.config.init_std
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.entropy_model is not None:
+            self.entropy_model.eval()  # trained beforehand, frozen
+        return self
+
+    # ---- patching --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def patch_starts(self, idx: torch.Tensor, entropy: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) bytes -> (B, T) bool patch starts under the config's rule and length limits."""
+        cfg = self.config
+        if cfg.patching == "stride":
+            cand = stride_starts(idx, cfg.stride)
+        elif cfg.patching == "space":
+            cand = space_starts(idx)
+        else:
+            entropy = next_byte_entropy(self.entropy_model, idx) if entropy is None else entropy
+            cand = entropy_starts(entropy, cfg.threshold, cfg.monotonic)
+        return limit_lengths(cand, cfg.min_patch, cfg.max_patch)
+
+    # ---- the three stages ------------------------------------------------------------------------
+    def encode(self, idx: torch.Tensor, lay: PatchLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> byte states h (B, T, dl) and patch states (B, P, dg), each patch from its bytes only."""
+        h = self.embed(idx)
+        for block in self.encoder:
+            h = block(h)
+        B, T, dl = h.shape
+        L = int(lay.lengths.max())
+        pos = torch.arange(L, device=idx.device)
+        valid = pos < lay.lengths[..., None]  # (B, P, L)
+        src = (lay.first[..., None] + pos).clamp(max=T - 1)
+        hb = h.gather(1, src.flatten(1)[..., None].expand(-1, -1, dl)).view(B, -1, L, dl)  # (B, P, L, dl)
+        pooled = hb.masked_fill(~valid[..., None], -math.inf).amax(2)
+        pooled = torch.where(lay.lengths[..., None] > 0, pooled, 0.0)
+        patches = self.patch_in(pooled)  # (B, P, dg)
+        P, dg = patches.shape[1:]
+        # each patch's query in row len - 1 of its L rows: the causal rule then admits its bytes only
+        row = (lay.lengths - 1).clamp(min=0)[..., None, None]  # (B, P, 1, 1)
+        q = torch.zeros(B, P, L, dg, dtype=patches.dtype, device=patches.device)
+        q = q.scatter(2, row.expand(-1, -1, 1, dg), self.enc_norm_q(patches)[:, :, None])
+        o = self.enc_cross(q.flatten(0, 1), self.enc_norm_kv(hb).flatten(0, 1), causal=True).view(B, P, L, dg)
+        return h, patches + o.gather(2, row.expand(-1, -1, 1, dg)).squeeze(2)
+
+    def global_states(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, P, dg) -> (B, P, dg), causal over patches."""
+        for block in self.glob:
+            patches = block(patches)
+        return self.glob_norm(patches)
+
+    def decode(self, h: torch.Tensor, g: torch.Tensor, lay: PatchLayout) -> torch.Tensor:
+        """Byte states h (B, T, dl) + global states g (B, P, dg) -> logits (B, T, 256); byte t of
+        patch p cross-attends to the cross_k vectors of g[p - 1] (the learned `begin` for p = 0)."""
+        B, T, dl = h.shape
+        prev = torch.cat([self.begin.expand(B, 1, -1).to(g.dtype), g[:, :-1]], 1)
+        per_byte = prev.gather(1, lay.ids[..., None].expand(-1, -1, g.shape[-1]))  # (B, T, dg)
+        kv = self.dec_kv(per_byte).view(B * T, self.config.cross_k, dl)
+        z = h
+        for norm, cross, block in zip(self.dec_norms, self.dec_cross, self.decoder):
+            z = z + cross(norm(z).reshape(B * T, 1, dl), kv, causal=False).view(B, T, dl)
+            z = block(z)
+        return self.head(self.norm(z))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, starts: torch.Tensor | None = None):
+        if idx.dim() != 2:
+            raise ValueError(f"BLT: idx must be (B, T) bytes, got shape {tuple(idx.shape)}")
+        if idx.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"BLT: {idx.shape[1]} bytes exceed max_seq_len {self.config.max_seq_len}")
+        starts = self.patch_starts(idx) if starts is None else starts
+        lay = patch_layout(starts)
+        h, patches = self.encode(idx, lay)
+        logits = self.decode(h, self.global_states(patches), lay)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss + self.extra_loss()
+
+    def extra_loss(self) -> torch.Tensor:
+        total = self.head.weight.new_zeros((), dtype=torch.float32)
+        for block in self.glob:
+            total = total + block.attn.extra_loss().float()
+        return total
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Trainable parameters (the frozen entropy model excluded); non_embedding drops the
+        byte and n-gram embeddings."""
+        n = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return n - sum(p.numel() for p in self.embed.parameters()) if non_embedding else n
