@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from torch.nn import functional as F
 
-from ..dispatch import BackendUnavailable
+from ..nn.attention import ragged_unavailable
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -131,12 +131,9 @@ def generate_batch(model, prompts: list, max_new_tokens: int, temperature: float
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
     lengths = [len(p) for p in prompts]
-    if len(set(lengths)) > 1 and max(lengths) + max_new_tokens <= L:
-        try:
-            return _generate_padded(model, prompts, max_new_tokens, use_cache,
-                                    lambda logits: sample(logits, temperature, top_k, top_p, generator))
-        except BackendUnavailable:  # raised by the prefill, before anything is sampled
-            pass  # the model's backend takes no padding mask: groups of equal length below
+    if len(set(lengths)) > 1 and max(lengths) + max_new_tokens <= L and ragged_unavailable(model, "padding") is None:
+        return _generate_padded(model, prompts, max_new_tokens, use_cache,
+                                lambda logits: sample(logits, temperature, top_k, top_p, generator))
     device = next(model.parameters()).device
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 import fastattn
+from fastattn import dispatch
 
 from .cache import KVCache
 from .rope import RotaryEmbedding, positions_from_cu_seqlens, positions_from_padding_mask
@@ -71,7 +72,8 @@ def check_masks(name: str, B: int, N: int, cache, key_padding_mask, cu_seqlens, 
         raise ValueError(f"{name}: key_padding_mask must be bool (B, N) = ({B}, {N}), True for real tokens; got "
                          f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
     if key_padding_mask is not None and cache is not None and not hasattr(cache, "real_lengths"):
-        raise ValueError(f"{name}: key_padding_mask needs a KVCache (this {type(cache).__name__} keeps no padding mask)")
+        raise ValueError(f"{name}: key_padding_mask needs a KVCache (this {type(cache).__name__} keeps no "
+                         f"padding mask)")
     if cu_seqlens is not None:
         if cache is not None:
             raise ValueError(f"{name}: cu_seqlens (packed documents) cannot be used with a KV cache; decode "
@@ -83,6 +85,25 @@ def check_masks(name: str, B: int, N: int, cache, key_padding_mask, cu_seqlens, 
                                      or tuple(position_ids.shape) not in ((B, N), (N,))):
         raise ValueError(f"{name}: position_ids must be integer (B, N) or (N,) = ({B}, {N}); got "
                          f"{position_ids.dtype} {tuple(position_ids.shape)}")
+
+
+def ragged_unavailable(model: nn.Module, feature: str, *, dtype: torch.dtype | None = None,
+                       fused_only: bool = False, needs_backward: bool = False) -> str | None:
+    """None when every attention layer of `model` can run `feature` ("padding": key_padding_mask,
+    "varlen": cu_seqlens) on its backend (for "auto": some backend auto may pick, the reference
+    excluded with `fused_only`), else why not. dtype: the ops' input dtype (default the layer's)."""
+    for m in model.modules():
+        if not isinstance(m, SelfAttention):
+            continue
+        w = m.wq.weight
+        names = [m.backend] if m.backend != "auto" else list(dispatch.AUTO.get(w.device.type, ("reference",)))
+        if fused_only:
+            names = [b for b in names if b != "reference"]
+        reasons = [dispatch.unavailable_reason(m.op, b, w.device, dtype or w.dtype, m.head_dim, (feature,),
+                                               needs_backward) for b in names]
+        if all(reasons):
+            return "; ".join(reasons) if reasons else f"no fused backend for {m.op} on {w.device.type}"
+    return None
 
 
 def op_masks(key_padding_mask, cu_seqlens, max_seqlen) -> dict:

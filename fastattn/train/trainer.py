@@ -35,11 +35,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from .. import dispatch
 from ..data.corpus import TextData, load_corpus
 from ..data.packed import PackedBatches, eval_batches
 from ..models.transformer import TransformerLM
-from ..nn.attention import SelfAttention
+from ..nn.attention import SelfAttention, ragged_unavailable
 from ..nn.lora import apply_lora
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -56,20 +55,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def varlen_unavailable(model: nn.Module, device: torch.device, dtype: torch.dtype) -> str | None:
-    """None when every attention layer of `model` runs packed sequences (cu_seqlens) with backward
-    on a fused backend (its own, or one `auto` picks), else why not."""
-    for m in model.modules():
-        if not isinstance(m, SelfAttention):
-            continue
-        names = [m.backend] if m.backend != "auto" else [b for b in dispatch.AUTO.get(device.type, ()) if b != "reference"]
-        reasons = [dispatch.unavailable_reason(m.op, b, device, dtype, m.head_dim, ("varlen",), needs_backward=True)
-                   for b in names]
-        if all(reasons):
-            return "; ".join(reasons) if reasons else f"no fused backend for {m.op} on {device.type}"
-    return None
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
@@ -224,7 +209,7 @@ class Trainer:
         if setting is False or self.data.train_doc_starts is None:
             return False
         if setting is None:
-            why = varlen_unavailable(self.model, self.device, self.amp_dtype or next(self.model.parameters()).dtype)
+            why = ragged_unavailable(self.model, "varlen", dtype=self.amp_dtype, fused_only=True, needs_backward=True)
             if why:
                 if self.is_main:
                     self.log(f"document masking off: {why} (data.document_mask: true forces it)")
