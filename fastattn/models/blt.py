@@ -204,7 +204,10 @@ class BLTConfig:
     patching: "entropy" | "stride" | "space"; threshold / monotonic: the entropy rule (nats);
     min_patch / max_patch: patch length limits (max_patch also bounds the encoder's groups).
     global_attention / global_attn_kwargs: the global transformer's attention kind.
-    entropy_model: a TransformerConfig dict of the byte-level entropy model (patching="entropy").
+    entropy_model: a TransformerConfig dict of the byte-level entropy model (patching="entropy");
+    entropy_checkpoint: a trained entropy model's checkpoint (`python -m fastattn train` of a byte
+    TransformerLM): the config builder fills entropy_model from it and the trainer loads its weights
+    when it starts a run (a BLT checkpoint then holds them; the file is not read again).
     """
     dim_local: int = 64
     dim_global: int = 128
@@ -227,6 +230,7 @@ class BLTConfig:
     global_attention: str = "softmax"
     global_attn_kwargs: dict = field(default_factory=dict)
     entropy_model: dict | None = None
+    entropy_checkpoint: str | None = None
     backend: str = "auto"
     init_std: float = 0.02
 
@@ -234,8 +238,9 @@ class BLTConfig:
         self.ngram_sizes = tuple(self.ngram_sizes)
         if self.patching not in PATCHINGS:
             raise ValueError(f"BLTConfig.patching must be one of {PATCHINGS}, got {self.patching!r}")
-        if self.patching == "entropy" and self.entropy_model is None:
-            raise ValueError("BLTConfig.patching='entropy' needs entropy_model (a TransformerConfig dict)")
+        if self.patching == "entropy" and self.entropy_model is None and not self.entropy_checkpoint:
+            raise ValueError("BLTConfig.patching='entropy' needs entropy_model (a TransformerConfig dict) "
+                             "or entropy_checkpoint")
         for name in ("dim_local", "dim_global", "n_heads_local", "n_heads_global", "n_enc_layers", "n_dec_layers",
                      "n_global_layers", "window", "max_seq_len", "cross_k", "max_patch"):
             if getattr(self, name) < 1:
@@ -244,17 +249,23 @@ class BLTConfig:
             raise ValueError(f"BLTConfig needs 1 <= min_patch <= max_patch, got {self.min_patch}, {self.max_patch}")
 
     def to_dict(self) -> dict:
+        """Plain data with kind "blt" (what tells a checkpoint's BLT from a TransformerLM)."""
         d = dataclasses.asdict(self)
         d["ngram_sizes"] = list(self.ngram_sizes)
-        return d
+        return {"kind": "blt", **d}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BLTConfig":
+        d = {k: v for k, v in d.items() if k != "kind"}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"BLTConfig: unknown keys {unknown}; accepted: {sorted(names)}")
         return cls(**d)
+
+    @property
+    def attention(self) -> str:
+        return f"blt ({self.patching} patching, global {self.global_attention})"
 
     def local(self, n_layers: int) -> TransformerConfig:
         """The byte layers: sliding-window attention = adaptive span fixed at `window` (ramp 1)."""
@@ -304,6 +315,9 @@ class BLT(nn.Module):
         self.head = nn.Linear(dl, 256, bias=False)
         self._init_weights()
         self.entropy_model = None
+        if cfg.patching == "entropy" and cfg.entropy_model is None:
+            raise ValueError("BLT: config.entropy_model is not set (build the config from a model section, or "
+                             "set it from entropy_config_from_checkpoint(config.entropy_checkpoint))")
         if cfg.entropy_model is not None:
             self.entropy_model = TransformerLM(TransformerConfig.from_dict(cfg.entropy_model))
             self.entropy_model.requires_grad_(False)
@@ -390,6 +404,10 @@ class BLT(nn.Module):
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss + self.extra_loss()
 
+    def new_caches(self, *args, **kwargs):
+        raise NotImplementedError("BLT has no incremental decoding yet: generate with use_cache=False "
+                                  "(`python -m fastattn generate --no-cache`), which re-encodes the context per byte")
+
     def extra_loss(self) -> torch.Tensor:
         total = self.head.weight.new_zeros((), dtype=torch.float32)
         for block in self.glob:
@@ -401,3 +419,59 @@ class BLT(nn.Module):
         byte and n-gram embeddings."""
         n = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return n - sum(p.numel() for p in self.embed.parameters()) if non_embedding else n
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+        """Matmul FLOPs per byte as TransformerLM counts them (2 per weight use; attention 2 * 2 *
+        keys * width, causal keys halved), for patches of `stride` bytes on average (for entropy
+        and space patching an estimate); x3 for training, plus the frozen entropy model's forward."""
+        cfg = self.config
+        T, pl = seq_len or cfg.max_seq_len, float(cfg.stride)
+        n = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
+        x = self.enc_cross
+        per_byte = n(*self.encoder, *self.decoder, *self.dec_cross, self.dec_kv, self.head, x.wk, x.wv)
+        per_patch = n(*self.glob, self.patch_in, x.wq, x.wo)
+        dense = 2 * (per_byte + per_patch / pl)
+        attn = 2 * 2 * (cfg.n_enc_layers + cfg.n_dec_layers) * min(T / 2, cfg.window) * cfg.dim_local
+        attn += 2 * 2 * (cfg.n_global_layers * T / pl / 2 * cfg.dim_global / pl + cfg.dim_global
+                         + cfg.n_dec_layers * cfg.cross_k * cfg.dim_local)
+        total = (dense + attn) * (3 if training else 1)
+        if self.entropy_model is not None:
+            total += self.entropy_model.flops_per_token(T, training=False)
+        return total
+
+
+def load_entropy_weights(model: BLT, path) -> BLT:
+    """Load the weights of a trained byte-level TransformerLM checkpoint into model.entropy_model."""
+    from ..train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    if model.entropy_model is None:
+        raise ValueError("load_entropy_weights: the model has no entropy model (patching is not 'entropy')")
+    if ck["model_config"] != model.entropy_model.config.to_dict():
+        raise ValueError(f"{path}: its model config differs from BLTConfig.entropy_model")
+    model.entropy_model.load_state_dict(ck["model"])
+    return model
+
+
+def entropy_config_from_checkpoint(path) -> dict:
+    """The TransformerConfig dict of a byte-level entropy model checkpoint (vocab 256)."""
+    from ..train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        mc = load_checkpoint(path)["model_config"]
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} (BLT's entropy model: train one first, e.g. "
+                              f"python -m fastattn train --config blt_entropy_tiny)") from exc
+    if mc.get("kind") == "blt" or mc.get("vocab_size") != 256:
+        raise ValueError(f"{path}: an entropy model must be a byte-level TransformerLM (vocab 256)")
+    return dict(mc)
+
+
+def build_model(cfg: TransformerConfig | BLTConfig) -> TransformerLM | BLT:
+    """The model a config describes (a BLTConfig builds a BLT, a TransformerConfig a TransformerLM)."""
+    return BLT(cfg) if isinstance(cfg, BLTConfig) else TransformerLM(cfg)
+
+
+def config_from_dict(d: dict) -> TransformerConfig | BLTConfig:
+    """A checkpoint's model_config dict -> its config (kind "blt": BLTConfig)."""
+    return BLTConfig.from_dict(d) if d.get("kind") == "blt" else TransformerConfig.from_dict(d)

@@ -41,7 +41,7 @@ host, per head, the active query positions (g > 0) compacted in order and run qu
 compacted rows; per query tile, visit only keys j in [max(0, i'_first - reach_h),
 min(Nk, i'_last + 1)) (bidirectional: up to i'_last + reach_h + 1), reach_h = floor(fp32(R + span_h))
 (capped at Nq + Nk); per key tile, only the compacted query rows whose i' lies in [n0, n1 - 1 + reach_h]
-(bidirectional: from n0 - reach_h). `fastattn.kernels.adaptive_span_attention.plan` computes exactly
+(bidirectional: from n0 - reach_h). `fastattn.kernels.adaptive_span_plan.plan` computes exactly
 this with O(Hq * Nq) torch ops and `tile_counts` counts the resulting tiles; mirror them. No buffer
 larger than tile-sized scratch and O(B * Hq * Nq) row statistics.
 """

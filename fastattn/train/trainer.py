@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from ..data.corpus import TextData, load_corpus
 from ..data.packed import PackedBatches, eval_batches
+from ..models.blt import build_model, load_entropy_weights
 from ..models.transformer import TransformerLM
 from ..nn.attention import SelfAttention, ragged_unavailable
 from ..nn.lora import apply_lora
@@ -83,7 +84,10 @@ class Trainer:
         if tc.seq_len > self.model_cfg.max_seq_len:
             raise ValueError(f"train.seq_len ({tc.seq_len}) exceeds model.max_seq_len ({self.model_cfg.max_seq_len})")
         torch.manual_seed(tc.seed)  # same initial weights on every rank
-        self.model = TransformerLM(self.model_cfg)
+        self.model = build_model(self.model_cfg)
+        resuming = tc.resume and (Path(tc.out_dir) / "ckpt.pt").exists()
+        if getattr(self.model_cfg, "entropy_checkpoint", None) and not (tc.init_from or resuming):
+            load_entropy_weights(self.model, self.model_cfg.entropy_checkpoint)  # BLT: its trained patcher
         if tc.init_from:
             ck = load_checkpoint(tc.init_from)
             if ck["model_config"] != self.model_cfg.to_dict():
@@ -92,7 +96,7 @@ class Trainer:
         if tc.lora is not None:
             apply_lora(self.model, **tc.lora)  # freezes everything but the adapters
         self.model = self.model.to(self.device)
-        self.dropout0 = self.model_cfg.dropout
+        self.dropout0 = getattr(self.model_cfg, "dropout", 0.0)
         self.ddp_model = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -207,6 +211,11 @@ class Trainer:
         (None) when every attention layer's op has a fused backend with varlen (the reference
         would materialize (B*T)^2 scores per packed batch), else off with a log line saying why."""
         if setting is False or self.data.train_doc_starts is None:
+            return False
+        if not isinstance(self.model, TransformerLM):  # BLT patches bytes itself: no packed-document input
+            if setting:
+                raise ValueError(f"data.document_mask: true needs a TransformerLM; {type(self.model).__name__} "
+                                 "takes no cu_seqlens (set data.document_mask: false)")
             return False
         if setting is None:
             why = ragged_unavailable(self.model, "varlen", dtype=self.amp_dtype, fused_only=True, needs_backward=True)

@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from fastattn.data import ByteTokenizer
+from fastattn.models import generate
 from fastattn.models.blt import (BLT, HASH_BASE, HASH_MOD, BLTConfig, entropy_starts, limit_lengths, ngram_hashes,
                                  next_byte_entropy, patch_layout, space_starts, stride_starts)
+from fastattn.train import CheckpointError, Trainer, load_config, load_model, parse_config
 from fastattn.train.checkpoint import load_checkpoint, save_checkpoint
 
+from ..train._helpers import tiny_data
 from ._tiny import pattern_text
 
 ENTROPY = dict(vocab_size=256, dim=32, n_layers=1, n_heads=2, max_seq_len=128, backend="cpu")
@@ -190,3 +193,44 @@ def test_bad_arguments():
         limit_lengths(torch.ones(1, 4, dtype=torch.bool), 0)
     with pytest.raises(ValueError, match="max_seq_len"):
         tiny_blt()(torch.zeros(1, 200, dtype=torch.long))
+
+
+def test_trainer_trains_a_blt_with_a_trained_entropy_model(tmp_path):
+    """The entropy model trains as a byte TransformerLM; a `kind: blt` config takes it by
+    checkpoint; the trainer trains the BLT and load_model gives it back."""
+    quiet = dict(log=lambda *a, **k: None)
+    train = {"batch_size": 2, "seq_len": 32, "max_steps": 2, "warmup_steps": 1, "eval_every": 2, "eval_batches": 1,
+             "progress": False}
+    ent_cfg = parse_config({"model": {"preset": None, **{k: v for k, v in ENTROPY.items() if k != "vocab_size"}},
+                            "train": {**train, "out_dir": str(tmp_path / "ent")}})
+    ent = Trainer(ent_cfg, data=tiny_data(), **quiet)
+    ent.train()
+    blt = {"kind": "blt", "dim_local": 32, "dim_global": 64, "n_heads_local": 2, "n_global_layers": 1,
+           "n_dec_layers": 1, "max_seq_len": 64, "ngram_buckets": 64, "max_patch": 8, "backend": "cpu",
+           "entropy_checkpoint": str(tmp_path / "ent" / "ckpt.pt")}
+    cfg = parse_config({"model": blt, "train": {**train, "out_dir": str(tmp_path / "blt")}})
+    tr = Trainer(cfg, data=tiny_data(), **quiet)
+    for a, b in zip(tr.model.entropy_model.state_dict().values(), ent.model.state_dict().values()):
+        assert torch.equal(a, b)
+    tr.train()
+    model, tok, ck = load_model(tmp_path / "blt" / "ckpt.pt")
+    assert isinstance(model, BLT) and ck["model_config"]["kind"] == "blt" and tok.vocab_size == 256
+    x = as_bytes(pattern_text(100)[:40])
+    assert torch.equal(model(x), tr.model.eval()(x))
+    # generation re-encodes the context (no incremental patching yet): greedy = argmax of a full forward
+    out = generate(model, x[0, :10].tolist(), 3, temperature=0, use_cache=False)
+    assert out[0] == int(model(x[:, :10])[0, -1].argmax()) and len(out) == 3
+    with pytest.raises(NotImplementedError, match="use_cache=False"):
+        generate(model, x[0, :10].tolist(), 3)
+
+
+def test_bundled_blt_configs():
+    cfg = load_config("blt_tiny", ["model.entropy_checkpoint=/nonexistent/ckpt.pt"])
+    assert cfg.model.kind == "blt" and cfg.to_dict()["model"]["kind"] == "blt"
+    with pytest.raises(CheckpointError, match="blt_entropy_tiny"):
+        cfg.model.build(256)
+    space = load_config("blt_tiny", ["model.patching=space", "model.entropy_checkpoint=null"]).model.build(256)
+    assert space.patching == "space" and BLT(space).entropy_model is None
+    assert load_config("blt_entropy_tiny").model.build(256).vocab_size == 256
+    with pytest.raises(ValueError, match="vocab 256"):
+        load_config("blt_tiny").model.build(1000)
