@@ -26,6 +26,7 @@ SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
     "tasks": "bench.bench_tasks",
     "charlm": "bench.bench_charlm",
     "training": "bench.bench_training",
+    "gpt2": "bench.bench_gpt2",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
 
