@@ -14,8 +14,8 @@ Batches (`generate_batch`): prompts of different lengths are left-padded into on
 padding mask keeps every row to its own tokens (with a KV cache the mask stays in the cache for
 all decoding steps) and RoPE positions count real tokens only, so each row gets what generating
 its prompt alone gives (greedy: the same tokens, barring exact near-ties in rounding). Batches
-that would outgrow max_seq_len, or whose attention backend takes no padding mask, are grouped by
-prompt length instead (sliding window as above).
+that would outgrow max_seq_len, whose attention backend takes no padding mask, or of other models
+than TransformerLM (BLT) are grouped by prompt length instead (sliding window as above).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from ..nn.attention import ragged_unavailable
+from .transformer import TransformerLM
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -132,7 +133,8 @@ def generate_batch(model, prompts: list, max_new_tokens: int, temperature: float
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
     lengths = [len(p) for p in prompts]
-    if len(set(lengths)) > 1 and max(lengths) + max_new_tokens <= L and ragged_unavailable(model, "padding") is None:
+    padded = isinstance(model, TransformerLM) and ragged_unavailable(model, "padding") is None  # BLT: no masks
+    if len(set(lengths)) > 1 and max(lengths) + max_new_tokens <= L and padded:
         return _generate_padded(model, prompts, max_new_tokens, use_cache,
                                 lambda logits: sample(logits, temperature, top_k, top_p, generator))
     device = next(model.parameters()).device
