@@ -11,7 +11,7 @@ TEST_ARGS  ?= -m "not slow"
 # Two cores here: two pytest workers.
 TEST_WORKERS ?= 2
 
-.PHONY: venv build bench test test-portable check-wheel check-cuda gpu-check info clean
+.PHONY: venv build bench test test-portable check-wheel check-cuda gpu-check fuzz info clean
 all: test
 
 $(VENV)/.deps:
@@ -74,6 +74,14 @@ check-cuda: venv
 GPU_PYTHON ?= python3
 gpu-check:
 	+$(GPU_PYTHON) .ci/gpu_check.py $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run) $(GPU_CHECK_ARGS)
+
+# Property-based fuzzing (issue 21): thousands of random calls per op and backend against the reference,
+# every hostile call, in worker processes (a crash or hang is reported with its input). ~10 min on 2
+# quiet cores; failing inputs in build/fuzz/failures.jsonl. FUZZ_ARGS e.g. "--cases 500 --seed 1".
+FUZZ_ARGS ?=
+fuzz: build
+	rm -f build/fuzz/failures.jsonl
+	$(PY) -m tests.fuzz --out build/fuzz/failures.jsonl $(FUZZ_ARGS)
 
 info: build
 	$(PY) -m fastattn info

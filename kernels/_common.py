@@ -13,6 +13,14 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
+# The Triton kernels' limits, read by fastattn.dispatch.limits("triton").
+MAX_HEAD_DIM = 256  # D and Dv (padded to 256 lanes at most)
+MAX_TOPK = 128  # the threshold kernel's candidate list (tl.topk over K_PAD lanes)
+# tau is lowered by TIE_MARGIN * max(1, |tau|) so that the key defining it survives when the
+# attention kernel recomputes its score with another summation order; keys that close to tau are
+# the near-ties docs/semantics.md §3 lets backends select differently. Same margin as csrc/common/limits.h.
+TIE_MARGIN = 2e-5
+
 
 def interpreting() -> bool:
     """True under TRITON_INTERPRET=1 (kernels then run on CPU tensors, numerics only)."""

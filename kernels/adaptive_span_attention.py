@@ -260,7 +260,7 @@ def adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase, ra
     empty = torch.zeros(0, dtype=torch.float32, device=dev)
     if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:
         dz = torch.zeros(Hq, dtype=torch.float32, device=dev)
-        return dq, dk.zero_(), dv.zero_(), dz, dz.clone() if gated else empty, dz.clone() if gated else empty
+        return dq, dk.zero_(), dv.zero_(), dz, dz.clone() if gated else empty, dz.clone() if gated else empty.clone()
     span = span.float().contiguous()
     pl, ptrs, meta, (slope, t) = _prepare(q, k, v, span, period, phase, ramp, duty, causal)
     # delta_i = do~_i . o~_i = do_i . out_i (out is the gated output): O(N * Dv).

@@ -14,15 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (biased_scores, block_d, head_params, interpreting, load_tile, load_tile_t, pointer, query_heads,
-                      require_dense, upcast_dots)
+from ._common import (MAX_TOPK, TIE_MARGIN, biased_scores, block_d, head_params, interpreting, load_tile, load_tile_t,
+                      pointer, query_heads, require_dense, upcast_dots)
 from .softmax_attention import softmax_attention_bwd, softmax_attention_fwd
-
-MAX_TOPK = 128
-# tau is lowered by TIE_MARGIN * max(1, |tau|) so that the key defining it survives when the
-# attention kernel recomputes its score with another summation order; keys that close to tau are
-# the near-ties docs/semantics.md §3 lets backends select differently. Same margin as csrc/cpu/topk_attention.cpp.
-TIE_MARGIN = 2e-5
 
 
 @triton.jit
@@ -72,6 +66,8 @@ def topk_attention_threshold(q, k, gamma, alibi_slopes, causal: bool, scale: flo
     Hk, Nk = k.shape[1], k.shape[2]
     if B * Hq * Nq == 0:
         return torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
+    if Nk == 0:  # no key: fewer than K allowed everywhere
+        return torch.full((B, Hq, Nq), float("-inf"), dtype=torch.float32, device=q.device)
     K_PAD = max(16, triton.next_power_of_2(topk))
     BM = 16 if interpreting() or Nq <= 16 else 32
     row_blocks = triton.cdiv(Nq, BM)

@@ -1,6 +1,5 @@
 // Which keys a query row keeps, and with what weight, beyond causal masking: math the CPU and CUDA
 // kernels share, written once for host and device code.
-//   - the head-dim limit of the fused kernels;
 //   - top-K (docs/semantics.md §3): the tie margin that lowers the K-th score to the threshold tau;
 //   - adaptive span (docs/semantics.md §4): the ramp m(x) = clamp((A - x) / R, 0, 1) with A = fp32(R + span_h),
 //     and the triangle-wave query gate g(i') with its derivative (for the period/phase gradients).
@@ -10,24 +9,18 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "common/limits.h"
 #include "common/macros.h"
 
 namespace fastattn {
 
-// Largest head dim (D and Dv) the fused C++ and CUDA kernels take.
-constexpr int kMaxHeadDim = 256;
-
-// tau is lowered by kTopkTieMargin * max(1, |t|) from the K-th largest score t, so the key defining
-// it survives when a kernel recomputes its score with another summation order; keys that close to
-// tau are the near-ties SPEC §3 lets backends select differently. Same margin as
-// kernels/topk_attention.py's TIE_MARGIN.
-constexpr float kTopkTieMargin = 2e-5f;
-
+// tau = the K-th largest score t lowered by kTieMargin * max(1, |t|) (common/limits.h), so the key
+// defining it survives when a kernel recomputes its score with another summation order.
 FASTATTN_HOST_DEVICE float topk_with_margin(float t) {
 #if defined(__CUDA_ARCH__)
-  const float margin = __fmul_rn(kTopkTieMargin, fmaxf(1.0f, fabsf(t)));  // never contracted into an fma
+  const float margin = __fmul_rn(kTieMargin, fmaxf(1.0f, fabsf(t)));  // never contracted into an fma
 #else
-  const float margin = kTopkTieMargin * fmaxf(1.0f, fabsf(t));
+  const float margin = kTieMargin * fmaxf(1.0f, fabsf(t));
 #endif
   return t == -INFINITY ? t : t - margin;
 }

@@ -20,6 +20,10 @@ Every attention runs through fastattn ops, and no Nq x Nk mask is built: a patch
 gathered into a (patches, L) group whose query sits in row len - 1, so the op's causal rule admits
 exactly the patch's bytes; a byte's cross-attention is a group of its `cross_k` patch vectors.
 
+Generation (`fastattn.models.generate` / `stream`, use_cache=True) runs `BLTDecoder`: bytes are
+patched as they arrive and each finished patch is encoded once (no re-encoding of the prefix).
+Training: a `kind: blt` model section (bundled configs blt_entropy_tiny, then blt_tiny).
+
     >>> cfg = BLTConfig(patching="stride", stride=4)
     >>> model = BLT(cfg)
     >>> x = torch.randint(0, 256, (2, 32))
@@ -256,12 +260,7 @@ class BLTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BLTConfig":
-        d = {k: v for k, v in d.items() if k != "kind"}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"BLTConfig: unknown keys {unknown}; accepted: {sorted(names)}")
-        return cls(**d)
+        return TransformerConfig.from_dict.__func__(cls, {k: v for k, v in d.items() if k != "kind"})
 
     @property
     def attention(self) -> str:
@@ -404,9 +403,9 @@ class BLT(nn.Module):
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss + self.extra_loss()
 
-    def new_caches(self, *args, **kwargs):
-        raise NotImplementedError("BLT has no incremental decoding yet: generate with use_cache=False "
-                                  "(`python -m fastattn generate --no-cache`), which re-encodes the context per byte")
+    def incremental_decoder(self) -> "BLTDecoder":
+        """What fastattn.models.generate uses with use_cache=True (one sequence)."""
+        return BLTDecoder(self)
 
     def extra_loss(self) -> torch.Tensor:
         total = self.head.weight.new_zeros((), dtype=torch.float32)
@@ -438,6 +437,87 @@ class BLT(nn.Module):
         if self.entropy_model is not None:
             total += self.entropy_model.flops_per_token(T, training=False)
         return total
+
+
+class BLTDecoder:
+    """Incremental decoding of one sequence: each new byte is patched as it arrives (entropy from the
+    entropy model's KV cache; the stride / space / length rules from the bytes so far), runs through
+    the cached encoder and decoder byte layers, and a finished patch is encoded once and appended
+    to the global layers' caches. Nothing is re-encoded; logits equal a full forward's up to float
+    rounding. `next_logits(seq)` feeds the bytes of seq (1, T) not yet fed -> (1, 256)."""
+
+    def __init__(self, model: BLT):
+        self.model, cfg = model, model.config
+        L, p = cfg.max_seq_len, model.head.weight
+        new = lambda blocks: [b.attn.new_cache(1, L, dtype=p.dtype, device=p.device) for b in blocks]  # noqa: E731
+        self.enc, self.dec, self.glob = new(model.encoder), new(model.decoder), new(model.glob)
+        self.ent = model.entropy_model.new_caches(1, L) if model.entropy_model is not None else None
+        self.bytes: list[int] = []
+        self.entropy = [math.inf]  # entropy[t]: of byte t given bytes < t
+        self.patch: list[torch.Tensor] = []  # encoder states (1, 1, dl) of the current patch's bytes
+        self.start = 0  # the current patch's first byte
+        self.kv = None  # decoder keys/values (1, cross_k, dl) of the current patch's previous patch
+
+    def _starts(self, t: int, b: int) -> bool:
+        cfg = self.model.config
+        if t == 0:
+            return True
+        if cfg.patching == "stride":
+            cand = t % cfg.stride == 0
+        elif cfg.patching == "space":
+            cand = bool(SPACE_LIKE[self.bytes[t - 1]]) and not bool(SPACE_LIKE[b])
+        elif cfg.monotonic:
+            cand = self.entropy[t] - self.entropy[t - 1] > cfg.threshold
+        else:
+            cand = self.entropy[t] > cfg.threshold
+        n = t - self.start
+        return (cand and n >= cfg.min_patch) or n >= cfg.max_patch
+
+    def _close_patch(self) -> torch.Tensor:
+        """Encode the finished patch, run it through the global layers -> its state (1, 1, dg)."""
+        m = self.model
+        hb = torch.cat(self.patch, 1)  # (1, L, dl)
+        patch = m.patch_in(hb.amax(1, keepdim=True))
+        patch = patch + m.enc_cross(m.enc_norm_q(patch), m.enc_norm_kv(hb), causal=False)
+        for block, cache in zip(m.glob, self.glob):
+            patch = block(patch, cache)
+        return m.glob_norm(patch)
+
+    def feed(self, b: int) -> torch.Tensor:
+        """Append byte b -> logits (1, 256) of the byte after it."""
+        m, cfg = self.model, self.model.config
+        t = len(self.bytes)
+        if t >= cfg.max_seq_len:
+            raise ValueError(f"BLT decoding: more than max_seq_len ({cfg.max_seq_len}) bytes")
+        dev = m.head.weight.device
+        if self._starts(t, b):
+            prev = m.begin.view(1, 1, -1) if t == 0 else self._close_patch()
+            self.kv = m.dec_kv(prev).view(1, cfg.cross_k, cfg.dim_local)
+            self.patch, self.start = [], t
+        self.bytes.append(b)
+        window = torch.tensor([self.bytes[-max(cfg.ngram_sizes, default=1):]], device=dev)
+        h = m.embed(window)[:, -1:]
+        for block, cache in zip(m.encoder, self.enc):
+            h = block(h, cache)
+        self.patch.append(h)
+        z = h
+        for norm, cross, block, cache in zip(m.dec_norms, m.dec_cross, m.decoder, self.dec):
+            z = z + cross(norm(z), self.kv, causal=False)
+            z = block(z, cache)
+        if self.ent is not None:
+            logp = F.log_softmax(m.entropy_model(torch.tensor([[b]], device=dev), caches=self.ent)[0, -1].float(), -1)
+            self.entropy.append(float(-(logp.exp() * logp).sum()))
+        return m.head(m.norm(z))[:, -1]
+
+    @torch.no_grad()
+    def next_logits(self, seq: torch.Tensor) -> torch.Tensor:
+        if seq.shape[0] != 1:
+            raise ValueError(f"BLTDecoder decodes one sequence, got a batch of {seq.shape[0]}")
+        if seq.shape[1] <= len(self.bytes) or seq[0, :len(self.bytes)].tolist() != self.bytes:
+            raise ValueError("BLTDecoder: seq must extend the bytes fed so far")
+        for b in seq[0, len(self.bytes):].tolist():
+            logits = self.feed(int(b))
+        return logits
 
 
 def load_entropy_weights(model: BLT, path) -> BLT:

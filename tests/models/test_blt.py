@@ -8,7 +8,7 @@ import torch
 
 from fastattn.data import ByteTokenizer
 from fastattn.models import generate
-from fastattn.models.blt import (BLT, HASH_BASE, HASH_MOD, BLTConfig, entropy_starts, limit_lengths, ngram_hashes,
+from fastattn.models.blt import (BLT, BLTDecoder, HASH_BASE, HASH_MOD, BLTConfig, entropy_starts, limit_lengths, ngram_hashes,
                                  next_byte_entropy, patch_layout, space_starts, stride_starts)
 from fastattn.train import CheckpointError, Trainer, load_config, load_model, parse_config
 from fastattn.train.checkpoint import load_checkpoint, save_checkpoint
@@ -217,11 +217,8 @@ def test_trainer_trains_a_blt_with_a_trained_entropy_model(tmp_path):
     assert isinstance(model, BLT) and ck["model_config"]["kind"] == "blt" and tok.vocab_size == 256
     x = as_bytes(pattern_text(100)[:40])
     assert torch.equal(model(x), tr.model.eval()(x))
-    # generation re-encodes the context (no incremental patching yet): greedy = argmax of a full forward
-    out = generate(model, x[0, :10].tolist(), 3, temperature=0, use_cache=False)
+    out = generate(model, x[0, :10].tolist(), 3, temperature=0)  # incremental (BLTDecoder)
     assert out[0] == int(model(x[:, :10])[0, -1].argmax()) and len(out) == 3
-    with pytest.raises(NotImplementedError, match="use_cache=False"):
-        generate(model, x[0, :10].tolist(), 3)
 
 
 def test_bundled_blt_configs():
@@ -234,3 +231,23 @@ def test_bundled_blt_configs():
     assert load_config("blt_entropy_tiny").model.build(256).vocab_size == 256
     with pytest.raises(ValueError, match="vocab 256"):
         load_config("blt_tiny").model.build(1000)
+
+
+@pytest.mark.parametrize("patching,kw", [("stride", {}), ("space", {"max_patch": 5}),
+                                         ("entropy", {"min_patch": 2}), ("entropy", {"monotonic": True, "threshold": 0.01})])
+def test_incremental_decoding_equals_full_encoding(patching, kw):
+    """Byte by byte (patching as bytes arrive, cached layers, each patch encoded once) the logits
+    equal a full forward's at every position, and the patches formed are the same."""
+    model = tiny_blt(patching, **kw)
+    x = as_bytes(pattern_text(300, seed=4)[:70])
+    if patching == "entropy" and not kw.get("monotonic"):
+        model.config.threshold = float(next_byte_entropy(model.entropy_model, x)[:, 1:].median())
+    with torch.no_grad():
+        full = model(x)[0]
+        dec = BLTDecoder(model)
+        steps = torch.stack([dec.feed(int(b))[0] for b in x[0]])
+    torch.testing.assert_close(steps, full, rtol=0, atol=1e-5)
+    starts = model.patch_starts(x)[0]
+    assert dec.glob[0].pos == int(starts.sum()) - 1  # every patch but the open one went through the global layers
+    with pytest.raises(ValueError, match="extend"):
+        dec.next_logits(x[:, :5])
