@@ -80,7 +80,7 @@ def plot_all(rows, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     time_groups: dict[str, list] = defaultdict(list)
-    mem_points, model_rows, task_rows = [], [], []
+    mem_points, model_rows, task_rows, gpt2_rows = [], [], [], []
     for r in rows:
         suite = _get(r, "suite") or ""
         n = row_n(r)
@@ -93,6 +93,9 @@ def plot_all(rows, out_dir: str) -> list[str]:
             continue
         if suite == "tasks":
             task_rows.append(r)
+            continue
+        if suite == "gpt2":
+            gpt2_rows.append(r)
             continue
         if suite == "models":
             if _num((_get(r, "extra") or {}).get("tokens_per_s")) is not None:
@@ -118,6 +121,9 @@ def plot_all(rows, out_dir: str) -> list[str]:
         attempt(_models_figure, model_rows, os.path.join(out_dir, "models_tokens.png"))
     if task_rows:
         attempt(_tasks_figure, task_rows, os.path.join(out_dir, "tasks.png"))
+    if gpt2_rows:
+        from .bench_gpt2 import plot as gpt2_figure
+        attempt(gpt2_figure, gpt2_rows, out_dir)
     return paths
 
 

@@ -20,6 +20,10 @@ Every attention runs through fastattn ops, and no Nq x Nk mask is built: a patch
 gathered into a (patches, L) group whose query sits in row len - 1, so the op's causal rule admits
 exactly the patch's bytes; a byte's cross-attention is a group of its `cross_k` patch vectors.
 
+Generation (`fastattn.models.generate` / `stream`, use_cache=True) runs `BLTDecoder`: bytes are
+patched as they arrive and each finished patch is encoded once (no re-encoding of the prefix).
+Training: a `kind: blt` model section (bundled configs blt_entropy_tiny, then blt_tiny).
+
     >>> cfg = BLTConfig(patching="stride", stride=4)
     >>> model = BLT(cfg)
     >>> x = torch.randint(0, 256, (2, 32))
@@ -204,7 +208,10 @@ class BLTConfig:
     patching: "entropy" | "stride" | "space"; threshold / monotonic: the entropy rule (nats);
     min_patch / max_patch: patch length limits (max_patch also bounds the encoder's groups).
     global_attention / global_attn_kwargs: the global transformer's attention kind.
-    entropy_model: a TransformerConfig dict of the byte-level entropy model (patching="entropy").
+    entropy_model: a TransformerConfig dict of the byte-level entropy model (patching="entropy");
+    entropy_checkpoint: a trained entropy model's checkpoint (`python -m fastattn train` of a byte
+    TransformerLM): the config builder fills entropy_model from it and the trainer loads its weights
+    when it starts a run (a BLT checkpoint then holds them; the file is not read again).
     """
     dim_local: int = 64
     dim_global: int = 128
@@ -227,6 +234,7 @@ class BLTConfig:
     global_attention: str = "softmax"
     global_attn_kwargs: dict = field(default_factory=dict)
     entropy_model: dict | None = None
+    entropy_checkpoint: str | None = None
     backend: str = "auto"
     init_std: float = 0.02
 
@@ -234,8 +242,9 @@ class BLTConfig:
         self.ngram_sizes = tuple(self.ngram_sizes)
         if self.patching not in PATCHINGS:
             raise ValueError(f"BLTConfig.patching must be one of {PATCHINGS}, got {self.patching!r}")
-        if self.patching == "entropy" and self.entropy_model is None:
-            raise ValueError("BLTConfig.patching='entropy' needs entropy_model (a TransformerConfig dict)")
+        if self.patching == "entropy" and self.entropy_model is None and not self.entropy_checkpoint:
+            raise ValueError("BLTConfig.patching='entropy' needs entropy_model (a TransformerConfig dict) "
+                             "or entropy_checkpoint")
         for name in ("dim_local", "dim_global", "n_heads_local", "n_heads_global", "n_enc_layers", "n_dec_layers",
                      "n_global_layers", "window", "max_seq_len", "cross_k", "max_patch"):
             if getattr(self, name) < 1:
@@ -244,17 +253,18 @@ class BLTConfig:
             raise ValueError(f"BLTConfig needs 1 <= min_patch <= max_patch, got {self.min_patch}, {self.max_patch}")
 
     def to_dict(self) -> dict:
+        """Plain data with kind "blt" (what tells a checkpoint's BLT from a TransformerLM)."""
         d = dataclasses.asdict(self)
         d["ngram_sizes"] = list(self.ngram_sizes)
-        return d
+        return {"kind": "blt", **d}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BLTConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"BLTConfig: unknown keys {unknown}; accepted: {sorted(names)}")
-        return cls(**d)
+        return TransformerConfig.from_dict.__func__(cls, {k: v for k, v in d.items() if k != "kind"})
+
+    @property
+    def attention(self) -> str:
+        return f"blt ({self.patching} patching, global {self.global_attention})"
 
     def local(self, n_layers: int) -> TransformerConfig:
         """The byte layers: sliding-window attention = adaptive span fixed at `window` (ramp 1)."""
@@ -304,6 +314,9 @@ class BLT(nn.Module):
         self.head = nn.Linear(dl, 256, bias=False)
         self._init_weights()
         self.entropy_model = None
+        if cfg.patching == "entropy" and cfg.entropy_model is None:
+            raise ValueError("BLT: config.entropy_model is not set (build the config from a model section, or "
+                             "set it from entropy_config_from_checkpoint(config.entropy_checkpoint))")
         if cfg.entropy_model is not None:
             self.entropy_model = TransformerLM(TransformerConfig.from_dict(cfg.entropy_model))
             self.entropy_model.requires_grad_(False)
@@ -390,6 +403,10 @@ class BLT(nn.Module):
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss + self.extra_loss()
 
+    def incremental_decoder(self) -> "BLTDecoder":
+        """What fastattn.models.generate uses with use_cache=True (one sequence)."""
+        return BLTDecoder(self)
+
     def extra_loss(self) -> torch.Tensor:
         total = self.head.weight.new_zeros((), dtype=torch.float32)
         for block in self.glob:
@@ -401,3 +418,140 @@ class BLT(nn.Module):
         byte and n-gram embeddings."""
         n = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return n - sum(p.numel() for p in self.embed.parameters()) if non_embedding else n
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+        """Matmul FLOPs per byte as TransformerLM counts them (2 per weight use; attention 2 * 2 *
+        keys * width, causal keys halved), for patches of `stride` bytes on average (for entropy
+        and space patching an estimate); x3 for training, plus the frozen entropy model's forward."""
+        cfg = self.config
+        T, pl = seq_len or cfg.max_seq_len, float(cfg.stride)
+        n = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
+        x = self.enc_cross
+        per_byte = n(*self.encoder, *self.decoder, *self.dec_cross, self.dec_kv, self.head, x.wk, x.wv)
+        per_patch = n(*self.glob, self.patch_in, x.wq, x.wo)
+        dense = 2 * (per_byte + per_patch / pl)
+        attn = 2 * 2 * (cfg.n_enc_layers + cfg.n_dec_layers) * min(T / 2, cfg.window) * cfg.dim_local
+        attn += 2 * 2 * (cfg.n_global_layers * T / pl / 2 * cfg.dim_global / pl + cfg.dim_global
+                         + cfg.n_dec_layers * cfg.cross_k * cfg.dim_local)
+        total = (dense + attn) * (3 if training else 1)
+        if self.entropy_model is not None:
+            total += self.entropy_model.flops_per_token(T, training=False)
+        return total
+
+
+class BLTDecoder:
+    """Incremental decoding of one sequence: each new byte is patched as it arrives (entropy from the
+    entropy model's KV cache; the stride / space / length rules from the bytes so far), runs through
+    the cached encoder and decoder byte layers, and a finished patch is encoded once and appended
+    to the global layers' caches. Nothing is re-encoded; logits equal a full forward's up to float
+    rounding. `next_logits(seq)` feeds the bytes of seq (1, T) not yet fed -> (1, 256)."""
+
+    def __init__(self, model: BLT):
+        self.model, cfg = model, model.config
+        L, p = cfg.max_seq_len, model.head.weight
+        new = lambda blocks: [b.attn.new_cache(1, L, dtype=p.dtype, device=p.device) for b in blocks]  # noqa: E731
+        self.enc, self.dec, self.glob = new(model.encoder), new(model.decoder), new(model.glob)
+        self.ent = model.entropy_model.new_caches(1, L) if model.entropy_model is not None else None
+        self.bytes: list[int] = []
+        self.entropy = [math.inf]  # entropy[t]: of byte t given bytes < t
+        self.patch: list[torch.Tensor] = []  # encoder states (1, 1, dl) of the current patch's bytes
+        self.start = 0  # the current patch's first byte
+        self.kv = None  # decoder keys/values (1, cross_k, dl) of the current patch's previous patch
+
+    def _starts(self, t: int, b: int) -> bool:
+        cfg = self.model.config
+        if t == 0:
+            return True
+        if cfg.patching == "stride":
+            cand = t % cfg.stride == 0
+        elif cfg.patching == "space":
+            cand = bool(SPACE_LIKE[self.bytes[t - 1]]) and not bool(SPACE_LIKE[b])
+        elif cfg.monotonic:
+            cand = self.entropy[t] - self.entropy[t - 1] > cfg.threshold
+        else:
+            cand = self.entropy[t] > cfg.threshold
+        n = t - self.start
+        return (cand and n >= cfg.min_patch) or n >= cfg.max_patch
+
+    def _close_patch(self) -> torch.Tensor:
+        """Encode the finished patch, run it through the global layers -> its state (1, 1, dg)."""
+        m = self.model
+        hb = torch.cat(self.patch, 1)  # (1, L, dl)
+        patch = m.patch_in(hb.amax(1, keepdim=True))
+        patch = patch + m.enc_cross(m.enc_norm_q(patch), m.enc_norm_kv(hb), causal=False)
+        for block, cache in zip(m.glob, self.glob):
+            patch = block(patch, cache)
+        return m.glob_norm(patch)
+
+    def feed(self, b: int) -> torch.Tensor:
+        """Append byte b -> logits (1, 256) of the byte after it."""
+        m, cfg = self.model, self.model.config
+        t = len(self.bytes)
+        if t >= cfg.max_seq_len:
+            raise ValueError(f"BLT decoding: more than max_seq_len ({cfg.max_seq_len}) bytes")
+        dev = m.head.weight.device
+        if self._starts(t, b):
+            prev = m.begin.view(1, 1, -1) if t == 0 else self._close_patch()
+            self.kv = m.dec_kv(prev).view(1, cfg.cross_k, cfg.dim_local)
+            self.patch, self.start = [], t
+        self.bytes.append(b)
+        window = torch.tensor([self.bytes[-max(cfg.ngram_sizes, default=1):]], device=dev)
+        h = m.embed(window)[:, -1:]
+        for block, cache in zip(m.encoder, self.enc):
+            h = block(h, cache)
+        self.patch.append(h)
+        z = h
+        for norm, cross, block, cache in zip(m.dec_norms, m.dec_cross, m.decoder, self.dec):
+            z = z + cross(norm(z), self.kv, causal=False)
+            z = block(z, cache)
+        if self.ent is not None:
+            logp = F.log_softmax(m.entropy_model(torch.tensor([[b]], device=dev), caches=self.ent)[0, -1].float(), -1)
+            self.entropy.append(float(-(logp.exp() * logp).sum()))
+        return m.head(m.norm(z))[:, -1]
+
+    @torch.no_grad()
+    def next_logits(self, seq: torch.Tensor) -> torch.Tensor:
+        if seq.shape[0] != 1:
+            raise ValueError(f"BLTDecoder decodes one sequence, got a batch of {seq.shape[0]}")
+        if seq.shape[1] <= len(self.bytes) or seq[0, :len(self.bytes)].tolist() != self.bytes:
+            raise ValueError("BLTDecoder: seq must extend the bytes fed so far")
+        for b in seq[0, len(self.bytes):].tolist():
+            logits = self.feed(int(b))
+        return logits
+
+
+def load_entropy_weights(model: BLT, path) -> BLT:
+    """Load the weights of a trained byte-level TransformerLM checkpoint into model.entropy_model."""
+    from ..train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    if model.entropy_model is None:
+        raise ValueError("load_entropy_weights: the model has no entropy model (patching is not 'entropy')")
+    if ck["model_config"] != model.entropy_model.config.to_dict():
+        raise ValueError(f"{path}: its model config differs from BLTConfig.entropy_model")
+    model.entropy_model.load_state_dict(ck["model"])
+    return model
+
+
+def entropy_config_from_checkpoint(path) -> dict:
+    """The TransformerConfig dict of a byte-level entropy model checkpoint (vocab 256)."""
+    from ..train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        mc = load_checkpoint(path)["model_config"]
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} (BLT's entropy model: train one first, e.g. "
+                              f"python -m fastattn train --config blt_entropy_tiny)") from exc
+    if mc.get("kind") == "blt" or mc.get("vocab_size") != 256:
+        raise ValueError(f"{path}: an entropy model must be a byte-level TransformerLM (vocab 256)")
+    return dict(mc)
+
+
+def build_model(cfg: TransformerConfig | BLTConfig) -> TransformerLM | BLT:
+    """The model a config describes (a BLTConfig builds a BLT, a TransformerConfig a TransformerLM)."""
+    return BLT(cfg) if isinstance(cfg, BLTConfig) else TransformerLM(cfg)
+
+
+def config_from_dict(d: dict) -> TransformerConfig | BLTConfig:
+    """A checkpoint's model_config dict -> its config (kind "blt": BLTConfig)."""
+    return BLTConfig.from_dict(d) if d.get("kind") == "blt" else TransformerConfig.from_dict(d)

@@ -47,4 +47,14 @@ def test_topk_recall_and_decode_timing():
     assert topk_recall(dense, full, ids) == pytest.approx(1.0, abs=0.01)  # same scores: same keys
     low = patch_gpt2(copy.deepcopy(dense), "msla", latent_rank=4, topk=8).eval()
     assert topk_recall(dense, low, ids) < 0.9
-    assert decode_ms(full, 32, steps=2) > 0
+    ms = decode_ms({"full": full, "dense": dense}, 32, steps=2)
+    assert ms.keys() == {"full", "dense"} and min(ms.values()) > 0
+
+
+def test_bench_plot(tmp_path):
+    from bench.common import Row
+    from bench.plots import plot_all
+    extra = {"kv_bytes_per_token": 384, "ppl_tuned": 75.0, "decode_ms_1024": 2.0, "decode_ms_4096": 3.0}
+    rows = [Row("gpt2", impl, "small", "float32", "decode", 3.0, None, extra=extra, suite="gpt2")
+            for impl in ("dense (sdpa)", "msla r=32 K=64 (fastattn, patched)")]
+    assert str(tmp_path / "gpt2.png") in plot_all(rows, str(tmp_path))

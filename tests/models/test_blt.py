@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from fastattn.data import ByteTokenizer
-from fastattn.models.blt import (BLT, HASH_BASE, HASH_MOD, BLTConfig, entropy_starts, limit_lengths, ngram_hashes,
+from fastattn.models import generate
+from fastattn.models.blt import (BLT, BLTDecoder, HASH_BASE, HASH_MOD, BLTConfig, entropy_starts, limit_lengths, ngram_hashes,
                                  next_byte_entropy, patch_layout, space_starts, stride_starts)
+from fastattn.train import CheckpointError, Trainer, load_config, load_model, parse_config
 from fastattn.train.checkpoint import load_checkpoint, save_checkpoint
 
+from ..train._helpers import tiny_data
 from ._tiny import pattern_text
 
 ENTROPY = dict(vocab_size=256, dim=32, n_layers=1, n_heads=2, max_seq_len=128, backend="cpu")
@@ -190,3 +193,61 @@ def test_bad_arguments():
         limit_lengths(torch.ones(1, 4, dtype=torch.bool), 0)
     with pytest.raises(ValueError, match="max_seq_len"):
         tiny_blt()(torch.zeros(1, 200, dtype=torch.long))
+
+
+def test_trainer_trains_a_blt_with_a_trained_entropy_model(tmp_path):
+    """The entropy model trains as a byte TransformerLM; a `kind: blt` config takes it by
+    checkpoint; the trainer trains the BLT and load_model gives it back."""
+    quiet = dict(log=lambda *a, **k: None)
+    train = {"batch_size": 2, "seq_len": 32, "max_steps": 2, "warmup_steps": 1, "eval_every": 2, "eval_batches": 1,
+             "progress": False}
+    ent_cfg = parse_config({"model": {"preset": None, **{k: v for k, v in ENTROPY.items() if k != "vocab_size"}},
+                            "train": {**train, "out_dir": str(tmp_path / "ent")}})
+    ent = Trainer(ent_cfg, data=tiny_data(), **quiet)
+    ent.train()
+    blt = {"kind": "blt", "dim_local": 32, "dim_global": 64, "n_heads_local": 2, "n_global_layers": 1,
+           "n_dec_layers": 1, "max_seq_len": 64, "ngram_buckets": 64, "max_patch": 8, "backend": "cpu",
+           "entropy_checkpoint": str(tmp_path / "ent" / "ckpt.pt")}
+    cfg = parse_config({"model": blt, "train": {**train, "out_dir": str(tmp_path / "blt")}})
+    tr = Trainer(cfg, data=tiny_data(), **quiet)
+    for a, b in zip(tr.model.entropy_model.state_dict().values(), ent.model.state_dict().values()):
+        assert torch.equal(a, b)
+    tr.train()
+    model, tok, ck = load_model(tmp_path / "blt" / "ckpt.pt")
+    assert isinstance(model, BLT) and ck["model_config"]["kind"] == "blt" and tok.vocab_size == 256
+    x = as_bytes(pattern_text(100)[:40])
+    assert torch.equal(model(x), tr.model.eval()(x))
+    out = generate(model, x[0, :10].tolist(), 3, temperature=0)  # incremental (BLTDecoder)
+    assert out[0] == int(model(x[:, :10])[0, -1].argmax()) and len(out) == 3
+
+
+def test_bundled_blt_configs():
+    cfg = load_config("blt_tiny", ["model.entropy_checkpoint=/nonexistent/ckpt.pt"])
+    assert cfg.model.kind == "blt" and cfg.to_dict()["model"]["kind"] == "blt"
+    with pytest.raises(CheckpointError, match="blt_entropy_tiny"):
+        cfg.model.build(256)
+    space = load_config("blt_tiny", ["model.patching=space", "model.entropy_checkpoint=null"]).model.build(256)
+    assert space.patching == "space" and BLT(space).entropy_model is None
+    assert load_config("blt_entropy_tiny").model.build(256).vocab_size == 256
+    with pytest.raises(ValueError, match="vocab 256"):
+        load_config("blt_tiny").model.build(1000)
+
+
+@pytest.mark.parametrize("patching,kw", [("stride", {}), ("space", {"max_patch": 5}),
+                                         ("entropy", {"min_patch": 2}), ("entropy", {"monotonic": True, "threshold": 0.01})])
+def test_incremental_decoding_equals_full_encoding(patching, kw):
+    """Byte by byte (patching as bytes arrive, cached layers, each patch encoded once) the logits
+    equal a full forward's at every position, and the patches formed are the same."""
+    model = tiny_blt(patching, **kw)
+    x = as_bytes(pattern_text(300, seed=4)[:70])
+    if patching == "entropy" and not kw.get("monotonic"):
+        model.config.threshold = float(next_byte_entropy(model.entropy_model, x)[:, 1:].median())
+    with torch.no_grad():
+        full = model(x)[0]
+        dec = BLTDecoder(model)
+        steps = torch.stack([dec.feed(int(b))[0] for b in x[0]])
+    torch.testing.assert_close(steps, full, rtol=0, atol=1e-5)
+    starts = model.patch_starts(x)[0]
+    assert dec.glob[0].pos == int(starts.sum()) - 1  # every patch but the open one went through the global layers
+    with pytest.raises(ValueError, match="extend"):
+        dec.next_logits(x[:, :5])
