@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     jobs = []
     for op in OPS:
         for backend, n in (("reference", a.cases), ("cpu", a.cases), ("triton", a.triton_cases)):
-            why = dispatch.unavailable_reason(op, backend)
+            why = "--cases 0" if n == 0 else dispatch.unavailable_reason(op, backend)
             if why:
                 print(f"fuzz: {op} on {backend} skipped: {why}")
                 continue
