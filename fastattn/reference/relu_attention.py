@@ -19,11 +19,14 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
 
 def int8_round(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Symmetric int8 rounding with one scale per slice along `dim` reduced (SPEC §2 int8_qkv):
-    scale = max|x| / 127 (1 for an all-zero slice), x <- round_half_away(x / scale) * scale."""
+    scale = max|x| / 127 (1 for an all-zero slice), x <- round_half_away(x / scale) * scale.
+    Non-finite entries take no part in the max and stay non-finite (CONTRACTS §2: a NaN in v_j
+    reaches only the rows that read v_j)."""
     if x.shape[dim] == 0:  # nothing to round (e.g. an empty KV cache)
         return x
     with torch.no_grad():
-        amax = x.abs().amax(dim=dim, keepdim=True).to(compute_dtype(x.dtype))
+        finite_abs = torch.where(torch.isfinite(x), x.abs(), torch.zeros_like(x))
+        amax = finite_abs.amax(dim=dim, keepdim=True).to(compute_dtype(x.dtype))
         s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
         r = (round_half_away(x.to(s.dtype) / s) * s).to(x.dtype)
     return _straight_through(x, r)
