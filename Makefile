@@ -11,7 +11,7 @@ TEST_ARGS  ?= -m "not slow"
 # Two cores here: two pytest workers.
 TEST_WORKERS ?= 2
 
-.PHONY: venv build bench test test-portable info clean
+.PHONY: venv build bench test test-portable check-wheel check-cuda info clean
 all: test
 
 $(VENV)/.deps:
@@ -32,38 +32,48 @@ venv: $(VENV)/.deps
 # Incremental: ninja rebuilds only what changed.
 build: venv
 	MAX_JOBS=2 $(PIP) install -q --no-build-isolation --no-deps -e .
-	$(PY) -c "import fastattn, sys; r = fastattn.extension_error(); sys.exit('fastattn._C failed to load: ' + r if r else 0)"
+	$(PY) -c "import fastattn, sys; r = fastattn.extension_error(); sys.exit('the fastattn extension failed to load: ' + r if r else 0)"
 
 bench: build
 	$(PY) -m fastattn bench $(BENCH_ARGS)
 
 test: build
 	$(PY) -m pytest -n $(TEST_WORKERS) $(TEST_ARGS)
-	$(MAKE) --no-print-directory test-portable
+	$(RUN_PORTABLE_TESTS)
 
-# The CPU kernels' portable paths (what machines without AVX-512 run): the same sources built for
-# x86-64-v3 (AVX2) in a copy under build/portable, and the op tests for the cpu backend run on that
-# build (~2 min the first time; ninja rebuilds only what changed). x86-64 hosts only.
-PORTABLE       := build/portable
-PORTABLE_TESTS := tests/test_softmax_attention.py tests/test_relu_attention.py \
+# The CPU kernels' portable paths (what machines without AVX-512 run): the build holds a portable
+# variant of the extension (fastattn._C, x86-64-v3: AVX2) next to the AVX-512 one
+# (fastattn._C_avx512); FASTATTN_CPU_VARIANT=portable makes fastattn load the portable one, and the
+# op tests for the cpu backend run on it. x86-64 hosts only (elsewhere only one variant is built).
+PORTABLE_TESTS := tests/test_ext.py tests/test_softmax_attention.py tests/test_relu_attention.py \
                   tests/test_topk_attention.py tests/test_adaptive_span_attention.py
-test-portable: venv
-	@if [ "$$(uname -m)" != x86_64 ]; then echo "test-portable: x86-64 builds only; skipped on $$(uname -m)"; exit 0; fi; \
-	set -e; py=$(abspath $(PY)); mkdir -p $(PORTABLE); \
-	tar -c --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.so' --exclude=__pycache__ . \
-	    | tar -x -C $(PORTABLE); \
-	cd $(PORTABLE); \
-	echo "test-portable: building fastattn._C for x86-64-v3 in $(PORTABLE) (log: $(PORTABLE)/build.log)"; \
-	FASTATTN_SKIP_CUDA_BUILD=1 FASTATTN_CPU_ARCH=x86-64-v3 MAX_JOBS=2 $$py setup.py -q build_ext --inplace \
-	    > build.log 2>&1 || { tail -n 40 build.log; exit 1; }; \
-	$$py -c "import fastattn, os; from fastattn import _ext; i = _ext.build_info(); \
-	    assert os.path.abspath(fastattn.__file__).startswith(os.getcwd()), fastattn.__file__; \
-	    assert i and not i['cpu_features'], f'not the portable build: {i} {_ext.extension_error()}'; \
-	    print('test-portable: fastattn._C built for x86-64-v3, no AVX-512 paths')"; \
-	$$py -m pytest -n $(TEST_WORKERS) -q -p no:cacheprovider -m "not slow and not gpu" -k "not triton" $(PORTABLE_TESTS)
+define RUN_PORTABLE_TESTS
+@if [ "$$(uname -m)" != x86_64 ]; then echo "test-portable: x86-64 builds only; skipped on $$(uname -m)"; exit 0; fi; \
+set -e; \
+FASTATTN_CPU_VARIANT=portable $(PY) -c "from fastattn import _ext; i = _ext.build_info(); \
+    assert i.get('variant') == 'portable' and not i['cpu_features'], f'not the portable variant: {i} {_ext.extension_error()}'; \
+    print('test-portable: fastattn._C, the portable variant (x86-64-v3), no AVX-512 paths')"; \
+FASTATTN_CPU_VARIANT=portable $(PY) -m pytest -n $(TEST_WORKERS) -q -p no:cacheprovider -m "not slow and not gpu" \
+    -k "not triton" $(PORTABLE_TESTS)
+endef
+
+test-portable: build
+	$(RUN_PORTABLE_TESTS)
+
+# The CUDA build a GPU user gets, compiled and loaded here without a GPU (.ci/check_cuda.py): a venv in
+# ~/.cache with PyPI's CUDA torch of the test venv's version (~2.2 GB, downloaded once), the README's
+# install command in a copy under build/cuda, then every stage the dispatch table runs on cuda is
+# checked for a CUDA kernel with its CPU kernel's signature.
+check-cuda: venv
+	$(PY) .ci/check_cuda.py --torch "$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
 
 info: build
 	$(PY) -m fastattn info
+
+# A wheel of this checkout, installed in a fresh venv outside it: info, a 20-step train, generate
+# (.ci/check-wheel; a file read from the checkout fails it).
+check-wheel: venv
+	.ci/check-wheel $(abspath $(PY))
 
 clean:
 	rm -rf build *.egg-info fastattn/_C*.so

@@ -21,7 +21,7 @@ import time
 import torch
 
 from fastattn import dispatch
-from fastattn.models import TransformerConfig, TransformerLM, available_kinds, generate
+from fastattn.models import ATTENTION_KINDS, TransformerConfig, TransformerLM, generate
 
 from .common import Row, time_ms, time_round_robin
 
@@ -95,11 +95,8 @@ def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
     prompt, new, runs = (64, 64, 1) if quick else (64, 192, max(3, reps // 2))
     rows = []
     torch.manual_seed(0)
-    for kind, why in available_kinds().items():
+    for kind in ATTENTION_KINDS:
         shape = f"{preset} B{batch} T{seq}"
-        if why is not None:
-            rows.append(Row(OP, kind, shape, "float32", "train", None, None, note=f"unavailable: {why}"[:200]))
-            continue
         backend = backend_for(kind, device)
         impl = f"{kind} ({backend})"
         try:

@@ -23,6 +23,7 @@ SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
     "adaptive_span_attention": "bench.bench_adaptive_span_attention",
     "memory": "bench.memory",
     "models": "bench.bench_models",
+    "charlm": "bench.bench_charlm",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -1,6 +1,6 @@
 """fastattn: fused ReLU (ByteScale), top-K sparse and adaptive-span attention for PyTorch.
 
-Public API only; see SPEC.md for what each op computes.
+Public API only; see docs/semantics.md for what each op computes.
 """
 from ._ext import extension_error
 from .ops.adaptive_span_attention import adaptive_span_attention

@@ -1,4 +1,4 @@
-"""`python -m fastattn {info,bench,train,generate,compare-kinds}`."""
+"""`python -m fastattn {info,bench,train,generate,compare-kinds,charlm}`."""
 from __future__ import annotations
 
 import argparse
@@ -25,10 +25,11 @@ def _info(args) -> int:
     err = fastattn.extension_error()
     if err is None:
         info = _ext.build_info()
-        print(f"fastattn._C: loaded; CPU kernels use {' '.join(info['cpu_features']) or 'portable C++ paths only'}; "
+        print(f"extension: {info['module']}, the {info['variant']} CPU variant (FASTATTN_CPU_VARIANT); CPU kernels "
+              f"use {' '.join(info['cpu_features']) or 'their portable C++ paths (AVX2)'}; "
               f"CUDA kernels {'built' if info['cuda'] else 'not built'}")
     else:
-        print(f"fastattn._C: NOT loaded: {err}")
+        print(f"extension: NOT loaded: {err}")
     for op, backends in dispatch.report().items():
         print(f"\n{op}")
         for b, why in backends.items():
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
     sub.add_parser("generate", help="generate text from a checkpoint", add_help=False)
     sub.add_parser("compare-kinds", help="train a config once per attention kind; bits/byte vs tokens/s",
                    add_help=False)
+    sub.add_parser("charlm", help="the adaptive-span character LM recipe (enwik8 or any corpus)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     try:
         return _run(args, rest)
@@ -78,6 +80,9 @@ def _run(args, rest) -> int:
     if args.cmd == "compare-kinds":
         from .train.compare import main as compare_main
         return compare_main(rest)
+    if args.cmd == "charlm":
+        from .train.charlm import main as charlm_main
+        return charlm_main(rest)
     return 2
 
 

@@ -1,4 +1,4 @@
-"""SPEC.md's tolerance rule, the one helper every test (and the benchmarks' accuracy columns) uses.
+"""The tolerance rule of docs/semantics.md, the one helper every test (and the benchmarks' accuracy columns) uses.
 
 A backend's result `out` passes when
     max|out - ref64| <= mult * max|ref_lp - ref64| + atol * max(1, max|ref64|)
@@ -60,7 +60,8 @@ def max_err(out: torch.Tensor, ref64: torch.Tensor) -> float:
 def assert_matches_reference(fn: Callable, ref: Callable, tensors: dict, dtype: torch.dtype,
                              grad_names=(), device="cpu", atol: float | None = None, seed: int = 0,
                              row_mask: torch.Tensor | None = None):
-    """Check `fn(**tensors)` (outputs and gradients of `grad_names`) against `ref` under SPEC's rule.
+    """Check `fn(**tensors)` (outputs and gradients of `grad_names`) against `ref` under the tolerance rule
+    (docs/semantics.md).
 
     tensors: fp64 master copies (CPU); each run casts them with `cast_input`.
     row_mask: optional bool (..., Nq) selecting the output rows compared (e.g. to drop top-K

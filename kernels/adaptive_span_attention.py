@@ -1,4 +1,4 @@
-"""Triton adaptive-span attention (SPEC.md §4): soft span mask + triangle-wave query gate, with the
+"""Triton adaptive-span attention (docs/semantics.md §4): soft span mask + triangle-wave query gate, with the
 skipped work never done.
 
 Skipping is planned on the host with a few O(Hq * Nq) torch ops (`plan`), never an Nq x Nk anything:

@@ -1,4 +1,4 @@
-"""Triton ByteScale ReLU attention (SPEC.md §2): forward (one pass; two with fused 7/8-bit weights,
+"""Triton ByteScale ReLU attention (docs/semantics.md §2): forward (one pass; two with fused 7/8-bit weights,
 whose rounding needs the final denominator), int8 operand mode (integer tl.dot for QK^T and, with
 quantized weights, for P V), and a backward of the unquantized op (dK/dV per key block over the GQA
 group; dQ plus the ALiBi part of dgamma per query block). Same contract as the C++ ops
@@ -121,12 +121,12 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, GAMMA, SINK, SLOPES, TAU, O, 
                 k = k.to(tl.float32)
             s, ok = _scores_any(q, k, qs, KS, bhk, gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL, HAS_ALIBI,
                                 HAS_TAU, INT8)
-            # a / den as a division, exactly as SPEC writes it, so levels flip only at true ties
+            # a / den as a division, exactly as docs/semantics.md §2 writes it, so levels flip only at true ties
             lvl = tl.floor(tl.where(ok, tl.maximum(s, 0.0), 0.0) / tl.where(den > 0.0, den, float("inf"))[:, None]
                            * L + 0.5)
             v = tl.load(v_base + offs_n[:, None] * Dv + offs_dv[None, :],
                         mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < Dv), other=0)
-            if INT8:  # integer P V: 7-bit levels fit int8; 8-bit ones are offset by -128 (SPEC §2.5)
+            if INT8:  # integer P V: 7-bit levels fit int8; 8-bit ones are offset by -128 (docs/semantics.md §2.5)
                 if BITS == 7:
                     acc += tl.dot(lvl.to(tl.int8), v).to(tl.float32)
                 else:
@@ -304,7 +304,7 @@ def _config(D: int, Dv: int, dtype: torch.dtype):
 
 
 def _int8_round(x: torch.Tensor, dim: int):
-    """(levels int8, scales fp32) per SPEC: scale = max|x|/127 (1 for all-zero), round half away."""
+    """(levels int8, scales fp32) per docs/semantics.md §2: scale = max|x|/127 (1 for all-zero), round half away."""
     amax = x.float().abs().amax(dim=dim, keepdim=True)
     s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     y = x.float() / s

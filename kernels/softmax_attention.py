@@ -1,4 +1,4 @@
-"""Triton softmax attention (SPEC.md §1): flash-style forward (online softmax in base 2, lse saved)
+"""Triton softmax attention (docs/semantics.md §1): flash-style forward (online softmax in base 2, lse saved)
 and a two-kernel backward (dK/dV per key block over the GQA group; dQ per query block), recomputing
 P from the lse. An optional threshold `tau` (B, Hq, Nq) keeps key j only where s_ij >= tau_i: the
 top-K op (kernels/topk_attention.py) is this kernel plus a threshold pass.

@@ -1,4 +1,4 @@
-"""Triton top-K attention (SPEC.md §3): a streaming per-row top-K threshold, then the flash softmax
+"""Triton top-K attention (docs/semantics.md §3): a streaming per-row top-K threshold, then the flash softmax
 kernels of kernels/softmax_attention.py restricted to s >= tau. Same contract as the C++ ops
 (fastattn/ops/topk_attention.py).
 
@@ -20,7 +20,7 @@ from .softmax_attention import softmax_attention_bwd, softmax_attention_fwd
 MAX_TOPK = 128
 # tau is lowered by TIE_MARGIN * max(1, |tau|) so that the key defining it survives when the
 # attention kernel recomputes its score with another summation order; keys that close to tau are
-# the near-ties SPEC §3 lets backends select differently. Same margin as csrc/cpu/topk_attention.cpp.
+# the near-ties docs/semantics.md §3 lets backends select differently. Same margin as csrc/cpu/topk_attention.cpp.
 TIE_MARGIN = 2e-5
 
 

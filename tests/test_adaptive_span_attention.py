@@ -1,4 +1,4 @@
-"""adaptive_span_attention (SPEC §4): the reference against FlexAttention (an independent oracle) and
+"""adaptive_span_attention (docs/semantics.md §4): the reference against FlexAttention (an independent oracle) and
 special cases; every fused backend against the reference (forward, q/k/v/span/period/phase gradients);
 the skip plan (never skips needed work, skips the rest); opcheck, torch.compile, errors.
 

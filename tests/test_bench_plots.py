@@ -2,13 +2,9 @@
 the round-robin timer's order and the decode rows' restoring of what they switch (no figures checked)."""
 import os
 
-import pytest
-
-pytest.importorskip("matplotlib")
-
-from bench import memory  # noqa: E402
-from bench.common import Row, save, save_summary, time_round_robin  # noqa: E402
-from bench.plots import plot_all, row_n  # noqa: E402
+from bench import memory
+from bench.common import Row, save, save_summary, time_round_robin
+from bench.plots import plot_all, row_n
 
 
 def _rows():
@@ -96,9 +92,6 @@ def test_time_round_robin_times_in_turns():
 
 def test_topk_decode_rows_restore_threads_and_environment(monkeypatch):
     """The decode rows switch FASTATTN_TOPK_SPLITS and the thread count per case; both come back."""
-    import fastattn
-    if fastattn.extension_error():
-        pytest.skip("needs fastattn._C")
     import torch
 
     from bench.bench_topk_attention import _decode_rows

@@ -1,4 +1,4 @@
-"""The CPU kernels on ragged batches (SPEC §5, CONTRACTS §1), through the custom ops with the five ragged
+"""The CPU kernels on ragged batches (docs/semantics.md §5, CONTRACTS §1), through the custom ops with the five ragged
 arguments: packed sequences (cu_seqlens) equal the reference applied to each sequence alone, forward and
 backward, for every op and option; padded batches (key_padding_mask) equal the unpadded sequences for
 their real rows and never read a padded key. Tiling edge cases: empty sequences, length 1, sequences
@@ -74,7 +74,7 @@ def alone(name, q, k, v):
     """The reference on one sequence."""
     op, kw = CASES[name]
     kw = dict(kw)
-    if k.shape[2] == 0:  # no keys: zero rows (SPEC), without the reference's empty-key path (issue 21 #2)
+    if k.shape[2] == 0:  # no keys: zero rows (docs/semantics.md), without the reference's empty-key path (issue 21 #2)
         return q.new_zeros(q.shape[:3] + (Dv,)) + 0 * q.sum() + 0 * v.sum()
     if op == "topk_attention":
         return fastattn.topk_attention(q, k, v, K_TOP, scale=SCALE, backend="reference", **kw)
@@ -85,7 +85,7 @@ def alone(name, q, k, v):
 
 
 def _tie_free(name, q, k):
-    """Rows (1, Hq, Nq) whose K-th and (K+1)-th allowed scores are apart (SPEC §3 near-ties excluded)."""
+    """Rows (1, Hq, Nq) whose K-th and (K+1)-th allowed scores are apart (docs/semantics.md §3 near-ties excluded)."""
     op, kw = CASES[name]
     if op != "topk_attention" and not kw.get("topk"):
         return torch.ones(q.shape[:3], dtype=torch.bool)

@@ -1,4 +1,4 @@
-"""Every fused GPU backend against the reference under SPEC's tolerance rule, on CUDA tensors.
+"""Every fused GPU backend against the reference under the tolerance rule (docs/semantics.md), on CUDA tensors.
 
 Marked `gpu`: skipped (with the reason) on machines without a CUDA device, e.g. this project's CPU
 CI; run with `pytest -m gpu` on a GPU machine. The Triton kernels are also tested on CPU through the

@@ -1,4 +1,4 @@
-"""Until a fused kernel implements key_padding_mask / cu_seqlens (SPEC §5), it refuses them: a mask
+"""Until a fused kernel implements key_padding_mask / cu_seqlens (docs/semantics.md §5), it refuses them: a mask
 must never be silently ignored. Every kernel stage takes the five ragged arguments (defaulted)."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""relu_attention (SPEC §2): reference properties, every fused backend vs the reference (forward and
+"""relu_attention (docs/semantics.md §2): reference properties, every fused backend vs the reference (forward and
 backward), quantized levels, int8 operands, errors."""
 import itertools
 

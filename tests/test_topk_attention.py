@@ -1,5 +1,5 @@
-"""topk_attention (SPEC §3) and the shared threshold: every backend vs the reference, forward and
-backward, with SPEC's near-tie rule; relu_attention(topk=K) on the fused backends; errors."""
+"""topk_attention (docs/semantics.md §3) and the shared threshold: every backend vs the reference, forward and
+backward, with the near-tie rule of docs/semantics.md §3; relu_attention(topk=K) on the fused backends; errors."""
 import pytest
 import torch
 
@@ -13,7 +13,7 @@ from ._shapes import SHAPES, make_qkv, shape_id
 FUSED = ["cpu", "triton"]
 # Near-tie rule: a row is compared only when its K-th and (K+1)-th allowed reference scores differ
 # by more than GAP * max(1, |tau|): the fused backends' tie margin (2e-5) plus fp32 rounding of
-# the recomputed scores, with room. Other rows may legitimately select differently (SPEC §3).
+# the recomputed scores, with room. Other rows may legitimately select differently (docs/semantics.md §3).
 GAP = 1e-4
 
 

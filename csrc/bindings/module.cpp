@@ -1,14 +1,21 @@
-// The Python module fastattn._C. Importing it runs the static TORCH_LIBRARY_FRAGMENT(fastattn_C, m)
-// registrations of csrc/bindings/<op>.cpp; itself it exposes only what the build holds.
+// The Python module of one CPU variant of the build, fastattn._C (portable) or fastattn._C_avx512
+// (setup.py names it; torch's build passes the last part as TORCH_EXTENSION_NAME). Importing it runs
+// the static TORCH_LIBRARY_FRAGMENT(fastattn_C, m) registrations of csrc/bindings/<op>.cpp;
+// itself it exposes only what the build holds.
 #include <Python.h>
 
-extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastattn kernels (torch.ops.fastattn_C)", -1,
-                               nullptr};
+#define FASTATTN_STR_(x) #x
+#define FASTATTN_STR(x) FASTATTN_STR_(x)
+#define FASTATTN_CAT_(a, b) a##b
+#define FASTATTN_CAT(a, b) FASTATTN_CAT_(a, b)
+
+PyMODINIT_FUNC FASTATTN_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, FASTATTN_STR(TORCH_EXTENSION_NAME),
+                               "fastattn kernels (torch.ops.fastattn_C)", -1, nullptr};
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
   // What this build holds (fastattn._ext.build_info): the instruction-set extensions the CPU
-  // kernels were compiled to use (FASTATTN_CPU_ARCH; none: their portable C++ paths throughout),
+  // kernels were compiled to use (none in the portable variant: their portable C++ paths throughout),
   // and whether the CUDA kernels are in it.
   const char* cpu_features = ""
 #ifdef __AVX512F__

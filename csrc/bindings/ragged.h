@@ -1,4 +1,4 @@
-// The ragged-batch arguments (docs: SPEC §5) that every kernel stage takes last, after its own:
+// The ragged-batch arguments (docs/semantics.md §5) that every kernel stage takes last, after its own:
 //   Tensor? key_padding_mask=None, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None,
 //   int max_seqlen_q=0, int max_seqlen_k=0
 // (defaults, so a dense call may omit them). FASTATTN_RAGGED_SCHEMA is that schema text; with_ragged<Fn>

@@ -1,4 +1,4 @@
-// Header-only ByteScale (ReLU attention) math shared by the CPU and CUDA kernels (SPEC.md §2).
+// Header-only ByteScale (ReLU attention) math shared by the CPU and CUDA kernels (docs/semantics.md §2).
 #pragma once
 
 #include <math.h>

@@ -1,4 +1,4 @@
-// Fused, tiled CPU adaptive-span attention (SPEC.md §4). See adaptive_span_attention.h and the
+// Fused, tiled CPU adaptive-span attention (docs/semantics.md §4). See adaptive_span_attention.h and the
 // contract in fastattn/ops/adaptive_span_attention.py, whose skipping plan this file mirrors.
 //
 // Plan (host, O(Hq * Nq)): per head, the active query rows (g > 0) compacted in order, and the

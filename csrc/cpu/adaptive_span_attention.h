@@ -1,4 +1,4 @@
-// Fused, tiled CPU adaptive-span attention with the periodic query gate (SPEC.md §4), forward and
+// Fused, tiled CPU adaptive-span attention with the periodic query gate (docs/semantics.md §4), forward and
 // backward. The kernel-level contract (arguments, math, skipping plan) is written once, in
 // fastattn/ops/adaptive_span_attention.py; absent period/phase are EMPTY fp32 tensors here.
 #pragma once

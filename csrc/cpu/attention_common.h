@@ -1,4 +1,4 @@
-// Shapes and masking shared by the fused CPU attention kernels (SPEC.md common conventions).
+// Shapes and masking shared by the fused CPU attention kernels (docs/semantics.md, conventions).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,5 +1,5 @@
-// SPEC-rounded symmetric int8 quantization for the int8_qkv paths (the VNNI products that consume
-// the levels are in vnni_tile.h).
+// Symmetric int8 quantization for the int8_qkv paths, rounded as docs/semantics.md §2 says (the VNNI
+// products that consume the levels are in vnni_tile.h).
 #pragma once
 
 #include <cstdint>

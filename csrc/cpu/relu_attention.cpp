@@ -1,4 +1,4 @@
-// Fused, tiled CPU ByteScale ReLU attention (SPEC.md §2), forward and backward.
+// Fused, tiled CPU ByteScale ReLU attention (docs/semantics.md §2), forward and backward.
 //
 // Forward: one task per (batch, query head, query tile); the operand engines of relu_engines.h
 // compute score tiles and P V (fp32/fp16 on MKL tiles, bf16 on AVX512-BF16, int8_qkv on VNNI).
@@ -147,8 +147,8 @@ struct RowStat {
   }
 };
 
-// s[c] <- floor(relu(s[c]) / den * L + 0.5), the weight level (SPEC §2.5). a / den is a division,
-// exactly as SPEC writes it, so levels flip only at true ties.
+// s[c] <- floor(relu(s[c]) / den * L + 0.5), the weight level (docs/semantics.md §2.5). a / den is a division,
+// exactly as docs/semantics.md §2 writes it, so levels flip only at true ties.
 inline void weight_levels(float* s, int64_t cols, float den, int bits) {
   int64_t c = 0;
 #ifdef __AVX512F__  // weight_level (common/relu.h), 16 lanes at a time

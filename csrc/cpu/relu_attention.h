@@ -1,4 +1,4 @@
-// Fused, tiled CPU ByteScale ReLU attention (SPEC.md §2), forward and backward.
+// Fused, tiled CPU ByteScale ReLU attention (docs/semantics.md §2), forward and backward.
 // Contract: fastattn/ops/relu_attention.py. Absent alibi_slopes / tau are empty tensors.
 #pragma once
 

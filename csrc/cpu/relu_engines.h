@@ -2,7 +2,7 @@
 // one computes a tile of scores alpha * Q K^T and accumulates acc += P V for its input path.
 //   FloatEngine<T>: fp32 / fp16 tiles (and bf16 without AVX512-BF16) through MKL's GEMMs.
 //   Bf16Engine:     bf16 inputs on vdpbf16ps: K and V packed once per call, P rounded to bf16.
-//   Int8Engine<T>:  int8_qkv: q, k per token and v per channel quantized once (SPEC §2), Q K^T on
+//   Int8Engine<T>:  int8_qkv: q, k per token and v per channel quantized once (docs/semantics.md §2), Q K^T on
 //                   vpdpbusd; with quant the integer weight levels (u8) multiply int8 V on vpdpbusd,
 //                   else p (as a bf16 hi + lo pair) multiplies the v levels on vdpbf16ps (without
 //                   AVX512-BF16: fp32 GEMM against the dequantized v).

@@ -1,5 +1,5 @@
-// Fused, tiled CPU softmax attention (SPEC.md §1), forward and backward, on dense, padded (key_padding_mask)
-// and packed (cu_seqlens) batches (SPEC §5; see varlen.h).
+// Fused, tiled CPU softmax attention (docs/semantics.md §1), forward and backward, on dense, padded
+// (key_padding_mask) and packed (cu_seqlens) batches (docs/semantics.md §5; see varlen.h).
 // The optional `tau` (fp32 (B, Hq, Nq), empty = none) keeps key j for query i only where
 // s_ij >= tau_i: top-K attention is this kernel plus a threshold (csrc/cpu/topk_attention.cpp).
 #pragma once

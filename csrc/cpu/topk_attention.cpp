@@ -34,7 +34,7 @@ namespace {
 constexpr int64_t kBM = 64, kBN = 256;
 // tau is lowered by kTieMargin * max(1, |tau|) so the key defining it survives when another kernel
 // recomputes its score with another summation order; keys that close to tau are the near-ties
-// SPEC §3 lets backends select differently. Same margin as kernels/topk_attention.py.
+// docs/semantics.md §3 lets backends select differently. Same margin as kernels/topk_attention.py.
 constexpr float kTieMargin = 2e-5f;
 
 inline float with_margin(float t) { return t == -kInf ? t : t - kTieMargin * std::max(1.0f, std::abs(t)); }

@@ -1,4 +1,4 @@
-// Top-K attention on the CPU (SPEC.md §3): the per-row threshold tau (shared with
+// Top-K attention on the CPU (docs/semantics.md §3): the per-row threshold tau (shared with
 // relu_attention(topk=K)), then the fused softmax kernels restricted to s >= tau.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Ragged batches for the CPU kernels (SPEC §5, CONTRACTS §1): padding masks and packed variable-length
+// Ragged batches for the CPU kernels (docs/semantics.md §5, CONTRACTS §1): padding masks and packed variable-length
 // sequences as a list of independent problems, and a balanced schedule of their tiles over the threads.
 //
 // A `Seq` is one attention problem: query rows [q0, q0 + nq) and key rows [k0, k0 + nk) of batch

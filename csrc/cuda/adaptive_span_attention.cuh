@@ -1,4 +1,4 @@
-// Torch-free CUDA forward of adaptive_span_attention (SPEC.md §4): raw pointers and a stream.
+// Torch-free CUDA forward of adaptive_span_attention (docs/semantics.md §4): raw pointers and a stream.
 // The contract (math, gate, reach, skipping) is fastattn/ops/adaptive_span_attention.py's.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Torch-free CUDA forward of relu_attention (SPEC.md §2): raw pointers and a stream.
+// Torch-free CUDA forward of relu_attention (docs/semantics.md §2): raw pointers and a stream.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,4 +1,4 @@
-// Torch-free CUDA forward of softmax_attention (SPEC.md §1): raw pointers and a stream.
+// Torch-free CUDA forward of softmax_attention (docs/semantics.md §1): raw pointers and a stream.
 #pragma once
 
 #include <cuda_runtime.h>

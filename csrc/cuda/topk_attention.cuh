@@ -1,4 +1,4 @@
-// Torch-free CUDA forward of topk_attention (SPEC.md §3): raw pointers and a stream. The contract
+// Torch-free CUDA forward of topk_attention (docs/semantics.md §3): raw pointers and a stream. The contract
 // (tau with the tie margin, lse, empty rows) is csrc/cpu/topk_attention.h's.
 #pragma once
 

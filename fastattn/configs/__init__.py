@@ -2,7 +2,7 @@
 
     >>> from fastattn import configs
     >>> configs.names()
-    ['small', 'tiny', 'tiny_draft', 'tiny_relu', 'tiny_span', 'tiny_topk']
+    ['charlm_span_tiny', 'enwik8_span', 'small', 'tiny', 'tiny_draft', 'tiny_relu', 'tiny_span', 'tiny_topk']
     >>> configs.resolve("tiny").name
     'tiny.yaml'
 """

@@ -6,6 +6,8 @@ Sources (DataConfig.source):
             JSON-lines file under cache_dir and loaded from there with `datasets`.
   "files":  local text files (one document per file) or JSON-lines files (`text_field` per line).
   "hub":    a Hugging Face Hub dataset (hub_name / hub_config / hub_split); supported, never required.
+  "enwik8": the enwik8 benchmark file (paths: [enwik8.zip or the raw file], default
+            fastattn.data.enwik8.default_dir()), byte level, its standard 90/5/5 split (with `test`).
 
     >>> data = load_corpus(DataConfig(source="stdlib", max_chars=200_000))    # doctest: +SKIP
     >>> data.train.shape, data.tokenizer.vocab_size                            # doctest: +SKIP
@@ -29,7 +31,7 @@ _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "_
 
 @dataclass
 class DataConfig:
-    source: str = "stdlib"          # "stdlib" | "files" | "hub"
+    source: str = "stdlib"          # "stdlib" | "files" | "hub" | "enwik8"
     paths: list = field(default_factory=list)
     format: str = "text"            # for source="files": "text" | "json"
     text_field: str = "text"
@@ -43,7 +45,7 @@ class DataConfig:
     cache_dir: str | None = None     # default ~/.cache/fastattn
 
     def __post_init__(self):
-        checks = [("source", self.source, ("stdlib", "files", "hub")), ("format", self.format, ("text", "json")),
+        checks = [("source", self.source, ("stdlib", "files", "hub", "enwik8")), ("format", self.format, ("text", "json")),
                   ("tokenizer", self.tokenizer, ("byte", "char"))]
         for name, val, ok in checks:
             if val not in ok:
@@ -58,11 +60,12 @@ class DataConfig:
 
 @dataclass
 class TextData:
-    """Tokenized splits (1-D int32 tensors) and what bits per byte needs."""
+    """Tokenized splits (1-D integer tensors) and what bits per byte needs."""
     train: torch.Tensor
     val: torch.Tensor
     tokenizer: object
     val_bytes_per_token: float   # UTF-8 bytes of the validation text / its number of tokens
+    test: torch.Tensor | None = None  # a held-out test split, where the source defines one (enwik8)
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -123,6 +126,10 @@ def _load_documents(cfg: DataConfig) -> list[str]:
 
 def load_corpus(cfg: DataConfig) -> TextData:
     """Load, cap, split and tokenize. Deterministic for a given config (the same order on resume)."""
+    if cfg.source == "enwik8":  # bytes as they are, its own split; max_chars and val_fraction do not apply
+        from .enwik8 import load_enwik8
+        train, val, test = load_enwik8(cfg.paths[0] if cfg.paths else None)
+        return TextData(train, val, ByteTokenizer(), 1.0, test)
     docs = _load_documents(cfg)
     if not docs:
         raise ValueError("the corpus is empty")

@@ -26,7 +26,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 
 
 class ByteScaleAttention(SelfAttention):
-    """Multi-head ByteScale attention (SPEC §2) on top of SelfAttention (projections, GQA, RoPE,
+    """Multi-head ByteScale attention (docs/semantics.md §2) on top of SelfAttention (projections, GQA, RoPE,
     KV cache). gamma and sink are learnable per head (sink = softplus(raw) >= 0).
 
         >>> attn = ByteScaleAttention(256, n_heads=8, n_kv_heads=2, rope=False)

@@ -3,7 +3,7 @@
 A cache holds one or more preallocated buffers (B, H_i, max_len, D_i) — by default k and v — and
 `pos`, the number of positions filled. Appending a block of n new positions writes them at
 [pos, pos + n) and returns views of everything filled so far, so the attention op (causal with
-bottom-right alignment, SPEC.md) lets the new queries see the whole cache.
+bottom-right alignment, docs/semantics.md) lets the new queries see the whole cache.
 
     >>> cache = KVCache(batch=2, max_len=16, shapes=[(4, 32), (4, 32)])
     >>> k, v = cache.append(torch.randn(2, 4, 3, 32), torch.randn(2, 4, 3, 32))

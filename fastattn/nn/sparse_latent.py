@@ -3,7 +3,7 @@
 Keys and values come from a shared low-rank latent, as in multi-head latent attention (MLA,
 DeepSeek-V2): x (dim) -> latent c (r) by one down-projection (`w_dkv`, then an RMSNorm), then
 per-head up-projections c -> k, v (`wk`, `wv`, which here map r -> Hk * D). Each query attends
-(softmax) to its `topk` best keys only (SPEC §3). The KV cache stores the latent c, r numbers per
+(softmax) to its `topk` best keys only (docs/semantics.md §3). The KV cache stores the latent c, r numbers per
 position instead of 2 * Hk * D.
 
 RoPE, three ways:

@@ -1,4 +1,4 @@
-"""Validation and argument normalization shared by the public ops (SPEC.md, common conventions)."""
+"""Validation and argument normalization shared by the public ops (docs/semantics.md, conventions)."""
 from __future__ import annotations
 
 import math

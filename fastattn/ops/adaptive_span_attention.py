@@ -1,4 +1,4 @@
-"""fastattn.adaptive_span_attention: adaptive span + periodic query gate (SPEC.md §4) on every backend.
+"""fastattn.adaptive_span_attention: adaptive span + periodic query gate (docs/semantics.md §4) on every backend.
 
 Kernel-level contract (identical positional arguments for the Triton launchers
 kernels/adaptive_span_attention.py and the C++ ops torch.ops.fastattn_C.adaptive_span_attention_*;
@@ -109,7 +109,7 @@ def _(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale, b
       cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     n = 0 if period is None else span.shape[0]
     f32 = dict(dtype=torch.float32, device=q.device)
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty(span.shape[0], **f32),
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty(span.shape[0], **f32),
             torch.empty(n, **f32), torch.empty(n, **f32))
 
 
@@ -137,7 +137,7 @@ adaptive_span_attention_fwd.register_autograd(_backward, setup_context=_setup_co
 def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: float = 32.0, period=None, phase=None,
                             duty: float = 0.5, causal: bool = True, allow_bidirectional: bool = False,
                             scale: float | None = None, backend: str = "auto") -> Tensor:
-    """Adaptive-span softmax attention with an optional learnable periodic query gate (SPEC.md §4).
+    """Adaptive-span softmax attention with an optional learnable periodic query gate (docs/semantics.md §4).
 
     p_ij = m_ij exp(s_ij) / sum_k m_ik exp(s_ik) with the soft span mask
     m_ij = clamp((R + span_h - x_ij) / R, 0, 1), x_ij = i' - j, i' = i + Nk - Nq (bottom-right aligned);

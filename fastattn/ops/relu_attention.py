@@ -1,4 +1,4 @@
-"""fastattn.relu_attention: ByteScale ReLU attention (SPEC.md §2) on every backend.
+"""fastattn.relu_attention: ByteScale ReLU attention (docs/semantics.md §2) on every backend.
 
 Kernel-level contract (identical positional arguments for torch.ops.fastattn_C.relu_attention_fwd/bwd
 and kernels/relu_attention.py; absent tensors are empty for C++, None for Triton):
@@ -72,7 +72,7 @@ def relu_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
 @relu_attention_bwd.register_fake
 def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend,
       key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(gamma),
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(gamma),
             torch.empty_like(sink))
 
 
@@ -116,7 +116,7 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
                    gamma: float | Tensor = 1.0, alibi_slopes: Tensor | None = None, sink: float | Tensor = 0.0,
                    norm: str = "max", topk: int | None = None, quant=None, int8_qkv: bool = False,
                    backend: str = "auto") -> Tensor:
-    """ByteScale ReLU attention: softmax-free, p_ij = relu(s_ij) / (sink + max|sum|count) (SPEC.md §2).
+    """ByteScale ReLU attention: softmax-free, p_ij = relu(s_ij) / (sink + max|sum|count) (docs/semantics.md §2).
 
     s_ij = gamma_h * scale * q_i.k_j - slope_h * |i' - j|, with i' = i + Nk - Nq (bottom-right aligned).
 

@@ -1,4 +1,4 @@
-"""fastattn.softmax_attention: the softmax baseline (SPEC.md §1) on every backend."""
+"""fastattn.softmax_attention: the softmax baseline (docs/semantics.md §1) on every backend."""
 from __future__ import annotations
 
 import torch
@@ -45,7 +45,7 @@ def softmax_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
 @softmax_attention_bwd.register_fake
 def _(dout, q, k, v, out, lse, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
       max_seqlen_q=0, max_seqlen_k=0):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -67,7 +67,7 @@ softmax_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
                       scale: float | None = None, backend: str = "auto") -> Tensor:
-    """Softmax attention, the baseline the other ops are measured against (SPEC.md §1).
+    """Softmax attention, the baseline the other ops are measured against (docs/semantics.md §1).
 
     Args:
         q: (B, Hq, Nq, D); k: (B, Hk, Nk, D); v: (B, Hk, Nk, Dv), with Hq % Hk == 0 (MHA/GQA/MQA).

@@ -1,4 +1,4 @@
-"""fastattn.topk_attention: sparse top-K attention (SPEC.md §3), the core of MSLA, on every backend.
+"""fastattn.topk_attention: sparse top-K attention (docs/semantics.md §3), the core of MSLA, on every backend.
 
 Kernel-level contract (identical positional arguments for torch.ops.fastattn_C.* and
 kernels/topk_attention.py; absent tensors are empty for C++, None for Triton):
@@ -6,7 +6,7 @@ kernels/topk_attention.py; absent tensors are empty for C++, None for Triton):
       tau_i = K-th largest s_ij = gamma_h*scale*q_i.k_j - slope_h*|i'-j| over allowed j, -inf if fewer
       than K allowed; shared with relu_attention(topk=K). No Nq x Nk buffer (streaming per-row select).
       Fused backends lower tau by a tie margin of 2e-5 * max(1, |tau|) so the K-th key survives the
-      attention kernel's recomputation of its score; keys within it are SPEC §3's near-ties.
+      attention kernel's recomputation of its score; keys within it are docs/semantics.md §3's near-ties.
   topk_attention_fwd(q, k, v, topk, causal, scale) -> out, lse, tau   (softmax over s >= tau)
   topk_attention_bwd(dout, q, k, v, out, lse, tau, causal, scale) -> dq, dk, dv  (selection fixed)
 """
@@ -89,7 +89,7 @@ def topk_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
 @topk_attention_bwd.register_fake
 def _(dout, q, k, v, out, lse, tau, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None,
       cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -122,7 +122,7 @@ def _check_topk(topk, backend):
 
 def topk_attention(q: Tensor, k: Tensor, v: Tensor, topk: int, *, causal: bool = False,
                    scale: float | None = None, backend: str = "auto") -> Tensor:
-    """Sparse top-K attention: each query attends (softmax) to its `topk` best allowed keys (SPEC.md §3).
+    """Sparse top-K attention: each query attends (softmax) to its `topk` best allowed keys (docs/semantics.md §3).
 
     Args:
         q: (B, Hq, Nq, D); k: (B, Hk, Nk, D); v: (B, Hk, Nk, Dv); Hq % Hk == 0.

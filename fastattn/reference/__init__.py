@@ -1,4 +1,4 @@
-"""Pure-PyTorch references: SPEC.md made executable (fp64-capable; they materialize Nq x Nk)."""
+"""Pure-PyTorch references: docs/semantics.md made executable (fp64-capable; they materialize Nq x Nk)."""
 from .adaptive_span_attention import adaptive_span_attention_ref
 from .relu_attention import relu_attention_ref
 from .softmax_attention import softmax_attention_ref

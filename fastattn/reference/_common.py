@@ -3,7 +3,7 @@ import torch
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 stays fp64; everything else accumulates in fp32 (SPEC: accumulate in fp32)."""
+    """fp64 stays fp64; everything else accumulates in fp32 (docs/semantics.md: accumulate in fp32)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

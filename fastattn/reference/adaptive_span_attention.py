@@ -1,4 +1,4 @@
-"""Reference adaptive-span attention with periodic query masking (SPEC.md §4): fp64-capable,
+"""Reference adaptive-span attention with periodic query masking (docs/semantics.md §4): fp64-capable,
 autograd defines the gradients (span through the ramp, period/phase through the triangle wave)."""
 import torch
 

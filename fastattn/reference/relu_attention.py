@@ -1,4 +1,4 @@
-"""Reference ByteScale ReLU attention (SPEC.md §2): softmax-free, fp64-capable, autograd defines the
+"""Reference ByteScale ReLU attention (docs/semantics.md §2): softmax-free, fp64-capable, autograd defines the
 gradient (quantization and int8 rounding straight-through). Materializes Nq x Nk."""
 import torch
 
@@ -18,7 +18,7 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
 
 
 def int8_round(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Symmetric int8 rounding with one scale per slice along `dim` reduced (SPEC §2 int8_qkv):
+    """Symmetric int8 rounding with one scale per slice along `dim` reduced (docs/semantics.md §2 int8_qkv):
     scale = max|x| / 127 (1 for an all-zero slice), x <- round_half_away(x / scale) * scale.
     Non-finite entries take no part in the max and stay non-finite (CONTRACTS §2: a NaN in v_j
     reaches only the rows that read v_j)."""
@@ -94,6 +94,6 @@ def relu_attention_ref(q, k, v, causal=False, scale=None, gamma=1.0, alibi_slope
     p = torch.where(ok, a / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(a))
     out = weighted_sum(p, v, q.dtype)
     bits = quant_bits(quant, Nk)
-    if bits:  # value of the quantized op, gradient of the unquantized one (SPEC: straight-through)
+    if bits:  # value of the quantized op, gradient of the unquantized one (docs/semantics.md §2: straight-through)
         out = _straight_through(out, weighted_sum(quantize_weights(p, bits), v.detach(), q.dtype))
     return out

@@ -1,4 +1,4 @@
-"""Reference softmax attention (SPEC.md §1): the executable spec, fp64-capable, materializes Nq x Nk."""
+"""Reference softmax attention (docs/semantics.md §1): the executable spec, fp64-capable, materializes Nq x Nk."""
 import torch
 
 from ._common import allowed_mask, compute_dtype, expand_kv, scores, weighted_sum

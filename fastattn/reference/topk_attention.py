@@ -1,4 +1,4 @@
-"""Reference top-K attention (SPEC.md §3) and the threshold shared with relu_attention(topk=K)."""
+"""Reference top-K attention (docs/semantics.md §3) and the threshold shared with relu_attention(topk=K)."""
 import torch
 
 from ._common import allowed_mask, expand_kv, scores, weighted_sum

@@ -154,6 +154,8 @@ def parse_config(raw: dict) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping with sections model, data, train; got {type(raw).__name__}")
     unknown = sorted(set(raw) - {"model", "data", "train"})
+    if unknown == ["charlm"]:
+        raise ConfigError("a config with a charlm section is run by `python -m fastattn charlm --config ...`")
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; accepted: model, data, train")
     model = dict(raw.get("model") or {})

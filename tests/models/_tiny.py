@@ -1,22 +1,14 @@
 """Tiny models and data shared by the model/train tests."""
 import torch
 
-import fastattn
-from fastattn.models import TransformerConfig, TransformerLM, available_kinds
+from fastattn.models import TransformerConfig, TransformerLM
 
 # Kind-specific kwargs for the tiny test models (small spans / K so the kinds differ from softmax).
 KIND_KWARGS = {"softmax": {}, "relu": {"quant": None}, "topk": {"topk": 8, "latent_dim": 16},
                "span": {"max_span": 16.0, "ramp": 4.0}}
-# The op each kind needs (tests of a kind skip, naming it, until its module lands).
+# The op each kind runs on.
 KIND_OP = {"softmax": "softmax_attention", "relu": "relu_attention", "topk": "topk_attention",
            "span": "adaptive_span_attention"}
-
-
-def kind_missing(kind):
-    """None when `kind` can be built, else why not (op missing from fastattn or module missing)."""
-    if not hasattr(fastattn, KIND_OP[kind]):
-        return f"fastattn.{KIND_OP[kind]} is not implemented yet"
-    return available_kinds()[kind]
 
 
 def kind_backend(kind):

@@ -28,26 +28,28 @@ def test_matches_manual_and_trains_span_period_phase(backend, periodic):
     y = m(x)
     torch.testing.assert_close(y, _manual(m, x), rtol=1e-4, atol=1e-5)
     (y.square().mean() + m.extra_loss()).backward()
-    assert m.span.grad is not None and m.span.grad.abs().sum() > 0
+    assert m.span_frac.grad is not None and m.span_frac.grad.abs().sum() > 0
     if periodic:
         assert m.period_raw.grad.abs().sum() > 0 and m.phase.grad.abs().sum() > 0
 
 
 def test_span_gradient_includes_the_penalty():
     m = AdaptiveSpanAttention(32, n_heads=2, max_span=8, init_span=3.0, span_loss_coef=0.5, rope=False)
-    torch.testing.assert_close(m.extra_loss(), torch.tensor(0.5 * 6.0))
+    with torch.no_grad():
+        m.span_frac.copy_(torch.tensor([3.0, 5.0]) / 8)
+    torch.testing.assert_close(m.extra_loss(), torch.tensor(0.5 * 4.0))  # coef * mean span (tokens)
     m.extra_loss().backward()
-    torch.testing.assert_close(m.span.grad, torch.full((2,), 0.5))
+    torch.testing.assert_close(m.span_frac.grad, torch.full((2,), 0.5 / 2 * 8))  # d/d frac = coef / H * max_span
 
 
 def test_clamp_keeps_span_in_range():
     m = AdaptiveSpanAttention(32, n_heads=2, max_span=8, rope=False)
     with torch.no_grad():
-        m.span.copy_(torch.tensor([-3.0, 20.0]))
+        m.span_frac.copy_(torch.tensor([-3.0, 20.0]) / 8)
     torch.testing.assert_close(m.current_span(), torch.tensor([0.0, 8.0]))  # forward never sees < 0
     m(torch.randn(1, 5, 32))
     m.clamp_()
-    torch.testing.assert_close(m.span.detach(), torch.tensor([0.0, 8.0]))
+    torch.testing.assert_close(m.span_frac.detach(), torch.tensor([0.0, 1.0]))
 
 
 def test_period_stays_in_range_and_stats():
