@@ -24,6 +24,7 @@ SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
     "memory": "bench.memory",
     "models": "bench.bench_models",
     "charlm": "bench.bench_charlm",
+    "varlen": "bench.bench_varlen",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
 
