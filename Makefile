@@ -11,7 +11,7 @@ TEST_ARGS  ?= -m "not slow"
 # Two cores here: two pytest workers.
 TEST_WORKERS ?= 2
 
-.PHONY: venv build bench test test-portable check-wheel check-cuda info clean
+.PHONY: venv build bench test test-portable check-wheel check-cuda gpu-check fuzz info clean
 all: test
 
 $(VENV)/.deps:
@@ -66,6 +66,22 @@ test-portable: build
 # checked for a CUDA kernel with its CPU kernel's signature.
 check-cuda: venv
 	$(PY) .ci/check_cuda.py --torch "$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
+
+# Everything a GPU can tell, in one run of at most ~8 min on an H100/H200 (.ci/gpu_check.py): a venv on
+# GPU_PYTHON's site packages (the machine's torch and triton, nothing big downloaded), the build, the
+# gpu-marked tests, the GPU bench -> bench/results/<gpu>/. `make gpu-check --dry-run` lists the steps
+# (and runs on any machine); GPU_CHECK_ARGS passes options (--budget SECONDS, --skip-build).
+GPU_PYTHON ?= python3
+gpu-check:
+	+$(GPU_PYTHON) .ci/gpu_check.py $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run) $(GPU_CHECK_ARGS)
+
+# Property-based fuzzing (issue 21): thousands of random calls per op and backend against the reference,
+# every hostile call, in worker processes (a crash or hang is reported with its input). ~10 min on 2
+# quiet cores; failing inputs in build/fuzz/failures.jsonl. FUZZ_ARGS e.g. "--cases 500 --seed 1".
+FUZZ_ARGS ?=
+fuzz: build
+	rm -f build/fuzz/failures.jsonl
+	$(PY) -m tests.fuzz --out build/fuzz/failures.jsonl $(FUZZ_ARGS)
 
 info: build
 	$(PY) -m fastattn info

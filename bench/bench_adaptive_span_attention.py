@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import fastattn
-from fastattn.kernels.adaptive_span_attention import gate, plan, tile_counts
+from fastattn.kernels.adaptive_span_plan import gate, plan, tile_counts
 
 from .common import Row, attention_flops, run_case
 

@@ -76,19 +76,24 @@ def peak_rows(blocks, device: str) -> dict:
     return {k: (r[0] if isinstance(r, tuple) else None) for k, r in zip(keys, res)}
 
 
-def suite(quick: bool = True, device: str = "cpu", reps: int = 5, blocks=tuple(BLOCKS)) -> list[Row]:
+def suite(quick: bool = True, device: str = "cpu", reps: int = 5, blocks=tuple(BLOCKS),
+          steps: int | None = None) -> list[Row]:
+    """Rows per (block, variant); `steps` overrides the step count (quick: QUICK_STEPS, full: the config's)."""
     rows = []
     base_cfg, _ = variant_config(512, 1, "dense softmax", device)
     data = load_corpus(base_cfg.data)  # once, shared by every trainer
     peaks = peak_rows(blocks, device)
     for block in blocks:
         batch = BLOCKS[block]
-        steps = QUICK_STEPS if quick else load_charlm_config(CONFIG)[0].train.max_steps
+        steps = steps or (QUICK_STEPS if quick else load_charlm_config(CONFIG)[0].train.max_steps)
         trainers, times, gpu_peak = {}, {v: [] for v in VARIANTS}, {v: 0 for v in VARIANTS}
         for v in VARIANTS:
             cfg, sec = variant_config(block, steps, v, device, out_dir=f"/tmp/fastattn-bench-charlm/{block}")
             trainers[v] = CharLMTrainer(copy.deepcopy(cfg), sec, data=data, log=_quiet)
-        for _ in range(steps):  # in turns
+        for step in range(steps):  # in turns
+            if not quick and step and step % 25 == 0:  # the full run takes a while: show where it is
+                print(f"charlm T{block}: step {step}/{steps}, median ms so far "
+                      + ", ".join(f"{v} {statistics.median(t) * 1e3:.0f}" for v, t in times.items()), flush=True)
             for v, tr in trainers.items():
                 if device == "cuda":
                     torch.cuda.synchronize()
@@ -130,6 +135,7 @@ if __name__ == "__main__":  # python -m bench.bench_charlm [--full] [--blocks 20
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--blocks", type=int, nargs="+", default=list(BLOCKS), choices=list(BLOCKS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=None, help="steps per variant (default: quick 6, --full 200)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(markdown(suite(quick=not args.full, blocks=tuple(args.blocks))), flush=True)
+    print(markdown(suite(quick=not args.full, blocks=tuple(args.blocks), steps=args.steps)), flush=True)

@@ -89,18 +89,56 @@ def run_case(op, impl, shape, dtype, mode, fn, flops, reps=5, device="cpu", note
     return Row(op, impl, shape, dtype, mode, ms, flops / ms / 1e6, extra=extra, note=note)
 
 
-def machine_name() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.+)", f.read())
-            if m:
-                cpu = m.group(1)
-    except OSError:
-        pass
+# (vendor, family, model) -> microarchitecture, for the CPUs whose figures differ (issue 20)
+_MICROARCH = {
+    ("AuthenticAMD", 23, 49): "zen2", ("AuthenticAMD", 25, 1): "zen3", ("AuthenticAMD", 25, 17): "zen4",
+    ("AuthenticAMD", 25, 160): "zen4c", ("AuthenticAMD", 26, 2): "zen5", ("AuthenticAMD", 26, 17): "zen5",
+    ("GenuineIntel", 6, 85): "skylake-x/cascade-lake", ("GenuineIntel", 6, 106): "ice-lake-sp",
+    ("GenuineIntel", 6, 143): "sapphire-rapids", ("GenuineIntel", 6, 207): "emerald-rapids",
+    ("GenuineIntel", 6, 173): "granite-rapids",
+}
+_ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    """What the figures depend on: vendor, family/model/stepping, microarchitecture, ISA flags, clock.
+
+    Parsed from /proc/cpuinfo (first processor; `cpuinfo` text for tests); fields it lacks are None.
+
+        >>> cpu_identity()["microarch"]                 # doctest: +SKIP
+        'emerald-rapids'
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    first = cpuinfo.split("\n\n")[0]
+    field = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in first.splitlines()) if _)
+    num = lambda key: int(field[key]) if field.get(key, "").isdigit() else None  # noqa: E731
+    vendor, family, model = field.get("vendor_id"), num("cpu family"), num("model")
+    flags = set(field.get("flags", "").split())
+    mhz = field.get("cpu MHz")
+    return {"vendor": vendor, "family": family, "model": model, "stepping": num("stepping"),
+            "model_name": field.get("model name") or platform.processor() or platform.machine(),
+            "microarch": _MICROARCH.get((vendor, family, model)),
+            "isa": [f for f in _ISA_FLAGS if f in flags], "mhz": round(float(mhz)) if mhz else None}
+
+
+def machine_name(cpu: dict | None = None) -> str:
+    """Results folder name: one per CPU model, e.g. 'intel-emerald-rapids-2c', 'amd-fam25-model17-2c'
+    for a CPU not in the table (figures from different CPUs never share a folder); the GPU's name
+    when CUDA is available."""
     if torch.cuda.is_available():
-        cpu = torch.cuda.get_device_name(0)
-    name = f"{cpu}-{os.cpu_count()}c" if not torch.cuda.is_available() else cpu
+        name = torch.cuda.get_device_name(0)
+    else:
+        cpu = cpu or cpu_identity()
+        vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(cpu["vendor"], cpu["vendor"] or "cpu")
+        kind = cpu["microarch"] or (f"fam{cpu['family']}-model{cpu['model']}" if cpu["family"] is not None
+                                    else cpu["model_name"])
+        name = f"{vendor}-{kind}-{os.cpu_count()}c"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower()
 
 
@@ -117,7 +155,8 @@ def _version(cmd) -> str:
 
 
 def machine_info(threads: int) -> dict:
-    info = {"machine": machine_name(), "python": platform.python_version(), "torch": torch.__version__,
+    cpu = cpu_identity()
+    info = {"machine": machine_name(cpu), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
             "cpu_threads_used": threads, "cpus": os.cpu_count(), "gcc": _version(["gcc", "--version"]),
             "nvcc": _version(["nvcc", "--version"]), "cuda_device": torch.cuda.get_device_name(0)
             if torch.cuda.is_available() else "none"}
@@ -148,12 +187,18 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_line(info: dict) -> str:
+    cpu = info.get("cpu") or {}
+    return (f"{cpu.get('model_name')}, family {cpu.get('family')} model {cpu.get('model')}, "
+            f"{cpu.get('mhz')} MHz, {' '.join(cpu.get('isa', []))}")
+
+
 def save(rows: list[Row], info: dict, out_dir: str, name: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump({"machine": info, "rows": [asdict(r) for r in rows]}, f, indent=1)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-        f.write(f"Machine: {info['machine']}, torch {info['torch']}, {info['cpu_threads_used']} threads\n\n")
+        f.write(f"Machine: {info['machine']} ({_cpu_line(info)}), torch {info['torch']}, {info['cpu_threads_used']} threads\n\n")
         f.write(markdown(rows) + "\n")
     return out_dir
 
@@ -161,7 +206,7 @@ def save(rows: list[Row], info: dict, out_dir: str, name: str) -> str:
 def save_summary(names: list[str], seconds: dict, info: dict, out_dir: str) -> str:
     """summary.md: the markdown table of every suite in `names` found in out_dir (this run's
     suites and, after a single-suite run, the latest saved table of the others)."""
-    parts = [f"# fastattn benchmarks: {info['machine']}\n",
+    parts = [f"# fastattn benchmarks: {info['machine']}\n", f"CPU: {_cpu_line(info)}.\n",
              f"torch {info['torch']}, {info['cpu_threads_used']} CPU threads, CUDA device: "
              f"{info.get('cuda_device', 'none')}. Wall time per suite is this run's; tables without "
              "one come from an earlier run.\n"]

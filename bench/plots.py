@@ -7,6 +7,8 @@
   `causal` / `span64`), line style per dtype.
 - `memory.png`: peak MB against N from the memory suite, log-log, one line per op and impl.
 - `models_tokens.png`: tokens/s per attention kind from the models suite (bars).
+- `tasks.png`: per attention kind, the tasks suite's quality (execution accuracy, exact match,
+  held-out fact accuracy) and the bytes of attention weights per training step (bars).
 
 Rows are `common.Row` objects or their dicts (as in the JSON files). Rows without an N in the
 shape (e.g. decode shapes `Nq1 Nk16384`) or without a time / memory figure are skipped silently.
@@ -78,7 +80,7 @@ def plot_all(rows, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     time_groups: dict[str, list] = defaultdict(list)
-    mem_points, model_rows = [], []
+    mem_points, model_rows, task_rows, gpt2_rows = [], [], [], []
     for r in rows:
         suite = _get(r, "suite") or ""
         n = row_n(r)
@@ -88,6 +90,12 @@ def plot_all(rows, out_dir: str) -> list[str]:
         if suite == "memory":
             if n is not None and peak is not None:
                 mem_points.append(((str(_get(r, "op", "?")), key[0]), n, peak))
+            continue
+        if suite == "tasks":
+            task_rows.append(r)
+            continue
+        if suite == "gpt2":
+            gpt2_rows.append(r)
             continue
         if suite == "models":
             if _num((_get(r, "extra") or {}).get("tokens_per_s")) is not None:
@@ -111,6 +119,11 @@ def plot_all(rows, out_dir: str) -> list[str]:
         attempt(_memory_figure, mem_points, os.path.join(out_dir, "memory.png"))
     if model_rows:
         attempt(_models_figure, model_rows, os.path.join(out_dir, "models_tokens.png"))
+    if task_rows:
+        attempt(_tasks_figure, task_rows, os.path.join(out_dir, "tasks.png"))
+    if gpt2_rows:
+        from .bench_gpt2 import plot as gpt2_figure
+        attempt(gpt2_figure, gpt2_rows, out_dir)
     return paths
 
 
@@ -133,6 +146,39 @@ def _models_figure(model_rows, path: str) -> str:
     ax.set_xlabel("tokens/s")
     ax.set_title("TransformerLM: training and generation tokens/s", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+TASK_METRICS = [("text-to-sql", "execution_accuracy", "SQL exec acc"), ("text-to-sql", "exact_match", "SQL exact match"),
+                ("natural-wonders", "heldout_kind", "held-out kind acc"),
+                ("natural-wonders", "heldout_continent", "held-out continent acc")]
+
+
+def _tasks_figure(task_rows, path: str) -> str:
+    """Left: quality per kind (grouped bars); right: attention-weight MB per training step per kind
+    at the kind's precision and in fp32 (text-to-SQL rows)."""
+    kinds = list(dict.fromkeys(str(_get(r, "impl")) for r in task_rows))
+    by = {(str(_get(r, "op")), str(_get(r, "impl"))): _get(r, "extra") or {} for r in task_rows}
+    metrics = [m for m in TASK_METRICS if any(m[1] in by.get((m[0], k), {}) for k in kinds)]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    w = 0.8 / max(1, len(kinds))
+    for i, kind in enumerate(kinds):
+        vals = [by.get((t, kind), {}).get(key, 0.0) for t, key, _ in metrics]
+        ax.bar([j + i * w for j in range(len(metrics))], vals, w, label=kind)
+    ax.set_xticks([j + w * (len(kinds) - 1) / 2 for j in range(len(metrics))], [m[2] for m in metrics], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+    sql = [by.get(("text-to-sql", k), {}) for k in kinds]
+    xs = range(len(kinds))
+    bx.bar([x - 0.2 for x in xs], [e.get("attn_MB_per_step", 0) for e in sql], 0.4, label="at the kind's precision")
+    bx.bar([x + 0.2 for x in xs], [e.get("attn_MB_per_step_fp32", 0) for e in sql], 0.4, label="as fp32")
+    bx.set_xticks(list(xs), kinds, fontsize=7)
+    bx.set_ylabel("attention weights per training step (MB)")
+    bx.legend(fontsize=7)
+    bx.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("tasks: quality and attention-weight bytes per attention kind", fontsize=10)
     return _save(fig, path)
 
 

@@ -23,7 +23,10 @@ SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
     "adaptive_span_attention": "bench.bench_adaptive_span_attention",
     "memory": "bench.memory",
     "models": "bench.bench_models",
+    "tasks": "bench.bench_tasks",
     "charlm": "bench.bench_charlm",
+    "training": "bench.bench_training",
+    "gpt2": "bench.bench_gpt2",
     "varlen": "bench.bench_varlen",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))

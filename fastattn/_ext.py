@@ -101,15 +101,18 @@ def build_info() -> dict:
 
     {"variant": "avx512" | "portable", "module": "fastattn._C_avx512" | "fastattn._C",
      "cpu_features": the AVX-512 extensions its CPU kernels use (empty for the portable variant),
-     "cuda": whether CUDA kernels are in it}
+     "cuda": whether CUDA kernels are in it, and the kernels' limits (csrc/common/limits.h):
+     "max_head_dim" (D and Dv), "max_topk_cpu", "tie_margin" (fused top-K's tau margin)}
 
         >>> fastattn._ext.build_info()                 # doctest: +SKIP
         {'variant': 'avx512', 'module': 'fastattn._C_avx512',
-         'cpu_features': ['avx512f', 'avx512bw', 'avx512vnni', 'avx512bf16'], 'cuda': False}
+         'cpu_features': ['avx512f', 'avx512bw', 'avx512vnni', 'avx512bf16'], 'cuda': False,
+         'max_head_dim': 256, 'max_topk_cpu': 4096, 'tie_margin': 1.9999999494757503e-05}
     """
     if _error is not None:
         return {}
     module = VARIANTS[_variant][0]
     ext = importlib.import_module(module)
     return {"variant": _variant, "module": module, "cpu_features": ext.cpu_features.split(),
-            "cuda": bool(ext.with_cuda)}
+            "cuda": bool(ext.with_cuda), "max_head_dim": ext.max_head_dim, "max_topk_cpu": ext.max_topk_cpu,
+            "tie_margin": ext.tie_margin}

@@ -1,4 +1,4 @@
-"""`python -m fastattn {info,bench,train,generate,compare-kinds,charlm}`."""
+"""`python -m fastattn {info,bench,train,generate,compare-kinds,charlm,gpt2,task}`."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     sub.add_parser("compare-kinds", help="train a config once per attention kind; bits/byte vs tokens/s",
                    add_help=False)
     sub.add_parser("charlm", help="the adaptive-span character LM recipe (enwik8 or any corpus)", add_help=False)
+    sub.add_parser("gpt2", help="GPT-2 with MSLA or GQA attention: pretrain, train, infer, bench", add_help=False)
+    sub.add_parser("task", help="fine-tune and score a task: text-to-sql, natural-wonders", add_help=False)
     args, rest = parser.parse_known_args(argv)
     try:
         return _run(args, rest)
@@ -83,6 +85,12 @@ def _run(args, rest) -> int:
     if args.cmd == "charlm":
         from .train.charlm import main as charlm_main
         return charlm_main(rest)
+    if args.cmd == "gpt2":
+        from .integrations.gpt2_cli import main as gpt2_main
+        return gpt2_main(rest)
+    if args.cmd == "task":
+        from .tasks.cli import main as task_main
+        return task_main(rest)
     return 2
 
 

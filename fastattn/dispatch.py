@@ -1,8 +1,11 @@
 """Backend selection: ONE table from (op, device, dtype, features) to a backend.
 
 `backend="auto"` takes the first available backend of AUTO[device]; a named backend is
-checked and, when it cannot run the call, the error says why. FASTATTN_BACKEND overrides
-"auto" (not an explicitly named backend).
+checked and, when it cannot run the call, the error says why (UnsupportedInput, a ValueError,
+when it is the inputs: dtype, head dim, a feature; BackendUnavailable when it is the machine).
+FASTATTN_BACKEND overrides "auto" (not an explicitly named backend). Each fused backend's limits
+(head dim, top-K, tie margin) are what it declares itself: fastattn._C (build_info) and
+fastattn.kernels._common; see `limits`.
 
     >>> from fastattn import dispatch
     >>> dispatch.resolve("softmax_attention", "auto", q)      # doctest: +SKIP
@@ -28,47 +31,89 @@ _ALL = (torch.float32, torch.float16, torch.bfloat16)
 
 @dataclass(frozen=True)
 class Support:
-    """What one backend of one op can do."""
+    """What one backend of one op can do.
+
+    features: optional features it implements ("padding": key_padding_mask, "varlen": cu_seqlens,
+    and per op "quant", "int8_qkv", "topk", "alibi", "period", "bidirectional").
+    nan_policy: its kernels follow CONTRACTS §2 (non-finite activations -> NaN rows, nothing leaks).
+    """
     dtypes: tuple = _ALL
-    max_head_dim: int = 256
-    features: frozenset = field(default_factory=frozenset)  # optional features it implements
+    features: frozenset = field(default_factory=frozenset)
     backward: bool = True
+    nan_policy: bool = False
 
 
-_REF = Support(dtypes=_ALL + (torch.float64,), max_head_dim=1 << 30,
-               features=frozenset({"quant", "int8_qkv", "topk", "alibi", "period", "bidirectional"}))
+_REF = Support(dtypes=_ALL + (torch.float64,), nan_policy=True,
+               features=frozenset({"quant", "int8_qkv", "topk", "alibi", "period", "bidirectional", "padding",
+                                   "varlen"}))
 
 # THE table. Ops absent for a backend are not implemented there.
 TABLE: dict[str, dict[str, Support]] = {
     "softmax_attention": {
         "reference": _REF,
-        "cpu": Support(features=frozenset({"padding", "varlen"})),
+        "cpu": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
         "triton": Support(),
-        "cuda": Support(max_head_dim=256, backward=False),
+        "cuda": Support(backward=False),
     },
     "relu_attention": {
         "reference": _REF,
-        "cpu": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk", "padding", "varlen"})),
+        "cpu": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk", "padding", "varlen"}),
+                       nan_policy=True),
         "triton": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk"})),
         "cuda": Support(features=frozenset({"quant", "alibi"}), backward=False),
     },
     "topk_attention": {
         "reference": _REF,
-        "cpu": Support(features=frozenset({"padding", "varlen"})),
+        "cpu": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
         "triton": Support(),
-        "cuda": Support(max_head_dim=256, backward=False),
+        "cuda": Support(backward=False),
     },
     "adaptive_span_attention": {
         "reference": _REF,
-        "cpu": Support(features=frozenset({"period", "bidirectional", "padding", "varlen"})),
+        "cpu": Support(features=frozenset({"period", "bidirectional", "padding", "varlen"}), nan_policy=True),
         "triton": Support(features=frozenset({"period", "bidirectional"})),
-        "cuda": Support(features=frozenset({"period", "bidirectional"}), max_head_dim=256, backward=False),
+        "cuda": Support(features=frozenset({"period", "bidirectional"}), backward=False),
     },
 }
 
 
 class BackendUnavailable(RuntimeError):
     """A named backend cannot run this call; the message says why."""
+
+
+class UnsupportedInput(BackendUnavailable, ValueError):
+    """A named backend cannot take these inputs (dtype, head dim, a feature it lacks)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a backend's kernels accept, as they declare it (None: no limit)."""
+    max_head_dim: int | None = None  # D and Dv
+    max_topk: int | None = None
+    tie_margin: float = 0.0  # fused top-K lowers tau by tie_margin * max(1, |tau|)
+
+
+@functools.cache
+def limits(backend: str) -> Limits:
+    """The limits `backend` declares: fastattn._C's build_info for "cpu"/"cuda", the Triton kernels'
+    fastattn.kernels._common for "triton", none for the reference. Read, never restated here."""
+    if backend in ("cpu", "cuda"):
+        info = _ext.build_info()
+        if not info:  # no extension: the backend is unavailable anyway (see _environment_reason)
+            return Limits()
+        return Limits(info["max_head_dim"], info["max_topk_cpu"] if backend == "cpu" else None, info["tie_margin"])
+    if backend == "triton":
+        if _triton_error():
+            return Limits()
+        common = importlib.import_module("fastattn.kernels._common")
+        return Limits(common.MAX_HEAD_DIM, common.MAX_TOPK, common.TIE_MARGIN)
+    return Limits()
+
+
+@torch.compiler.assume_constant_result
+def limit(backend: str, name: str):
+    """One of `limits(backend)`'s fields (a constant for torch.compile)."""
+    return getattr(limits(backend), name)
 
 
 def _triton_error() -> str | None:
@@ -115,25 +160,31 @@ def unavailable_reason(op: str, backend: str, device: torch.device | str = "cpu"
                        dtype: torch.dtype = torch.float32, head_dim: int = 64,
                        features=(), needs_backward: bool = False) -> str | None:
     """None when `backend` can run `op` for these inputs, else a sentence saying why not."""
+    return _reason(op, backend, device, dtype, head_dim, features, needs_backward)[0]
+
+
+def _reason(op, backend, device, dtype, head_dim, features, needs_backward) -> tuple[str | None, bool]:
+    """(why `backend` cannot run the call or None, whether the reason lies in the inputs)."""
     if backend not in BACKENDS:
-        return f"unknown backend {backend!r}; accepted: 'auto', " + ", ".join(repr(b) for b in BACKENDS)
+        return f"unknown backend {backend!r}; accepted: 'auto', " + ", ".join(repr(b) for b in BACKENDS), True
     device = torch.device(device)
     sup = TABLE.get(op, {}).get(backend)
     if sup is None:
-        return f"{op} has no {backend} backend"
+        return f"{op} has no {backend} backend", False
     why = _environment_reason(op, backend, device.type)
     if why:
-        return why
+        return why, False
     if dtype not in sup.dtypes:
-        return f"{backend} {op} takes dtypes {[str(d) for d in sup.dtypes]}, got {dtype}"
-    if head_dim > sup.max_head_dim:
-        return f"{backend} {op} takes head dims up to {sup.max_head_dim}, got {head_dim}"
+        return f"{backend} {op} takes dtypes {[str(d) for d in sup.dtypes]}, got {dtype}", True
+    max_d = limit(backend, "max_head_dim")
+    if max_d is not None and head_dim > max_d:
+        return f"{backend} {op} takes head dims up to {max_d} (D and Dv), got {head_dim}", True
     missing = sorted(set(features) - sup.features)
     if missing:
-        return f"{backend} {op} does not implement {', '.join(missing)}"
+        return f"{backend} {op} does not implement {', '.join(missing)}", True
     if needs_backward and not sup.backward:
-        return f"{backend} {op} has no backward (inference only); use another backend for training"
-    return None
+        return f"{backend} {op} has no backward (inference only); use another backend for training", True
+    return None, False
 
 
 # resolve()'s answers, keyed by everything they depend on. A decode step is tens of microseconds;
@@ -143,7 +194,7 @@ _RESOLVED: dict[tuple, str] = {}
 
 def resolve(op: str, backend: str, q: torch.Tensor, features=(), head_dim: int | None = None,
             needs_backward: bool = False) -> str:
-    """Pick the backend that runs `op` on inputs like `q` (B, H, N, D)."""
+    """Pick the backend that runs `op` on inputs like `q` (B, H, N, D); head_dim: max(D, Dv) (default D)."""
     if torch.compiler.is_compiling():  # traced once per graph; no need for the cache there
         return _resolve(op, backend, q, features, head_dim, needs_backward)
     # The environment enters the key only where it can change the answer (an os.environ read is
@@ -168,9 +219,9 @@ def _resolve(op, backend, q, features, head_dim, needs_backward) -> str:
         if env != "auto":
             backend = env
     if backend != "auto":
-        why = unavailable_reason(op, backend, **dims)
+        why, inputs = _reason(op, backend, **dims)
         if why:
-            raise BackendUnavailable(f"backend={backend!r} cannot run {op}: {why}")
+            raise (UnsupportedInput if inputs else BackendUnavailable)(f"backend={backend!r} cannot run {op}: {why}")
         return backend
     reasons = []
     for name in AUTO.get(q.device.type, ("reference",)):

@@ -10,40 +10,29 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, pointer, require_dense, upcast_dots
+from ._common import (allowed, biased_scores, block_d, causal_key_end, causal_query_start, head_params, interpreting,
+                      load_tile, load_tile_t, pointer, query_heads, require_dense, store_tile, upcast_dots)
 
 
 @triton.jit
-def _relu_scores(q, k, gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL: tl.constexpr,
-                 HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr):
-    """s = gamma*scale*q.k - slope*|i'-j| and the allowed mask (exists, causal, s >= tau)."""
-    s = tl.dot(q, k).to(tl.float32) * gs
-    if HAS_ALIBI:
-        x = (offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32)
-        s = s - slope * tl.abs(x)
-    ok = offs_n[None, :] < Nk
-    if CAUSAL:
-        ok = ok & (offs_n[None, :] <= offs_m[:, None] + offset)
-    if HAS_TAU:
-        ok = ok & (s >= tau[:, None])
-    return s, ok
-
-
-@triton.jit
-def _scores_any(q, k, qs, KS, bhk, gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL: tl.constexpr,
-                HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr, INT8: tl.constexpr):
-    """Scores of a forward tile; with INT8 the integer dot is rescaled by the per-token scales first."""
+def _fwd_scores(q, K, qs, KS, kv_row0, start_n, gs, slope, offs_m, offs_d, Nk, D, offset, tau,
+                CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr, INT8: tl.constexpr,
+                UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key tile starting at start_n of a forward pass -> (offs_n, s, ok); with INT8 the integer dot
+    is rescaled by the per-token scales first."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    key_ok = offs_n < Nk
+    k = load_tile_t(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
     if INT8:
-        s, ok = _relu_scores(q, k, 1.0, 0.0, offs_m, offs_n, Nk, offset, tau, CAUSAL, False, False)
-        ks = tl.load(KS + bhk * Nk + offs_n, mask=offs_n < Nk, other=0.0)
+        s, ok = biased_scores(q, k, 1.0, 0.0, offs_m, offs_n, Nk, offset, tau, CAUSAL, False, False)
+        ks = tl.load(KS + kv_row0 + offs_n, mask=key_ok, other=0.0)
         s = s * qs[:, None] * ks[None, :] * gs
         if HAS_ALIBI:
             s = s - slope * tl.abs((offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32))
-        if HAS_TAU:
-            ok = ok & (s >= tau[:, None])
+        ok = allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL, HAS_TAU)
     else:
-        s, ok = _relu_scores(q, k, gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU)
-    return s, ok
+        s, ok = biased_scores(q, k, gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU)
+    return offs_n, s, ok
 
 
 @triton.jit
@@ -53,46 +42,34 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, GAMMA, SINK, SLOPES, TAU, O, 
                               NORM: tl.constexpr, BITS: tl.constexpr, INT8: tl.constexpr, UPCAST: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                               BLOCK_DV: tl.constexpr):
+    """One program per (query block, batch x query head)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    h = bh % Hq
-    bhk = (bh // Hq) * Hk + h // (Hq // Hk)
+    b, h, hk = query_heads(bh, Hq, Hk)
+    bhk = b * Hk + hk
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    rows = bh * Nq + offs_m
     row_ok = offs_m < Nq
-    q = tl.load(Q + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
-                other=0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    gs = tl.load(GAMMA + h) * scale
+    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
     sink = tl.load(SINK + h)
-    slope = 0.0
-    if HAS_ALIBI:
-        slope = tl.load(SLOPES + h)
     tau = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_TAU:
-        tau = tl.load(TAU + bh * Nq + offs_m, mask=row_ok, other=float("inf"))
+        tau = tl.load(TAU + rows, mask=row_ok, other=float("inf"))
     qs = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     if INT8:
-        qs = tl.load(QS + bh * Nq + offs_m, mask=row_ok, other=0.0)
+        qs = tl.load(QS + rows, mask=row_ok, other=0.0)
     offset = Nk - Nq
-    hi = Nk
-    if CAUSAL:
-        hi = tl.minimum(Nk, tl.maximum(0, (pid_m + 1) * BLOCK_M + offset))
+    hi = causal_key_end(pid_m, Nk, offset, BLOCK_M, CAUSAL)
     stat = tl.zeros([BLOCK_M], dtype=tl.float32)
     arg = tl.full([BLOCK_M], -1, dtype=tl.int32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    k_base = K + bhk * Nk * D
-    v_base = V + bhk * Nk * Dv
+    kv_row0 = bhk * Nk
     for start_n in range(0, hi, BLOCK_N):  # pass 1: row statistic (and the output when unquantized)
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(k_base + offs_n[None, :] * D + offs_d[:, None], mask=(offs_n[None, :] < Nk) & (offs_d[:, None] < D),
-                    other=0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        s, ok = _scores_any(q, k, qs, KS, bhk, gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL, HAS_ALIBI,
-                            HAS_TAU, INT8)
+        offs_n, s, ok = _fwd_scores(q, K, qs, KS, kv_row0, start_n, gs, slope, offs_m, offs_d, Nk, D, offset, tau,
+                                    CAUSAL, HAS_ALIBI, HAS_TAU, INT8, UPCAST, BLOCK_N)
         a = tl.where(ok, tl.maximum(s, 0.0), 0.0)
         if NORM == 0:
             tile_max = tl.max(a, 1)
@@ -104,28 +81,19 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, GAMMA, SINK, SLOPES, TAU, O, 
         else:
             stat += tl.sum(ok.to(tl.float32), 1)
         if BITS == 0:
-            v = tl.load(v_base + offs_n[:, None] * Dv + offs_dv[None, :],
-                        mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < Dv), other=0.0)
-            if UPCAST:
-                v = v.to(tl.float32)
+            v = load_tile(V + kv_row0 * Dv, offs_n, offs_n < Nk, offs_dv, Dv, UPCAST)
             acc += tl.dot(a.to(v.dtype), v)
     den = sink + stat
     inv = tl.where(den > 0.0, 1.0 / tl.where(den > 0.0, den, 1.0), 0.0)
     if BITS != 0:  # pass 2: weights rounded with the final denominator
         L: tl.constexpr = (1 << BITS) - 1
         for start_n in range(0, hi, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            k = tl.load(k_base + offs_n[None, :] * D + offs_d[:, None],
-                        mask=(offs_n[None, :] < Nk) & (offs_d[:, None] < D), other=0)
-            if UPCAST:
-                k = k.to(tl.float32)
-            s, ok = _scores_any(q, k, qs, KS, bhk, gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL, HAS_ALIBI,
-                                HAS_TAU, INT8)
+            offs_n, s, ok = _fwd_scores(q, K, qs, KS, kv_row0, start_n, gs, slope, offs_m, offs_d, Nk, D, offset,
+                                        tau, CAUSAL, HAS_ALIBI, HAS_TAU, INT8, UPCAST, BLOCK_N)
             # a / den as a division, exactly as docs/semantics.md §2 writes it, so levels flip only at true ties
             lvl = tl.floor(tl.where(ok, tl.maximum(s, 0.0), 0.0) / tl.where(den > 0.0, den, float("inf"))[:, None]
                            * L + 0.5)
-            v = tl.load(v_base + offs_n[:, None] * Dv + offs_dv[None, :],
-                        mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < Dv), other=0)
+            v = load_tile(V + kv_row0 * Dv, offs_n, offs_n < Nk, offs_dv, Dv, False)
             if INT8:  # integer P V: 7-bit levels fit int8; 8-bit ones are offset by -128 (docs/semantics.md §2.5)
                 if BITS == 7:
                     acc += tl.dot(lvl.to(tl.int8), v).to(tl.float32)
@@ -143,17 +111,28 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, GAMMA, SINK, SLOPES, TAU, O, 
             out = acc
     else:
         out = acc * inv[:, None]
-    tl.store(O + (bh * Nq + offs_m[:, None]) * Dv + offs_dv[None, :], out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_dv[None, :] < Dv))
-    tl.store(DEN + bh * Nq + offs_m, den, mask=row_ok)
-    tl.store(ARG + bh * Nq + offs_m, arg, mask=row_ok)
+    store_tile(O, rows, row_ok, offs_dv, Dv, out)
+    tl.store(DEN + rows, den, mask=row_ok)
+    tl.store(ARG + rows, arg, mask=row_ok)
+
+
+@triton.jit
+def _row_stats(DEN, DDEN, ARG, TAU, rows, row_ok, HAS_TAU: tl.constexpr):
+    """den, d loss / d den, argmax and tau (when given) of query rows `rows`."""
+    den = tl.load(DEN + rows, mask=row_ok, other=0.0)
+    dd = tl.load(DDEN + rows, mask=row_ok, other=0.0)
+    arg = tl.load(ARG + rows, mask=row_ok, other=-1)
+    tau = tl.zeros(rows.shape, dtype=tl.float32)
+    if HAS_TAU:
+        tau = tl.load(TAU + rows, mask=row_ok, other=float("inf"))
+    return den, dd, arg, tau
 
 
 @triton.jit
 def _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, Nk, offset, tau, CAUSAL: tl.constexpr,
              HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr, NORM: tl.constexpr):
     """p = a/den (unquantized) and ds = d loss / d s on one (BLOCK_M, BLOCK_N) tile."""
-    s, ok = _relu_scores(q, tl.trans(k), gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU)
+    s, ok = biased_scores(q, tl.trans(k), gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU)
     pos = ok & (s > 0.0)
     inv = tl.where(den > 0.0, 1.0 / tl.where(den > 0.0, den, 1.0), 0.0)
     p = tl.where(pos, s * inv[:, None], 0.0)
@@ -173,6 +152,7 @@ def relu_attention_bwd_kernel_dkdv(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, T
                                    CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr,
                                    NORM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """One program per (key block, batch x kv head): dK, dV summed over the GQA group's query heads."""
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // Hk
@@ -181,51 +161,30 @@ def relu_attention_bwd_kernel_dkdv(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, T
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    key_row0 = bhk * Nk
     key_ok = offs_n < Nk
-    k = tl.load(K + (bhk * Nk + offs_n[:, None]) * D + offs_d[None, :], mask=key_ok[:, None] & (offs_d[None, :] < D),
-                other=0.0)
-    v = tl.load(V + (bhk * Nk + offs_n[:, None]) * Dv + offs_dv[None, :],
-                mask=key_ok[:, None] & (offs_dv[None, :] < Dv), other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = load_tile(K + key_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
+    v = load_tile(V + key_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     offset = Nk - Nq
-    lo = 0
-    if CAUSAL:
-        lo = tl.maximum(0, pid_n * BLOCK_N - offset) // BLOCK_M * BLOCK_M
     for g in range(0, group):
         h = hk * group + g
         bh = b * Hq + h
-        gs = tl.load(GAMMA + h) * scale
-        slope = 0.0
-        if HAS_ALIBI:
-            slope = tl.load(SLOPES + h)
-        for start_m in range(lo, Nq, BLOCK_M):
+        gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
+        for start_m in range(causal_query_start(pid_n, offset, BLOCK_N, BLOCK_M, CAUSAL), Nq, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
+            rows = bh * Nq + offs_m
             row_ok = offs_m < Nq
-            q = tl.load(Q + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :],
-                        mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-            do = tl.load(DO + (bh * Nq + offs_m[:, None]) * Dv + offs_dv[None, :],
-                         mask=row_ok[:, None] & (offs_dv[None, :] < Dv), other=0.0)
-            if UPCAST:
-                q = q.to(tl.float32)
-                do = do.to(tl.float32)
-            den = tl.load(DEN + bh * Nq + offs_m, mask=row_ok, other=0.0)
-            dd = tl.load(DDEN + bh * Nq + offs_m, mask=row_ok, other=0.0)
-            arg = tl.load(ARG + bh * Nq + offs_m, mask=row_ok, other=-1)
-            tau = tl.zeros([BLOCK_M], dtype=tl.float32)
-            if HAS_TAU:
-                tau = tl.load(TAU + bh * Nq + offs_m, mask=row_ok, other=float("inf"))
+            q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+            do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
+            den, dd, arg, tau = _row_stats(DEN, DDEN, ARG, TAU, rows, row_ok, HAS_TAU)
             p, ds, s = _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, Nk, offset, tau, CAUSAL,
                                 HAS_ALIBI, HAS_TAU, NORM)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += gs * tl.dot(tl.trans(ds).to(q.dtype), q)
-    tl.store(DK + (bhk * Nk + offs_n[:, None]) * D + offs_d[None, :], dk.to(DK.dtype.element_ty),
-             mask=key_ok[:, None] & (offs_d[None, :] < D))
-    tl.store(DV + (bhk * Nk + offs_n[:, None]) * Dv + offs_dv[None, :], dv.to(DV.dtype.element_ty),
-             mask=key_ok[:, None] & (offs_dv[None, :] < Dv))
+    store_tile(DK + key_row0 * D, offs_n, key_ok, offs_d, D, dk)
+    store_tile(DV + key_row0 * Dv, offs_n, key_ok, offs_dv, Dv, dv)
 
 
 @triton.jit
@@ -239,46 +198,26 @@ def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU
     gamma is 0, where the homogeneity identity cannot divide), sum_j ds*G with G = scale*q.k."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    h = bh % Hq
-    bhk = (bh // Hq) * Hk + h // (Hq // Hk)
+    b, h, hk = query_heads(bh, Hq, Hk)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    rows = bh * Nq + offs_m
     row_ok = offs_m < Nq
-    q = tl.load(Q + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
-                other=0.0)
-    do = tl.load(DO + (bh * Nq + offs_m[:, None]) * Dv + offs_dv[None, :],
-                 mask=row_ok[:, None] & (offs_dv[None, :] < Dv), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    gamma = tl.load(GAMMA + h)
-    gs = gamma * scale
-    slope = 0.0
-    if HAS_ALIBI:
-        slope = tl.load(SLOPES + h)
-    den = tl.load(DEN + bh * Nq + offs_m, mask=row_ok, other=0.0)
-    dd = tl.load(DDEN + bh * Nq + offs_m, mask=row_ok, other=0.0)
-    arg = tl.load(ARG + bh * Nq + offs_m, mask=row_ok, other=-1)
-    tau = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if HAS_TAU:
-        tau = tl.load(TAU + bh * Nq + offs_m, mask=row_ok, other=float("inf"))
+    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
+    gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
+    den, dd, arg, tau = _row_stats(DEN, DDEN, ARG, TAU, rows, row_ok, HAS_TAU)
+    kv_row0 = (b * Hk + hk) * Nk
     offset = Nk - Nq
-    hi = Nk
-    if CAUSAL:
-        hi = tl.minimum(Nk, tl.maximum(0, (pid_m + 1) * BLOCK_M + offset))
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     g_alibi = tl.zeros([BLOCK_M], dtype=tl.float32)
     g_direct = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, hi, BLOCK_N):
+    for start_n in range(0, causal_key_end(pid_m, Nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(K + (bhk * Nk + offs_n[:, None]) * D + offs_d[None, :],
-                    mask=(offs_n[:, None] < Nk) & (offs_d[None, :] < D), other=0.0)
-        v = tl.load(V + (bhk * Nk + offs_n[:, None]) * Dv + offs_dv[None, :],
-                    mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < Dv), other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        key_ok = offs_n < Nk
+        k = load_tile(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
+        v = load_tile(V + kv_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
         p, ds, s = _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, Nk, offset, tau, CAUSAL,
                             HAS_ALIBI, HAS_TAU, NORM)
         dq += tl.dot(ds.to(k.dtype), k)
@@ -286,10 +225,9 @@ def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU
         g_alibi += tl.sum(ds * x, 1)
         if DIRECT:
             g_direct += tl.sum(ds * tl.dot(q, tl.trans(k)).to(tl.float32) * scale, 1)
-    tl.store(DQ + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :], (dq * gs).to(DQ.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_d[None, :] < D))
-    tl.store(DG_ALIBI + bh * Nq + offs_m, g_alibi, mask=row_ok)
-    tl.store(DG_DIRECT + bh * Nq + offs_m, g_direct, mask=row_ok)
+    store_tile(DQ, rows, row_ok, offs_d, D, dq * gs)
+    tl.store(DG_ALIBI + rows, g_alibi, mask=row_ok)
+    tl.store(DG_DIRECT + rows, g_direct, mask=row_ok)
 
 
 def _config(D: int, Dv: int, dtype: torch.dtype):

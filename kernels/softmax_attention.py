@@ -12,21 +12,20 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, pointer, require_dense, upcast_dots
-
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
+from ._common import (allowed, block_d, causal_key_end, causal_query_start, interpreting, load_tile, load_tile_t, pointer,
+                      query_heads, require_dense, softmax_store, softmax_probs, softmax_step, store_tile,
+                      upcast_dots, LOG2E)
 
 
 @triton.jit
-def _allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL: tl.constexpr, HAS_TAU: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) mask: key exists, causal (j <= i + Nk - Nq), and s >= tau when given."""
-    ok = offs_n[None, :] < Nk
-    if CAUSAL:
-        ok = ok & (offs_n[None, :] <= offs_m[:, None] + offset)
+def _row_stats(LSE, DELTA, TAU, rows, row_ok, HAS_TAU: tl.constexpr):
+    """lse, delta and tau (when given) of query rows `rows` (+inf / 0 / +inf on masked rows)."""
+    lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+    tau = tl.zeros(rows.shape, dtype=tl.float32)
     if HAS_TAU:
-        ok = ok & (s >= tau[:, None])
-    return ok
+        tau = tl.load(TAU + rows, mask=row_ok, other=float("inf"))
+    return lse, delta, tau
 
 
 @triton.jit
@@ -34,56 +33,34 @@ def softmax_attention_fwd_kernel(Q, K, V, TAU, O, LSE, Hq, Hk, Nq, Nk, D, Dv, sc
                                  CAUSAL: tl.constexpr, HAS_TAU: tl.constexpr, UPCAST: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """One program per (query block, batch x query head): online softmax over the allowed keys."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // Hq
-    hk = (bh % Hq) // (Hq // Hk)
+    b, h, hk = query_heads(bh, Hq, Hk)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    rows = bh * Nq + offs_m
     row_ok = offs_m < Nq
-    q = tl.load(Q + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    k_base = K + (b * Hk + hk) * Nk * D
-    v_base = V + (b * Hk + hk) * Nk * Dv
+    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    kv_row0 = (b * Hk + hk) * Nk
     tau = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_TAU:
-        tau = tl.load(TAU + bh * Nq + offs_m, mask=row_ok, other=float("inf"))
+        tau = tl.load(TAU + rows, mask=row_ok, other=float("inf"))
     offset = Nk - Nq
-    hi = Nk
-    if CAUSAL:
-        hi = tl.minimum(Nk, tl.maximum(0, (pid_m + 1) * BLOCK_M + offset))
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for start_n in range(0, hi, BLOCK_N):
+    for start_n in range(0, causal_key_end(pid_m, Nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(k_base + offs_n[None, :] * D + offs_d[:, None],
-                    mask=(offs_n[None, :] < Nk) & (offs_d[:, None] < D), other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
+        key_ok = offs_n < Nk
+        k = load_tile_t(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
         s = tl.dot(q, k) * scale  # (BLOCK_M, BLOCK_N) fp32, natural units
-        ok = _allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL, HAS_TAU)
-        s = tl.where(ok, s * LOG2E, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n[:, None] * Dv + offs_dv[None, :],
-                    mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < Dv), other=0.0)
-        if UPCAST:
-            v = v.to(tl.float32)
+        ok = allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL, HAS_TAU)
+        m_i, l_i, p, alpha = softmax_step(m_i, l_i, tl.where(ok, s * LOG2E, float("-inf")), 1.0, False)
+        v = load_tile(V + kv_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    has = l_i > 0.0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    tl.store(O + (bh * Nq + offs_m[:, None]) * Dv + offs_dv[None, :], out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_dv[None, :] < Dv))
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * LN2, float("inf"))
-    tl.store(LSE + bh * Nq + offs_m, lse, mask=row_ok)
+    softmax_store(O, LSE, rows, row_ok, offs_dv, Dv, m_i, l_i, acc, tl.full([BLOCK_M], 1.0, tl.float32))
 
 
 @triton.jit
@@ -100,48 +77,30 @@ def softmax_attention_bwd_kernel_dkdv(Q, K, V, TAU, DO, LSE, DELTA, DK, DV, Hq, 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    key_row0 = bhk * Nk
     key_ok = offs_n < Nk
-    k = tl.load(K + (bhk * Nk + offs_n[:, None]) * D + offs_d[None, :],
-                mask=key_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    v = tl.load(V + (bhk * Nk + offs_n[:, None]) * Dv + offs_dv[None, :],
-                mask=key_ok[:, None] & (offs_dv[None, :] < Dv), other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = load_tile(K + key_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
+    v = load_tile(V + key_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     offset = Nk - Nq
-    lo = 0
-    if CAUSAL:  # query i sees key j iff i >= j - offset
-        lo = tl.maximum(0, pid_n * BLOCK_N - offset) // BLOCK_M * BLOCK_M
     for g in range(0, group):
         bh = b * Hq + hk * group + g
-        for start_m in range(lo, Nq, BLOCK_M):
+        for start_m in range(causal_query_start(pid_n, offset, BLOCK_N, BLOCK_M, CAUSAL), Nq, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
+            rows = bh * Nq + offs_m
             row_ok = offs_m < Nq
-            q = tl.load(Q + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :],
-                        mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-            do = tl.load(DO + (bh * Nq + offs_m[:, None]) * Dv + offs_dv[None, :],
-                         mask=row_ok[:, None] & (offs_dv[None, :] < Dv), other=0.0)
-            if UPCAST:
-                q = q.to(tl.float32)
-                do = do.to(tl.float32)
-            lse = tl.load(LSE + bh * Nq + offs_m, mask=row_ok, other=float("inf"))
-            delta = tl.load(DELTA + bh * Nq + offs_m, mask=row_ok, other=0.0)
-            tau = tl.zeros([BLOCK_M], dtype=tl.float32)
-            if HAS_TAU:
-                tau = tl.load(TAU + bh * Nq + offs_m, mask=row_ok, other=float("inf"))
+            q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+            do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
+            lse, delta, tau = _row_stats(LSE, DELTA, TAU, rows, row_ok, HAS_TAU)
             s = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_M, BLOCK_N)
-            ok = _allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL, HAS_TAU) & row_ok[:, None]
-            p = tl.where(ok, tl.exp2((s - lse[:, None]) * LOG2E), 0.0)
+            ok = allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL, HAS_TAU) & row_ok[:, None]
+            p = softmax_probs(s, lse, ok)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
-            dp = tl.dot(do, tl.trans(v))
-            ds = p * (dp - delta[:, None])
+            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
-    tl.store(DK + (bhk * Nk + offs_n[:, None]) * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=key_ok[:, None] & (offs_d[None, :] < D))
-    tl.store(DV + (bhk * Nk + offs_n[:, None]) * Dv + offs_dv[None, :], dv.to(DV.dtype.element_ty),
-             mask=key_ok[:, None] & (offs_dv[None, :] < Dv))
+    store_tile(DK + key_row0 * D, offs_n, key_ok, offs_d, D, dk * scale)
+    store_tile(DV + key_row0 * Dv, offs_n, key_ok, offs_dv, Dv, dv)
 
 
 @triton.jit
@@ -152,48 +111,29 @@ def softmax_attention_bwd_kernel_dq(Q, K, V, TAU, DO, LSE, DELTA, DQ, Hq, Hk, Nq
     """One program per (query block, batch x query head): dQ = scale * sum_j dS_ij k_j."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // Hq
-    hk = (bh % Hq) // (Hq // Hk)
+    b, h, hk = query_heads(bh, Hq, Hk)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    rows = bh * Nq + offs_m
     row_ok = offs_m < Nq
-    q = tl.load(Q + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    do = tl.load(DO + (bh * Nq + offs_m[:, None]) * Dv + offs_dv[None, :],
-                 mask=row_ok[:, None] & (offs_dv[None, :] < Dv), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    lse = tl.load(LSE + bh * Nq + offs_m, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + bh * Nq + offs_m, mask=row_ok, other=0.0)
-    tau = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if HAS_TAU:
-        tau = tl.load(TAU + bh * Nq + offs_m, mask=row_ok, other=float("inf"))
-    k_base = K + (b * Hk + hk) * Nk * D
-    v_base = V + (b * Hk + hk) * Nk * Dv
+    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
+    lse, delta, tau = _row_stats(LSE, DELTA, TAU, rows, row_ok, HAS_TAU)
+    kv_row0 = (b * Hk + hk) * Nk
     offset = Nk - Nq
-    hi = Nk
-    if CAUSAL:
-        hi = tl.minimum(Nk, tl.maximum(0, (pid_m + 1) * BLOCK_M + offset))
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, hi, BLOCK_N):
+    for start_n in range(0, causal_key_end(pid_m, Nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(k_base + offs_n[:, None] * D + offs_d[None, :],
-                    mask=(offs_n[:, None] < Nk) & (offs_d[None, :] < D), other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * Dv + offs_dv[None, :],
-                    mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < Dv), other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        key_ok = offs_n < Nk
+        k = load_tile(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
+        v = load_tile(V + kv_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
         s = tl.dot(q, tl.trans(k)) * scale
-        ok = _allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL, HAS_TAU) & row_ok[:, None]
-        p = tl.where(ok, tl.exp2((s - lse[:, None]) * LOG2E), 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
+        ok = allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL, HAS_TAU) & row_ok[:, None]
+        p = softmax_probs(s, lse, ok)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(DQ + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_d[None, :] < D))
+    store_tile(DQ, rows, row_ok, offs_d, D, dq * scale)
 
 
 def _config(D: int, Dv: int, dtype: torch.dtype):

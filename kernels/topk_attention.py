@@ -14,14 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_d, interpreting, pointer, require_dense, upcast_dots
+from ._common import (MAX_TOPK, TIE_MARGIN, biased_scores, block_d, head_params, interpreting, load_tile, load_tile_t,
+                      pointer, query_heads, require_dense, upcast_dots)
 from .softmax_attention import softmax_attention_bwd, softmax_attention_fwd
-
-MAX_TOPK = 128
-# tau is lowered by TIE_MARGIN * max(1, |tau|) so that the key defining it survives when the
-# attention kernel recomputes its score with another summation order; keys that close to tau are
-# the near-ties docs/semantics.md §3 lets backends select differently. Same margin as csrc/cpu/topk_attention.cpp.
-TIE_MARGIN = 2e-5
 
 
 @triton.jit
@@ -33,19 +28,13 @@ def topk_attention_threshold_kernel(Q, K, GAMMA, SLOPES, CAND, COUNT, Hq, Hk, Nq
     bh = tl.program_id(1)
     split = tl.program_id(2)
     n_splits = tl.num_programs(2)
-    h = bh % Hq
-    bhk = (bh // Hq) * Hk + h // (Hq // Hk)
+    b, h, hk = query_heads(bh, Hq, Hk)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    rows = bh * Nq + offs_m
     row_ok = offs_m < Nq
-    q = tl.load(Q + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
-                other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    gs = tl.load(GAMMA + h) * scale
-    slope = 0.0
-    if HAS_ALIBI:
-        slope = tl.load(SLOPES + h)
+    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
     offset = Nk - Nq
     lo = split * keys_per_split
     hi = tl.minimum(Nk, lo + keys_per_split)
@@ -53,22 +42,16 @@ def topk_attention_threshold_kernel(Q, K, GAMMA, SLOPES, CAND, COUNT, Hq, Hk, Nq
         hi = tl.minimum(hi, tl.maximum(0, (pid_m + 1) * BLOCK_M + offset))
     buf = tl.full([BLOCK_M, K_PAD], float("-inf"), dtype=tl.float32)
     count = tl.zeros([BLOCK_M], dtype=tl.int32)
+    kv_row0 = (b * Hk + hk) * Nk
     for start_n in range(lo, hi, K_PAD):
         offs_n = start_n + tl.arange(0, K_PAD)
-        k = tl.load(K + (bhk * Nk + offs_n[None, :]) * D + offs_d[:, None],
-                    mask=(offs_n[None, :] < hi) & (offs_d[:, None] < D), other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        s = tl.dot(q, k).to(tl.float32) * gs
-        if HAS_ALIBI:
-            s = s - slope * tl.abs((offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32))
-        ok = offs_n[None, :] < hi
-        if CAUSAL:
-            ok = ok & (offs_n[None, :] <= offs_m[:, None] + offset)
+        k = load_tile_t(K, kv_row0 + offs_n, offs_n < hi, offs_d, D, UPCAST)
+        s, ok = biased_scores(q, k, gs, slope, offs_m, offs_n, hi, offset, tl.zeros([BLOCK_M], dtype=tl.float32),
+                            CAUSAL, HAS_ALIBI, False)
         s = tl.where(ok, s, float("-inf"))
         count += tl.sum(ok.to(tl.int32), 1)
         buf = tl.topk(tl.cat(buf, s, dim=1), K_PAD, dim=1)
-    slot = (bh * Nq + offs_m) * n_splits + split
+    slot = rows * n_splits + split
     tl.store(CAND + slot[:, None] * K_PAD + tl.arange(0, K_PAD)[None, :], buf, mask=row_ok[:, None])
     tl.store(COUNT + slot, count, mask=row_ok)
 
@@ -83,6 +66,8 @@ def topk_attention_threshold(q, k, gamma, alibi_slopes, causal: bool, scale: flo
     Hk, Nk = k.shape[1], k.shape[2]
     if B * Hq * Nq == 0:
         return torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
+    if Nk == 0:  # no key: fewer than K allowed everywhere
+        return torch.full((B, Hq, Nq), float("-inf"), dtype=torch.float32, device=q.device)
     K_PAD = max(16, triton.next_power_of_2(topk))
     BM = 16 if interpreting() or Nq <= 16 else 32
     row_blocks = triton.cdiv(Nq, BM)

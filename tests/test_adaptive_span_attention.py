@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastattn
-from fastattn.kernels.adaptive_span_attention import gate, plan, tile_counts
+from fastattn.kernels.adaptive_span_plan import gate, plan, tile_counts
 from fastattn.reference import adaptive_span_attention_ref, softmax_attention_ref
 from fastattn.testing import assert_matches_reference
 

@@ -103,7 +103,7 @@ def test_nonfinite_rows(name, where, value, Nq, Nk):
     out, dq = _run(name, q, k, v)
 
     if name.startswith("relu_int8"):  # selection and support on the operands the kernel multiplies
-        from fastattn.reference.relu_attention import int8_round
+        from fastattn.rounding import int8_round
         qs, ks = int8_round(q.double(), -1).nan_to_num(0.0, 0.0, 0.0), int8_round(k.double(), -1).nan_to_num(0.0, 0.0, 0.0)
     else:
         qs, ks = q.nan_to_num(0.0, 0.0, 0.0), k.nan_to_num(0.0, 0.0, 0.0)

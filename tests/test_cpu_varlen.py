@@ -1,6 +1,6 @@
-"""The CPU kernels on ragged batches (docs/semantics.md §5, CONTRACTS §1), through the custom ops with the five ragged
-arguments: packed sequences (cu_seqlens) equal the reference applied to each sequence alone, forward and
-backward, for every op and option; padded batches (key_padding_mask) equal the unpadded sequences for
+"""The CPU kernels on ragged batches (docs/semantics.md §5, CONTRACTS §1), through the public ops on
+the cpu backend: packed sequences (cu_seqlens) equal the reference applied to each sequence alone, forward
+and backward, for every op and option; padded batches (key_padding_mask) equal the unpadded sequences for
 their real rows and never read a padded key. Tiling edge cases: empty sequences, length 1, sequences
 shorter than a tile, sequence boundaries inside what would have been one tile, Nq_s != Nk_s with causal,
 rows without keys, fully padded key tiles."""
@@ -9,10 +9,6 @@ import torch
 
 import fastattn
 from fastattn import dispatch
-from fastattn.ops import adaptive_span_attention as SP
-from fastattn.ops import relu_attention as RL
-from fastattn.ops import softmax_attention as SM
-from fastattn.ops import topk_attention as TK
 from fastattn.reference._common import allowed_mask, expand_kv
 from fastattn.testing import assert_matches_reference
 
@@ -48,40 +44,30 @@ CASES = {
 
 
 def packed(name, q, k, v, ragged):
-    """The op through its custom op, with the ragged kernel arguments (key_padding_mask, cu_seqlens_q,
-    cu_seqlens_k, max_seqlen_q, max_seqlen_k)."""
+    """The op on the cpu backend with a ragged batch: (key_padding_mask, cu_seqlens_q, cu_seqlens_k,
+    max_seqlen_q, max_seqlen_k), the same five arguments the kernels take."""
     op, kw = CASES[name]
-    causal = kw.get("causal", True)
-    if op == "softmax_attention":
-        return SM.softmax_attention_fwd(q, k, v, causal, SCALE, "cpu", *ragged)[0]
+    kpm, cu_q, cu_k, max_q, max_k = ragged
+    kw = dict(kw, key_padding_mask=kpm) if kpm is not None else dict(
+        kw, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k)
+    return _call(op, q, k, v, "cpu", kw)
+
+
+def _call(op, q, k, v, backend, kw):
+    kw = dict(kw)
     if op == "topk_attention":
-        return TK.topk_attention_fwd(q, k, v, K_TOP, causal, SCALE, "cpu", *ragged)[0]
+        return fastattn.topk_attention(q, k, v, K_TOP, scale=SCALE, backend=backend, **kw)
     if op == "adaptive_span_attention":
-        return SP.adaptive_span_attention_fwd(q, k, v, kw["span"], kw.get("period"), kw.get("phase"), kw["ramp"],
-                                              0.5, causal, SCALE, "cpu", *ragged)[0]
-    gamma = kw.get("gamma", torch.ones(Hq)).float()
-    sink = kw.get("sink", torch.zeros(Hq)).float()
-    alibi = kw.get("alibi_slopes")
-    tau = None
-    if kw.get("topk"):
-        qs, ks = RL._int8_operands(q, k) if kw.get("int8_qkv") else (q, k)
-        tau = TK.topk_threshold(qs.detach(), ks.detach(), gamma, alibi, causal, SCALE, kw["topk"], "cpu", *ragged)
-    return RL.relu_attention_fwd(q, k, v, gamma, sink, alibi, tau, causal, SCALE, RL.NORM_CODE[kw["norm"]],
-                                 kw.get("quant") or 0, kw.get("int8_qkv", False), "cpu", *ragged)[0]
+        return fastattn.adaptive_span_attention(q, k, v, kw.pop("span"), scale=SCALE, backend=backend, **kw)
+    return getattr(fastattn, op)(q, k, v, scale=SCALE, backend=backend, **kw)
 
 
 def alone(name, q, k, v):
     """The reference on one sequence."""
     op, kw = CASES[name]
-    kw = dict(kw)
-    if k.shape[2] == 0:  # no keys: zero rows (docs/semantics.md), without the reference's empty-key path (issue 21 #2)
+    if k.shape[2] == 0:  # no keys: zero rows (docs/semantics.md), without the reference's empty-key path
         return q.new_zeros(q.shape[:3] + (Dv,)) + 0 * q.sum() + 0 * v.sum()
-    if op == "topk_attention":
-        return fastattn.topk_attention(q, k, v, K_TOP, scale=SCALE, backend="reference", **kw)
-    if op == "adaptive_span_attention":
-        span = kw.pop("span")
-        return fastattn.adaptive_span_attention(q, k, v, span, scale=SCALE, backend="reference", **kw)
-    return getattr(fastattn, op)(q, k, v, scale=SCALE, backend="reference", **kw)
+    return _call(op, q, k, v, "reference", kw)
 
 
 def _tie_free(name, q, k):
@@ -90,7 +76,7 @@ def _tie_free(name, q, k):
     if op != "topk_attention" and not kw.get("topk"):
         return torch.ones(q.shape[:3], dtype=torch.bool)
     if kw.get("int8_qkv"):
-        from fastattn.reference.relu_attention import int8_round
+        from fastattn.rounding import int8_round
         q, k = int8_round(q, -1), int8_round(k, -1)
     s = (q @ expand_kv(k, Hq).transpose(-1, -2)) * SCALE * kw.get("gamma", torch.ones(Hq)).double().view(1, -1, 1, 1)
     s = s.masked_fill(~allowed_mask(q.shape[2], k.shape[2], kw.get("causal", False), "cpu"), float("-inf"))
@@ -107,7 +93,7 @@ def _level_tie_free(name, q, k):
     if k.shape[2] == 0:
         return torch.ones(q.shape[:3], dtype=torch.bool)
     if kw.pop("int8_qkv", False):
-        from fastattn.reference.relu_attention import int8_round
+        from fastattn.rounding import int8_round
         q, k = int8_round(q, -1), int8_round(k, -1)
     g, sk = kw.pop("gamma", torch.ones(Hq)).double(), kw.pop("sink", torch.zeros(Hq)).double()
     return _tie_free_rows(q, k, g, sk, kw.pop("alibi_slopes", None), **kw)
@@ -126,16 +112,8 @@ LENGTHS = {
 }
 
 
-# The op layer's int8_qkv backward rounds v per channel over the whole packed batch, not per sequence
-# (CONTRACTS §1): with top-K or quant, dq/dk of packed batches are off until the ops engineer's op layer
-# (int8_operands with the ragged arguments) lands; the kernels themselves are right (dv, out match).
-_OP_LAYER_INT8_BWD = pytest.mark.xfail(reason="op-layer int8_qkv backward: v scale per packed batch, not per "
-                                              "sequence (fixed by the ops landing)", strict=False)
-
-
 @pytest.mark.parametrize("lengths", sorted(LENGTHS))
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_OP_LAYER_INT8_BWD) if n == "relu_int8_quant_topk" else n
-                                  for n in sorted(CASES)])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_packed_equals_each_sequence_alone(name, lengths):
     lq, lk = LENGTHS[lengths]
     if name.startswith("span") and lengths == "cross" and CASES[name][1].get("causal", True) is False:

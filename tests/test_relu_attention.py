@@ -63,7 +63,7 @@ def _check(backend, shape, dtype=torch.float32, grads=True, seed=0, **kw):
 # implementations where p * L lies within 1e-4 of a rounding boundary (x.5); rows containing such
 # an element are excluded from the output comparison.
 def _tie_free_rows(q, k, g, sk, al, quant, **kw):
-    from fastattn.reference.relu_attention import quant_bits
+    from fastattn.rounding import quant_bits
     Nk, Hk = k.shape[2], k.shape[1]
     eye = torch.eye(Nk, dtype=torch.float64).expand(k.shape[0], Hk, Nk, Nk)
     p = relu_attention_ref(q, k, eye, gamma=g, sink=sk, alibi_slopes=al, **kw)  # (B, Hq, Nq, Nk) = weights
@@ -179,7 +179,7 @@ def test_cpu_int8_engine(shape, quant):
     ref = relu_attention_ref(q.double(), k.double(), v.double(), **{**kw, "gamma": g.double(), "sink": sk.double()})
     rows = torch.ones(out.shape[:3], dtype=torch.bool)
     if quant:  # the same level tie rule as _check, on the int8-rounded operands the kernel sees
-        from fastattn.reference.relu_attention import int8_round
+        from fastattn.rounding import int8_round
         rq, rk = int8_round(q.double(), -1), int8_round(k.double(), -1)
         rows = _tie_free_rows(rq, rk, g.double(), sk.double(), al.double(), quant, causal=True, norm="max")
         assert rows.float().mean() > 0.5

@@ -4,6 +4,8 @@
 // itself it exposes only what the build holds.
 #include <Python.h>
 
+#include "../common/limits.h"
+
 #define FASTATTN_STR_(x) #x
 #define FASTATTN_STR(x) FASTATTN_STR_(x)
 #define FASTATTN_CAT_(a, b) a##b
@@ -36,8 +38,12 @@ PyMODINIT_FUNC FASTATTN_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
 #else
   const long with_cuda = 0;
 #endif
+  // The kernels' limits (csrc/common/limits.h), which fastattn.dispatch reads rather than restates.
   if (PyModule_AddStringConstant(m, "cpu_features", cpu_features) < 0 ||
-      PyModule_AddIntConstant(m, "with_cuda", with_cuda) < 0) {
+      PyModule_AddIntConstant(m, "with_cuda", with_cuda) < 0 ||
+      PyModule_AddIntConstant(m, "max_head_dim", fastattn::kMaxHeadDim) < 0 ||
+      PyModule_AddIntConstant(m, "max_topk_cpu", fastattn::kMaxTopkCpu) < 0 ||
+      PyModule_AddObject(m, "tie_margin", PyFloat_FromDouble(fastattn::kTieMargin)) < 0) {
     Py_DECREF(m);
     return nullptr;
   }

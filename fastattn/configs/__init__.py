@@ -1,8 +1,9 @@
-"""Run configs shipped with the package, resolvable by name (`--config tiny`).
+"""Run configs shipped with the package, resolvable by name (`--config tiny`); text_to_sql and
+natural_wonders are task configs (`python -m fastattn task ...`, fastattn.tasks.config).
 
     >>> from fastattn import configs
     >>> configs.names()
-    ['charlm_span_tiny', 'enwik8_span', 'small', 'tiny', 'tiny_draft', 'tiny_relu', 'tiny_span', 'tiny_topk']
+    ['charlm_span_tiny', 'enwik8_span', 'natural_wonders', 'small', 'text_to_sql', 'tiny', 'tiny_draft', 'tiny_relu', 'tiny_span', 'tiny_topk']
     >>> configs.resolve("tiny").name
     'tiny.yaml'
 """

@@ -6,3 +6,6 @@ __all__ = ["TransformerLM", "TransformerConfig", "PRESETS", "ATTENTION_KINDS", "
 from .generate import filter_logits, generate, generate_batch, sample, speculative_generate, stream  # noqa: E402
 
 __all__ += ["generate", "stream", "generate_batch", "speculative_generate", "sample", "filter_logits"]
+from .blt import BLT, BLTConfig, build_model, config_from_dict  # noqa: E402
+
+__all__ += ["BLT", "BLTConfig", "build_model", "config_from_dict"]

@@ -98,7 +98,8 @@ def stream(model, prompt, max_new_tokens: int, temperature: float = 1.0, top_k: 
                           device=device).view(1, -1)
     if seq.shape[1] == 0:
         raise ValueError("the prompt must contain at least one token")
-    dec = _Decoder(model, 1, use_cache)
+    incremental = getattr(model, "incremental_decoder", None)  # BLT: patches as bytes arrive
+    dec = incremental() if use_cache and incremental else _Decoder(model, 1, use_cache)
     for _ in range(max_new_tokens):
         nxt = sample(dec.next_logits(seq), temperature, top_k, top_p, generator)  # (1,)
         seq = torch.cat([seq, nxt.view(1, 1)], 1)

@@ -78,7 +78,7 @@ class TransformerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"TransformerConfig: unknown keys {unknown}; accepted: {sorted(names)}")
+            raise ValueError(f"{cls.__name__}: unknown keys {unknown}; accepted: {sorted(names)}")
         return cls(**d)
 
     @property

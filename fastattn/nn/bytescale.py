@@ -27,7 +27,8 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 
 class ByteScaleAttention(SelfAttention):
     """Multi-head ByteScale attention (docs/semantics.md §2) on top of SelfAttention (projections, GQA, RoPE,
-    KV cache). gamma and sink are learnable per head (sink = softplus(raw) >= 0).
+    KV cache). gamma and sink are learnable per head (sink = softplus(raw) >= 0); topk keeps each
+    query's `topk` best keys (None: all).
 
         >>> attn = ByteScaleAttention(256, n_heads=8, n_kv_heads=2, rope=False)
         >>> attn(torch.randn(2, 16, 256)).shape
@@ -35,9 +36,9 @@ class ByteScaleAttention(SelfAttention):
     """
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, norm: str = "max",
-                 quant="auto", alibi: bool = True, init_sink: float = 1.0, **kw):
+                 quant="auto", alibi: bool = True, init_sink: float = 1.0, topk: int | None = None, **kw):
         super().__init__(dim, n_heads, n_kv_heads, **kw)
-        self.norm, self.quant = norm, quant
+        self.norm, self.quant, self.topk = norm, quant, topk
         self.gamma = nn.Parameter(torch.ones(n_heads))
         self.sink_raw = nn.Parameter(torch.full((n_heads,), math.log(math.expm1(init_sink))))
         self.register_buffer("slopes", alibi_slopes(n_heads) if alibi else None, persistent=False)
@@ -49,4 +50,4 @@ class ByteScaleAttention(SelfAttention):
     def attend(self, q, k, v):
         return fastattn.relu_attention(q, k, v, causal=self.causal, gamma=self.gamma, sink=self.sink,
                                        alibi_slopes=self.slopes, norm=self.norm, quant=self.quant,
-                                       backend=self.backend)
+                                       topk=self.topk, backend=self.backend)

@@ -34,10 +34,11 @@ ROUND = 64  # memory lengths are multiples of this (or the capacity)
 
 
 def rotate_back(rope, k: torch.Tensor, shift: int) -> torch.Tensor:
-    """RoPE-rotated keys k (B, H, N, D) moved `shift` positions back (a rotation by -shift * theta)."""
-    cos, sin = rope.cos[shift].to(k.dtype), rope.sin[shift].to(k.dtype)
-    k1, k2 = k.chunk(2, dim=-1)
-    return k * cos - torch.cat([-k2, k1], -1) * sin
+    """RoPE-rotated keys k (B, H, N, D) moved `shift` positions back (a rotation by -shift * theta),
+    computed in fp32 (bf16 memories are rounded once per move)."""
+    cos, sin = rope.cos[shift], rope.sin[shift]
+    k1, k2 = k.float().chunk(2, dim=-1)
+    return (k.float() * cos - torch.cat([-k2, k1], -1) * sin).to(k.dtype)
 
 
 class SegmentMemory:

@@ -1,9 +1,16 @@
-"""Validation and argument normalization shared by the public ops (docs/semantics.md, conventions)."""
+"""Validation and argument normalization shared by the public ops (docs/semantics.md, conventions).
+
+Checks that read tensor values (ranges, finiteness of tensor parameters, packed offsets) run only
+where values exist: not while torch.compile traces, not on meta or fake tensors (`concrete`).
+"""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
+from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from ..dispatch import BACKENDS
 
@@ -63,24 +70,57 @@ def _explain_qkv(q, k, v, op: str):
     return B, Hq, Hk, Nq, Nk, D, v.shape[3]
 
 
-def kv_operand(t: torch.Tensor, backend: str) -> torch.Tensor:
+def concrete(*tensors) -> bool:
+    """Whether the values of these tensors can be read: not under torch.compile, not meta or fake."""
+    if torch.compiler.is_compiling():
+        return False
+    return not any(isinstance(t, Tensor) and (t.device.type == "meta" or is_fake(t)) for t in tensors)
+
+
+def operand(t: Tensor | None) -> Tensor | None:
+    """A tensor as the kernels take it: contiguous. An empty tensor counts as contiguous whatever its
+    strides (so .contiguous() keeps them); it goes in as a fresh one with row-major strides."""
+    if t is None:
+        return None
+    return t.new_empty(t.shape) if t.numel() == 0 else t.contiguous()
+
+
+def kv_operand(t: Tensor, backend: str) -> Tensor:
     """k or v as a fused forward takes it. The cpu forwards read any batch/head strides, so a
     KV-cache view (B, Hk, pos, D) of a (B, Hk, max_len, D) buffer goes in without a copy of the
     whole cache per decoding step, as long as each (N, D) block is row-major; the other backends
     and the backward kernels take contiguous tensors."""
-    if backend == "cpu" and (t.shape[3] <= 1 or t.stride(3) == 1) and (t.shape[2] <= 1 or t.stride(2) == t.shape[3]):
+    if (backend == "cpu" and t.numel() and (t.shape[3] <= 1 or t.stride(3) == 1)
+            and (t.shape[2] <= 1 or t.stride(2) == t.shape[3])):
         return t
-    return t.contiguous()
+    return operand(t)
+
+
+def contiguous_like(t: Tensor) -> Tensor:
+    """A fake kernel's output shaped and typed like `t` with the row-major strides the real kernels give."""
+    return t.new_empty(t.shape)
+
+
+def check_bool(value, name: str, op: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool (True or False), got {value!r}")
+    return value
+
+
+def real_number(value, name: str, op: str) -> float:
+    """A finite real number (python or numpy int/float; not bool, not a tensor) as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{op}: {name} must be finite, got {value}")
+    return value
 
 
 def default_scale(scale, D: int, op: str) -> float:
     if scale is None:
         return 1.0 / math.sqrt(D)
-    if isinstance(scale, torch.Tensor) or not isinstance(scale, (int, float)):
-        raise TypeError(f"{op}: scale must be a python float or None, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"{op}: scale must be finite, got {scale}")
-    return float(scale)
+    return real_number(scale, "scale", op)
 
 
 def check_backend(backend, op: str):
@@ -90,9 +130,10 @@ def check_backend(backend, op: str):
 
 def per_head(value, Hq: int, like: torch.Tensor, name: str, op: str, *, min_value=None,
              strict_min=False) -> torch.Tensor:
-    """A float or (Hq,) tensor parameter as an fp32 (or fp64 for fp64 inputs) (Hq,) tensor.
+    """A real number or (Hq,) tensor parameter as an fp32 (or fp64 for fp64 inputs) (Hq,) tensor.
 
-    Tensors keep their autograd graph (the cast is differentiable).
+    Tensors keep their autograd graph (the cast is differentiable). Non-finite values and values
+    below `min_value` raise ValueError (for tensors: where their values can be read, see `concrete`).
     """
     dt = torch.float64 if like.dtype == torch.float64 else torch.float32
     if isinstance(value, torch.Tensor):
@@ -104,13 +145,27 @@ def per_head(value, Hq: int, like: torch.Tensor, name: str, op: str, *, min_valu
         if value.device != like.device:
             raise ValueError(f"{op}: {name} must be on {like.device}, got {value.device}")
         t = value.to(dt)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        t = torch.full((Hq,), float(value), dtype=dt, device=like.device)
+        if not concrete(value, like):
+            return t
+        d = t.detach()
+        bad = ~torch.isfinite(d)
+        if min_value is not None:
+            bad |= (d <= min_value) if strict_min else (d < min_value)
+        if bool(bad.any()):  # one read of the values (a sync on CUDA) for all the checks
+            _out_of_range(d.tolist(), name, op, min_value, strict_min)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = float(value)
+        if not math.isfinite(value) or (min_value is not None and not (value > min_value if strict_min
+                                                                       else value >= min_value)):
+            _out_of_range([value], name, op, min_value, strict_min)
+        t = torch.full((Hq,), value, dtype=dt, device=like.device)
     else:
         raise TypeError(f"{op}: {name} must be a float or a ({Hq},) tensor, got {type(value).__name__}")
-    if min_value is not None and not torch.compiler.is_compiling():
-        bad = (t.detach() <= min_value) if strict_min else (t.detach() < min_value)
-        if bool(bad.any()):
-            rel = ">" if strict_min else ">="
-            raise ValueError(f"{op}: {name} must be {rel} {min_value}, got {t.detach().tolist()}")
     return t
+
+
+def _out_of_range(values: list, name: str, op: str, min_value, strict_min: bool):
+    if not all(math.isfinite(x) for x in values):
+        raise ValueError(f"{op}: {name} must be finite, got {values}")
+    rel = ">" if strict_min else ">="
+    raise ValueError(f"{op}: {name} must be {rel} {min_value}, got {values}")

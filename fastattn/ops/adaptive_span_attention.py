@@ -2,12 +2,13 @@
 
 Kernel-level contract (identical positional arguments for the Triton launchers
 kernels/adaptive_span_attention.py and the C++ ops torch.ops.fastattn_C.adaptive_span_attention_*;
-absent period/phase are None for Triton and EMPTY tensors (numel() == 0) for C++):
+absent period/phase are None for Triton and EMPTY tensors (numel() == 0) for C++; every stage ends
+with the five ragged arguments of CONTRACTS §1):
 
   adaptive_span_attention_fwd(q, k, v, span, period, phase, ramp: float, duty: float, causal: bool,
-                              scale: float) -> (out, lse)
-  adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale)
-      -> (dq, dk, dv, dspan, dperiod, dphase)
+                              scale: float, <ragged>) -> (out, lse)
+  adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale,
+                              <ragged>) -> (dq, dk, dv, dspan, dperiod, dphase)
 
 Inputs: q (B,Hq,Nq,D), k (B,Hk,Nk,D), v (B,Hk,Nk,Dv), dout/out (B,Hq,Nq,Dv), contiguous, one dtype
 (fp32/fp16/bf16); span, period, phase contiguous fp32 (Hq,) (period > 0; phase given whenever period
@@ -41,7 +42,7 @@ host, per head, the active query positions (g > 0) compacted in order and run qu
 compacted rows; per query tile, visit only keys j in [max(0, i'_first - reach_h),
 min(Nk, i'_last + 1)) (bidirectional: up to i'_last + reach_h + 1), reach_h = floor(fp32(R + span_h))
 (capped at Nq + Nk); per key tile, only the compacted query rows whose i' lies in [n0, n1 - 1 + reach_h]
-(bidirectional: from n0 - reach_h). `fastattn.kernels.adaptive_span_attention.plan` computes exactly
+(bidirectional: from n0 - reach_h). `fastattn.kernels.adaptive_span_plan.plan` computes exactly
 this with O(Hq * Nq) torch ops and `tile_counts` counts the resulting tiles; mirror them. No buffer
 larger than tile-sized scratch and O(B * Hq * Nq) row statistics.
 """
@@ -52,16 +53,19 @@ from torch import Tensor
 
 from .. import dispatch
 from ..reference.adaptive_span_attention import adaptive_span_attention_ref
-from ._common import check_backend, check_qkv, default_scale, kv_operand, per_head
+from ._common import (check_backend, check_bool, check_qkv, contiguous_like, default_scale, kv_operand, operand,
+                      per_head, real_number)
+from .ragged import Ragged, check_ragged, seqlen_bounds
 
 OP = "adaptive_span_attention"
 
 
-def _args(backend: str, *tensors):
-    """None -> empty tensor for the C++ ops (their schema takes Tensor), kept None for Triton."""
+def _params(backend: str, *tensors):
+    """span, period, phase as fp32 contiguous (Hq,); an absent one is None for Triton, an empty tensor
+    for the C++ ops (their schema takes Tensor)."""
     if backend == "triton":
-        return tensors
-    return tuple(torch.empty(0, dtype=torch.float32) if t is None else t for t in tensors)
+        return tuple(None if t is None else operand(t.float()) for t in tensors)
+    return tuple(torch.empty(0, dtype=torch.float32) if t is None else operand(t.float()) for t in tensors)
 
 
 @torch.library.custom_op("fastattn::adaptive_span_attention_fwd", mutates_args=())
@@ -73,11 +77,10 @@ def adaptive_span_attention_fwd(q: Tensor, k: Tensor, v: Tensor, span: Tensor, p
                                 ) -> tuple[Tensor, Tensor]:
     """-> out (B, Hq, Nq, Dv) gated, in q's dtype; lse (B, Hq, Nq) fp32, ungated (+inf where g = 0)."""
     fn = dispatch.kernel(OP, "fwd", backend)
-    period, phase = _args(backend, period, phase)
-    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), span.float().contiguous(),
-              period if period is None else period.float().contiguous(),
-              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale,
-              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    span, period, phase = _params(backend, span, period, phase)
+    ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    return fn(operand(q), kv_operand(k, backend), kv_operand(v, backend), span, period, phase, ramp, duty, causal,
+              scale, *ragged)
 
 
 @adaptive_span_attention_fwd.register_fake
@@ -96,12 +99,9 @@ def adaptive_span_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
                                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> dq, dk, dv like q, k, v; dspan (Hq,) fp32; dperiod, dphase (Hq,) fp32 ((0,) without period)."""
     fn = dispatch.kernel(OP, "bwd", backend)
-    period, phase = _args(backend, period, phase)
-    return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
-              lse.contiguous(), span.float().contiguous(),
-              period if period is None else period.float().contiguous(),
-              phase if phase is None else phase.float().contiguous(), ramp, duty, causal, scale,
-              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    span, period, phase = _params(backend, span, period, phase)
+    ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    return fn(*map(operand, (dout, q, k, v, out, lse)), span, period, phase, ramp, duty, causal, scale, *ragged)
 
 
 @adaptive_span_attention_bwd.register_fake
@@ -109,7 +109,7 @@ def _(dout, q, k, v, out, lse, span, period, phase, ramp, duty, causal, scale, b
       cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     n = 0 if period is None else span.shape[0]
     f32 = dict(dtype=torch.float32, device=q.device)
-    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty(span.shape[0], **f32),
+    return (contiguous_like(q), contiguous_like(k), contiguous_like(v), torch.empty(span.shape[0], **f32),
             torch.empty(n, **f32), torch.empty(n, **f32))
 
 
@@ -136,7 +136,9 @@ adaptive_span_attention_fwd.register_autograd(_backward, setup_context=_setup_co
 
 def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: float = 32.0, period=None, phase=None,
                             duty: float = 0.5, causal: bool = True, allow_bidirectional: bool = False,
-                            scale: float | None = None, backend: str = "auto") -> Tensor:
+                            scale: float | None = None, backend: str = "auto", key_padding_mask: Tensor | None = None,
+                            cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
+                            max_seqlen_q: int | None = None, max_seqlen_k: int | None = None) -> Tensor:
     """Adaptive-span softmax attention with an optional learnable periodic query gate (docs/semantics.md §4).
 
     p_ij = m_ij exp(s_ij) / sum_k m_ik exp(s_ik) with the soft span mask
@@ -155,9 +157,13 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: floa
         causal: must be True unless allow_bidirectional=True (distance |i' - j| then).
         scale: defaults to 1 / sqrt(D).
         backend: "auto" | "reference" | "triton" | "cpu" | "cuda".
+        key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k: padding masks and
+            packed sequences as in fastattn.softmax_attention (docs/semantics.md §5); positions, spans and the gate's
+            phase restart at each packed sequence.
 
     Returns:
-        (B, Hq, Nq, Dv) in q's dtype; gated-off rows are zeros.
+        (B, Hq, Nq, Dv) in q's dtype; gated-off rows are zeros; other rows that read a NaN or infinite
+        value are NaN (docs/numerics.md).
 
     Example:
         >>> q = k = v = torch.randn(1, 4, 128, 32)
@@ -170,13 +176,15 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: floa
     B, Hq, Hk, Nq, Nk, D, Dv = check_qkv(q, k, v, OP)
     check_backend(backend, OP)
     scale = default_scale(scale, D, OP)
-    if not isinstance(causal, bool) or not isinstance(allow_bidirectional, bool):
-        raise TypeError(f"{OP}: causal and allow_bidirectional must be bools, got {causal!r}, {allow_bidirectional!r}")
+    check_bool(causal, "causal", OP)
+    check_bool(allow_bidirectional, "allow_bidirectional", OP)
     if not causal and not allow_bidirectional:
         raise ValueError(f"{OP}: causal=False needs allow_bidirectional=True (the span then counts |i' - j|)")
-    if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not ramp > 0 or ramp == float("inf"):
+    ramp = real_number(ramp, "ramp", OP)
+    if not ramp > 0:
         raise ValueError(f"{OP}: ramp must be a finite float > 0, got {ramp!r}")
-    if isinstance(duty, bool) or not isinstance(duty, (int, float)) or not 0 <= duty < 1:
+    duty = real_number(duty, "duty", OP)
+    if not 0 <= duty < 1:
         raise ValueError(f"{OP}: duty must be a float in [0, 1), got {duty!r}")
     span_t = per_head(span, Hq, q, "span", OP, min_value=0.0)
     period_t = phase_t = None
@@ -185,12 +193,15 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: floa
         phase_t = per_head(0.0 if phase is None else phase, Hq, q, "phase", OP)
     elif phase is not None:
         raise ValueError(f"{OP}: phase needs period (phase=None when period=None)")
+    ragged = check_ragged(q, k, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, OP)
     feats = tuple(f for f, on in (("period", period is not None), ("bidirectional", not causal)) if on)
     needs_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
                                                  for t in (q, k, v, span, period, phase))
-    name = dispatch.resolve(OP, backend, q, features=feats, needs_backward=needs_grad)
+    name = dispatch.resolve(OP, backend, q, features=feats + ragged.features, head_dim=max(D, Dv),
+                            needs_backward=needs_grad)
     if name == "reference":
-        return adaptive_span_attention_ref(q, k, v, span_t, ramp=float(ramp), period=period_t, phase=phase_t,
-                                           duty=float(duty), causal=causal, scale=scale)
-    return adaptive_span_attention_fwd(q, k, v, span_t, period_t, phase_t, float(ramp), float(duty), causal,
-                                       scale, name)[0]
+        return adaptive_span_attention_ref(q, k, v, span_t, ramp=ramp, period=period_t, phase=phase_t, duty=duty,
+                                           causal=causal, scale=scale, key_padding_mask=ragged.key_padding_mask,
+                                           cu_seqlens_q=ragged.cu_seqlens_q, cu_seqlens_k=ragged.cu_seqlens_k)
+    return adaptive_span_attention_fwd(q, k, v, span_t, period_t, phase_t, ramp, duty, causal, scale, name,
+                                       *ragged)[0]

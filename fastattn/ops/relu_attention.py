@@ -1,13 +1,14 @@
 """fastattn.relu_attention: ByteScale ReLU attention (docs/semantics.md §2) on every backend.
 
 Kernel-level contract (identical positional arguments for torch.ops.fastattn_C.relu_attention_fwd/bwd
-and kernels/relu_attention.py; absent tensors are empty for C++, None for Triton):
-  relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv)
+and kernels/relu_attention.py; absent tensors are empty for C++, None for Triton; every stage ends
+with the five ragged arguments of CONTRACTS §1):
+  relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, <ragged>)
       -> out (B,Hq,Nq,Dv), den fp32 (B,Hq,Nq), argmax int32 (B,Hq,Nq)
   relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm,
-                     quant) -> dq, dk, dv, dgamma (Hq,), dsink (Hq,)
+                     quant, <ragged>) -> dq, dk, dv, dgamma (Hq,), dsink (Hq,)
 gamma/sink/alibi_slopes fp32 (Hq,); tau fp32 (B,Hq,Nq) top-K threshold; norm 0 max / 1 sum / 2 len;
-quant 0 / 7 / 8 bits. The backward is the gradient of the unquantized op (straight-through: `quant`
+quant 0 / 7 / 8 bits ("auto" is resolved here, per sequence). The backward is the gradient of the unquantized op (straight-through: `quant`
 only tells it that `out` was rounded, so the row term sum_j a_ij v_j is recomputed); for int8_qkv it
 receives the int8-rounded q, k, v.
 """
@@ -18,9 +19,11 @@ from torch import Tensor
 
 from .. import dispatch
 from ..reference import relu_attention_ref
-from ..reference.relu_attention import int8_round, quant_bits
-from ._common import check_backend, check_qkv, default_scale, kv_operand, per_head
-from .topk_attention import topk_threshold
+from ..rounding import int8_round, quant_bits
+from ._common import (check_backend, check_bool, check_qkv, concrete, contiguous_like, default_scale, kv_operand,
+                      operand, per_head)
+from .ragged import Ragged, check_ragged, seqlen_bounds
+from .topk_threshold import check_topk, topk_threshold
 
 OP = "relu_attention"
 NORM_CODE = {"max": 0, "sum": 1, "len": 2}
@@ -29,8 +32,24 @@ NORM_CODE = {"max": 0, "sum": 1, "len": 2}
 def _args(backend: str, *tensors):
     """None -> empty tensor for the C++ ops (their schema takes Tensor), kept None for Triton."""
     if backend == "triton":
-        return tensors
-    return tuple(torch.empty(0) if t is None else t for t in tensors)
+        return tuple(map(operand, tensors))
+    return tuple(torch.empty(0) if t is None else operand(t) for t in tensors)
+
+
+def int8_operands(q: Tensor, k: Tensor, v: Tensor | None, ragged: Ragged):
+    """q, k per token and v per channel over the keys that exist (one scale per packed sequence),
+    int8-rounded in fp32 (straight-through): level * fp32 scale, the values whose products the int8_qkv
+    kernels compute exactly. Rounded back to fp16/bf16 they would differ from those products by the half
+    dtype's rounding, far beyond the top-K threshold's tie margin, so a threshold or backward computed
+    from them would drop or add keys at the K-th place (issue 21 #1)."""
+    out = [int8_round(q.float(), -1), int8_round(k.float(), -1)]
+    if v is not None:
+        groups = None
+        if ragged.cu_seqlens_k is not None:  # (Nk,) sequence of each key
+            cu = ragged.cu_seqlens_k.to(torch.int64)
+            groups = torch.searchsorted(cu[1:], torch.arange(v.shape[2], device=v.device), right=True)
+        out.append(int8_round(v.float(), -2, keep=ragged.key_padding_mask, groups=groups))
+    return out
 
 
 @torch.library.custom_op("fastattn::relu_attention_fwd", mutates_args=())
@@ -42,9 +61,9 @@ def relu_attention_fwd(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, sink: Ten
                        ) -> tuple[Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "fwd", backend)
     alibi_slopes, tau = _args(backend, alibi_slopes, tau)
-    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), gamma.contiguous(), sink.contiguous(),
-              alibi_slopes, tau, causal, scale, norm, quant, int8_qkv,
-              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    return fn(operand(q), kv_operand(k, backend), kv_operand(v, backend), operand(gamma), operand(sink),
+              alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, *ragged)
 
 
 @relu_attention_fwd.register_fake
@@ -64,24 +83,15 @@ def relu_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "bwd", backend)
     alibi_slopes, tau = _args(backend, alibi_slopes, tau)
-    return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), den, argmax,
-              gamma.contiguous(), sink.contiguous(), alibi_slopes, tau, causal, scale, norm, quant,
-              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    return fn(*map(operand, (dout, q, k, v, out, den, argmax, gamma, sink)), alibi_slopes, tau, causal, scale, norm,
+              quant, *ragged)
 
 
 @relu_attention_bwd.register_fake
 def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend,
       key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
-    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(gamma),
-            torch.empty_like(sink))
-
-
-def _int8_operands(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-    """q, k int8-rounded per token in fp32: level * fp32 scale, the values whose products the int8_qkv
-    kernels compute exactly. Rounded back to fp16/bf16 they would differ from those products by the
-    half dtype's rounding, far beyond the top-K threshold's tie margin, so a threshold or backward
-    computed from them would drop or add keys at the K-th place (issue 21)."""
-    return int8_round(q.float(), -1), int8_round(k.float(), -1)
+    return tuple(contiguous_like(t) for t in (q, k, v, gamma, sink))
 
 
 def _setup_context(ctx, inputs, output):
@@ -96,14 +106,14 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dden, _dargmax):
     q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, kpm, cu_q, cu_k = ctx.saved_tensors
     causal, scale, norm, quant, int8_qkv, backend = ctx.opts
+    ragged = Ragged(kpm, cu_q, cu_k, *ctx.max_seqlens)
     dtype = q.dtype
     if int8_qkv:  # straight-through: the gradient of the op at the rounded inputs, exactly as the forward
-        # multiplied them (see _int8_operands); the gradients go back to the inputs' dtype
-        (q, k), v = _int8_operands(q, k), int8_round(v.float(), -2)
+        # multiplied them (see int8_operands); the gradients go back to the inputs' dtype
+        q, k, v = int8_operands(q, k, v, ragged)
         dout, out = dout.float(), out.float()
     dq, dk, dv, dgamma, dsink = relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes,
-                                                   tau, causal, scale, norm, quant, backend, kpm, cu_q, cu_k,
-                                                   *ctx.max_seqlens)
+                                                   tau, causal, scale, norm, quant, backend, *ragged)
     dq, dk, dv = dq.to(dtype), dk.to(dtype), dv.to(dtype)
     return (dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None,
             None, None, None, None, None)
@@ -112,10 +122,27 @@ def _backward(ctx, dout, _dden, _dargmax):
 relu_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _levels(quant, Nq: int, Nk: int, ragged: Ragged) -> int:
+    """quant -> bits for the kernels. "auto" (7 bits for <= 64 keys, else 8) counts the keys of each
+    sequence (packed) or batch row (padding): a call whose sequences need both is refused."""
+    if quant != "auto" or not ragged.features:
+        return quant_bits(quant, Nk)
+    if not concrete(ragged.key_padding_mask, ragged.cu_seqlens_k):
+        raise ValueError(f"{OP}: quant='auto' with key_padding_mask / cu_seqlens reads the sequence lengths, which "
+                         "a traced call cannot; pass quant=7 or quant=8")
+    bits = {quant_bits("auto", n) for n in ragged.keys_per_problem(Nq, Nk)}
+    if len(bits) > 1:
+        raise ValueError(f"{OP}: quant='auto' picks 7 bits for sequences of <= 64 keys and 8 bits for longer ones, "
+                         "and this call has both; pass quant=7 or quant=8 (or split the call)")
+    return bits.pop() if bits else 7
+
+
 def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: float | None = None,
                    gamma: float | Tensor = 1.0, alibi_slopes: Tensor | None = None, sink: float | Tensor = 0.0,
                    norm: str = "max", topk: int | None = None, quant=None, int8_qkv: bool = False,
-                   backend: str = "auto") -> Tensor:
+                   backend: str = "auto", key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                   cu_seqlens_k: Tensor | None = None, max_seqlen_q: int | None = None,
+                   max_seqlen_k: int | None = None) -> Tensor:
     """ByteScale ReLU attention: softmax-free, p_ij = relu(s_ij) / (sink + max|sum|count) (docs/semantics.md §2).
 
     s_ij = gamma_h * scale * q_i.k_j - slope_h * |i' - j|, with i' = i + Nk - Nq (bottom-right aligned).
@@ -127,15 +154,19 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
         gamma: learnable scale, float or (Hq,) tensor (gets a gradient when it requires grad).
         alibi_slopes: (Hq,) ALiBi slopes or None (no gradient).
         sink: attention sink added to the denominator, float or (Hq,) tensor >= 0 (differentiable).
-        norm: "max" | "sum" | "len" — the row statistic in the denominator.
+        norm: "max" | "sum" | "len" — the row statistic in the denominator ("len" counts allowed keys).
         topk: keep only each query's `topk` best allowed keys (ties at the threshold kept).
         quant: None | 7 | 8 | "auto" — round p to 2**bits - 1 levels in-kernel ("auto": 7 bits when
-            Nk <= 64, else 8); only with norm "max"/"sum". Straight-through in backward.
-        int8_qkv: quantize q, k per token and v per channel to int8 and use integer products.
+            the sequence has <= 64 keys, else 8); only with norm "max"/"sum". Straight-through in backward.
+        int8_qkv: quantize q, k per token and v per channel (over the keys that exist, per packed
+            sequence) to int8 and use integer products.
         backend: "auto" | "reference" | "triton" | "cpu" | "cuda".
+        key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k: padding masks and
+            packed sequences as in fastattn.softmax_attention (docs/semantics.md §5).
 
     Returns:
-        (B, Hq, Nq, Dv) in q's dtype. Rows whose scores are all negative (and no sink) are zeros.
+        (B, Hq, Nq, Dv) in q's dtype. Rows whose scores are all negative (and no sink) are zeros; rows
+        that read a NaN or infinite value are NaN (docs/numerics.md).
 
     Example:
         >>> q = torch.randn(1, 8, 256, 64); k = v = torch.randn(1, 8, 256, 64)
@@ -145,6 +176,7 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
     """
     B, Hq, Hk, Nq, Nk, D, Dv = check_qkv(q, k, v, OP)
     check_backend(backend, OP)
+    check_bool(causal, "causal", OP)
     scale = default_scale(scale, D, OP)
     if norm not in NORM_CODE:
         raise ValueError(f"{OP}: norm must be one of 'max', 'sum', 'len', got {norm!r}")
@@ -153,10 +185,9 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
     if quant is not None and norm == "len":
         raise ValueError(f"{OP}: quant needs norm 'max' or 'sum' (weights in [0, 1]); norm='len' does not bound "
                          "them")
-    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
-        raise ValueError(f"{OP}: topk must be a positive int or None, got {topk!r}")
-    if not isinstance(int8_qkv, bool):
-        raise TypeError(f"{OP}: int8_qkv must be a bool, got {type(int8_qkv).__name__}")
+    if topk is not None:
+        check_topk(topk, None, OP)
+    check_bool(int8_qkv, "int8_qkv", OP)
     gamma_t = per_head(gamma, Hq, q, "gamma", OP)
     sink_t = per_head(sink, Hq, q, "sink", OP, min_value=0.0)
     alibi_t = None
@@ -164,19 +195,23 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
         if not isinstance(alibi_slopes, Tensor):
             raise TypeError(f"{OP}: alibi_slopes must be a ({Hq},) tensor or None, got {type(alibi_slopes).__name__}")
         alibi_t = per_head(alibi_slopes, Hq, q, "alibi_slopes", OP).detach()
+    ragged = check_ragged(q, k, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, OP)
     features = tuple(f for f, on in (("quant", quant is not None), ("int8_qkv", int8_qkv),
                                      ("alibi", alibi_slopes is not None), ("topk", topk is not None)) if on)
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(t, Tensor) and t.requires_grad for t in (q, k, v, gamma, sink))
-    name = dispatch.resolve(OP, backend, q, features=features, needs_backward=needs_grad)
+    name = dispatch.resolve(OP, backend, q, features=features + ragged.features, head_dim=max(D, Dv),
+                            needs_backward=needs_grad)
     if name == "reference":
         return relu_attention_ref(q, k, v, causal=causal, scale=scale, gamma=gamma_t, alibi_slopes=alibi_t,
-                                  sink=sink_t, norm=norm, topk=topk, quant=quant, int8_qkv=int8_qkv)
+                                  sink=sink_t, norm=norm, topk=topk, quant=quant, int8_qkv=int8_qkv,
+                                  key_padding_mask=ragged.key_padding_mask, cu_seqlens_q=ragged.cu_seqlens_q,
+                                  cu_seqlens_k=ragged.cu_seqlens_k)
+    bits = _levels(quant, Nq, Nk, ragged)
     tau = None
     if topk is not None:
         with torch.no_grad():
-            qs, ks = _int8_operands(q, k) if int8_qkv else (q, k)  # select on what is multiplied
-            tau = topk_threshold(qs, ks, gamma_t.detach(), alibi_t, causal, scale, topk, name)
-    bits = quant_bits(quant, Nk)
+            qs, ks = int8_operands(q, k, None, ragged) if int8_qkv else (q, k)  # select on what is multiplied
+            tau = topk_threshold(qs, ks, gamma_t.detach(), alibi_t, causal, scale, topk, name, OP, ragged)
     return relu_attention_fwd(q, k, v, gamma_t, sink_t, alibi_t, tau, causal, scale, NORM_CODE[norm], bits,
-                              int8_qkv, name)[0]
+                              int8_qkv, name, *ragged)[0]

@@ -6,7 +6,8 @@ from torch import Tensor
 
 from .. import dispatch
 from ..reference import softmax_attention_ref
-from ._common import check_backend, check_qkv, default_scale, kv_operand
+from ._common import check_backend, check_bool, check_qkv, contiguous_like, default_scale, kv_operand, operand
+from .ragged import Ragged, check_ragged, seqlen_bounds
 
 OP = "softmax_attention"
 
@@ -19,8 +20,8 @@ def softmax_attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: 
                           ) -> tuple[Tensor, Tensor]:
     """-> out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) fp32 (+inf on rows with no key)."""
     fn = dispatch.kernel(OP, "fwd", backend)
-    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), causal, scale,
-              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    return fn(operand(q), kv_operand(k, backend), kv_operand(v, backend), causal, scale, *ragged)
 
 
 @softmax_attention_fwd.register_fake
@@ -36,16 +37,16 @@ def softmax_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
                           key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
                           cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
                           ) -> tuple[Tensor, Tensor, Tensor]:
-    """-> dq, dk, dv shaped and typed like q, k, v."""
+    """-> dq, dk, dv shaped and typed like q, k, v (contiguous)."""
     fn = dispatch.kernel(OP, "bwd", backend)
-    return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
-              lse.contiguous(), causal, scale, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    return fn(*map(operand, (dout, q, k, v, out, lse)), causal, scale, *ragged)
 
 
 @softmax_attention_bwd.register_fake
 def _(dout, q, k, v, out, lse, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
       max_seqlen_q=0, max_seqlen_k=0):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    return contiguous_like(q), contiguous_like(k), contiguous_like(v)
 
 
 def _setup_context(ctx, inputs, output):
@@ -66,7 +67,9 @@ softmax_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
-                      scale: float | None = None, backend: str = "auto") -> Tensor:
+                      scale: float | None = None, backend: str = "auto", key_padding_mask: Tensor | None = None,
+                      cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
+                      max_seqlen_q: int | None = None, max_seqlen_k: int | None = None) -> Tensor:
     """Softmax attention, the baseline the other ops are measured against (docs/semantics.md §1).
 
     Args:
@@ -75,20 +78,33 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
             query block appended to a KV cache sees the whole cache).
         scale: defaults to 1 / sqrt(D).
         backend: "auto" | "reference" | "triton" | "cpu" | "cuda" (FASTATTN_BACKEND overrides auto).
+        key_padding_mask: bool (B, Nk), True = the key exists (docs/semantics.md §5); positions stay those of the
+            tensors, so left and right padding give the real rows their unpadded result.
+        cu_seqlens_q, cu_seqlens_k: int32 (S + 1,) offsets of S packed sequences (B = 1; one defaults
+            to the other); each sequence is attended alone (docs/semantics.md §5). See fastattn.unpad / pad.
+        max_seqlen_q, max_seqlen_k: the longest sequence, hints: on CPU the exact maxima are computed
+            anyway; on CUDA, with both given, the offsets are trusted and not read on the host.
 
     Returns:
-        (B, Hq, Nq, Dv) in q's dtype; rows with no allowed key are zeros.
+        (B, Hq, Nq, Dv) in q's dtype; rows with no allowed key are zeros; rows that read a NaN or
+        infinite value are NaN (docs/numerics.md).
 
     Example:
         >>> q = torch.randn(2, 8, 128, 64); k = v = torch.randn(2, 2, 128, 64)
         >>> fastattn.softmax_attention(q, k, v, causal=True).shape
         torch.Size([2, 8, 128, 64])
+        >>> cu = fastattn.cu_seqlens_from_lengths([100, 28])       # two documents in one row
+        >>> fastattn.softmax_attention(q[:1], k[:1], v[:1], causal=True, cu_seqlens_q=cu).shape
+        torch.Size([1, 8, 128, 64])
     """
-    check_qkv(q, k, v, OP)
+    B, Hq, Hk, Nq, Nk, D, Dv = check_qkv(q, k, v, OP)
     check_backend(backend, OP)
-    scale = default_scale(scale, q.shape[-1], OP)
+    check_bool(causal, "causal", OP)
+    scale = default_scale(scale, D, OP)
+    ragged = check_ragged(q, k, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, OP)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    name = dispatch.resolve(OP, backend, q, needs_backward=needs_grad)
+    name = dispatch.resolve(OP, backend, q, features=ragged.features, head_dim=max(D, Dv), needs_backward=needs_grad)
     if name == "reference":
-        return softmax_attention_ref(q, k, v, causal=causal, scale=scale)
-    return softmax_attention_fwd(q, k, v, causal, scale, name)[0]
+        return softmax_attention_ref(q, k, v, causal=causal, scale=scale, key_padding_mask=ragged.key_padding_mask,
+                                     cu_seqlens_q=ragged.cu_seqlens_q, cu_seqlens_k=ragged.cu_seqlens_k)
+    return softmax_attention_fwd(q, k, v, causal, scale, name, *ragged)[0]

@@ -1,14 +1,10 @@
 """fastattn.topk_attention: sparse top-K attention (docs/semantics.md §3), the core of MSLA, on every backend.
 
 Kernel-level contract (identical positional arguments for torch.ops.fastattn_C.* and
-kernels/topk_attention.py; absent tensors are empty for C++, None for Triton):
-  topk_attention_threshold(q, k, gamma, alibi_slopes, causal, scale, topk) -> tau fp32 (B,Hq,Nq)
-      tau_i = K-th largest s_ij = gamma_h*scale*q_i.k_j - slope_h*|i'-j| over allowed j, -inf if fewer
-      than K allowed; shared with relu_attention(topk=K). No Nq x Nk buffer (streaming per-row select).
-      Fused backends lower tau by a tie margin of 2e-5 * max(1, |tau|) so the K-th key survives the
-      attention kernel's recomputation of its score; keys within it are docs/semantics.md §3's near-ties.
-  topk_attention_fwd(q, k, v, topk, causal, scale) -> out, lse, tau   (softmax over s >= tau)
-  topk_attention_bwd(dout, q, k, v, out, lse, tau, causal, scale) -> dq, dk, dv  (selection fixed)
+kernels/topk_attention.py; every stage ends with the five ragged arguments of CONTRACTS §1):
+  topk_attention_fwd(q, k, v, topk, causal, scale, <ragged>) -> out, lse, tau   (softmax over s >= tau)
+  topk_attention_bwd(dout, q, k, v, out, lse, tau, causal, scale, <ragged>) -> dq, dk, dv  (selection fixed)
+The threshold stage tau, shared with relu_attention(topk=K): fastattn/ops/topk_threshold.py.
 """
 from __future__ import annotations
 
@@ -17,36 +13,11 @@ from torch import Tensor
 
 from .. import dispatch
 from ..reference import topk_attention_ref
-from ._common import check_backend, check_qkv, default_scale, kv_operand
+from ._common import check_backend, check_bool, check_qkv, contiguous_like, default_scale, kv_operand, operand
+from .ragged import DENSE, Ragged, check_ragged, seqlen_bounds
+from .topk_threshold import check_topk
 
 OP = "topk_attention"
-MAX_TOPK = {"cpu": 4096, "triton": 128}  # per fused backend; the reference and the CUDA radix select have none
-
-
-@torch.library.custom_op("fastattn::topk_attention_threshold", mutates_args=())
-def topk_attention_threshold(q: Tensor, k: Tensor, gamma: Tensor, alibi_slopes: Tensor | None, causal: bool,
-                             scale: float, topk: int, backend: str,
-                             key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
-                             cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
-                             ) -> Tensor:
-    fn = dispatch.kernel(OP, "threshold", backend)
-    if backend != "triton" and alibi_slopes is None:
-        alibi_slopes = torch.empty(0)
-    return fn(q.contiguous(), kv_operand(k, backend), gamma.contiguous(), alibi_slopes, causal, scale, topk,
-              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-
-
-@topk_attention_threshold.register_fake
-def _(q, k, gamma, alibi_slopes, causal, scale, topk, backend, key_padding_mask=None, cu_seqlens_q=None,
-      cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
-    return q.new_empty(q.shape[:3], dtype=torch.float32)
-
-
-def topk_threshold(q, k, gamma, alibi_slopes, causal, scale, topk, backend, *ragged):
-    """tau (B, Hq, Nq) for relu_attention(topk=K) and topk_attention on a fused backend; `ragged`: the
-    five trailing kernel arguments (key_padding_mask, cu_seqlens_q/k, max_seqlen_q/k), or none."""
-    _check_topk(topk, backend)
-    return topk_attention_threshold(q, k, gamma, alibi_slopes, causal, scale, topk, backend, *ragged)
 
 
 @torch.library.custom_op("fastattn::topk_attention_fwd", mutates_args=())
@@ -55,16 +26,15 @@ def topk_attention_fwd(q: Tensor, k: Tensor, v: Tensor, topk: int, causal: bool,
                        key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
                        cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
                        ) -> tuple[Tensor, Tensor, Tensor]:
-    return _fwd_kernel(q, k, v, topk, causal, scale, backend, key_padding_mask, cu_seqlens_q, cu_seqlens_k,
-                       max_seqlen_q, max_seqlen_k)
+    return _fwd_kernel(q, k, v, topk, causal, scale, backend,
+                       Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
 
 
-def _fwd_kernel(q, k, v, topk, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                max_seqlen_q=0, max_seqlen_k=0):
+def _fwd_kernel(q, k, v, topk, causal, scale, backend, ragged: Ragged = DENSE):
     """The backend's fused forward -> (out, lse, tau); the custom op's body, also called directly."""
     fn = dispatch.kernel(OP, "fwd", backend)
-    return fn(q.contiguous(), kv_operand(k, backend), kv_operand(v, backend), topk, causal, scale,
-              key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    return fn(operand(q), kv_operand(k, backend), kv_operand(v, backend), topk, causal, scale,
+              *seqlen_bounds(ragged))
 
 
 @topk_attention_fwd.register_fake
@@ -82,14 +52,14 @@ def topk_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
                        cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
                        ) -> tuple[Tensor, Tensor, Tensor]:
     fn = dispatch.kernel(OP, "bwd", backend)
-    return fn(dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), lse, tau,
-              causal, scale, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    return fn(*map(operand, (dout, q, k, v, out, lse, tau)), causal, scale, *ragged)
 
 
 @topk_attention_bwd.register_fake
 def _(dout, q, k, v, out, lse, tau, causal, scale, backend, key_padding_mask=None, cu_seqlens_q=None,
       cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    return contiguous_like(q), contiguous_like(k), contiguous_like(v)
 
 
 def _setup_context(ctx, inputs, output):
@@ -111,17 +81,10 @@ def _backward(ctx, dout, _dlse, _dtau):
 topk_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_topk(topk, backend):
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise ValueError(f"{OP}: topk must be a positive int, got {topk!r}")
-    limit = MAX_TOPK.get(backend)
-    if limit is not None and topk > limit:
-        raise ValueError(f"{OP}: topk={topk} exceeds the {backend} backend's maximum of {limit}; use a smaller "
-                         "topk or backend='reference'")
-
-
 def topk_attention(q: Tensor, k: Tensor, v: Tensor, topk: int, *, causal: bool = False,
-                   scale: float | None = None, backend: str = "auto") -> Tensor:
+                   scale: float | None = None, backend: str = "auto", key_padding_mask: Tensor | None = None,
+                   cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
+                   max_seqlen_q: int | None = None, max_seqlen_k: int | None = None) -> Tensor:
     """Sparse top-K attention: each query attends (softmax) to its `topk` best allowed keys (docs/semantics.md §3).
 
     Args:
@@ -130,26 +93,32 @@ def topk_attention(q: Tensor, k: Tensor, v: Tensor, topk: int, *, causal: bool =
         causal: bottom-right aligned (key j allowed for query i iff j <= i + Nk - Nq).
         scale: defaults to 1 / sqrt(D).
         backend: "auto" | "reference" | "triton" | "cpu" | "cuda".
+        key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k: padding masks and
+            packed sequences as in fastattn.softmax_attention (docs/semantics.md §5); K counts allowed keys only.
 
     Returns:
         (B, Hq, Nq, Dv) in q's dtype. Gradients flow to the selected keys only (selection held fixed).
+        Rows that read a NaN or infinite value are NaN (docs/numerics.md).
 
     Example:
         >>> q = torch.randn(1, 8, 1, 64); k = v = torch.randn(1, 8, 16384, 64)   # decode step
         >>> fastattn.topk_attention(q, k, v, 64).shape
         torch.Size([1, 8, 1, 64])
     """
-    check_qkv(q, k, v, OP)
+    B, Hq, Hk, Nq, Nk, D, Dv = check_qkv(q, k, v, OP)
     check_backend(backend, OP)
-    scale = default_scale(scale, q.shape[-1], OP)
-    _check_topk(topk, None)
+    check_bool(causal, "causal", OP)
+    scale = default_scale(scale, D, OP)
+    check_topk(topk, None, OP)
+    ragged = check_ragged(q, k, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, OP)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    name = dispatch.resolve(OP, backend, q, needs_backward=needs_grad)
+    name = dispatch.resolve(OP, backend, q, features=ragged.features, head_dim=max(D, Dv), needs_backward=needs_grad)
     if name == "reference":
-        return topk_attention_ref(q, k, v, topk, causal=causal, scale=scale)
-    _check_topk(topk, name)
+        return topk_attention_ref(q, k, v, topk, causal=causal, scale=scale, key_padding_mask=ragged.key_padding_mask,
+                                  cu_seqlens_q=ragged.cu_seqlens_q, cu_seqlens_k=ragged.cu_seqlens_k)
+    check_topk(topk, name, OP)
     if not needs_grad and not torch.compiler.is_compiling():
         # Eager inference (decoding): the kernel directly, without the ~10 us of Python custom-op
         # dispatch that a 16k-key decode step would otherwise spend around a ~50 us kernel.
-        return _fwd_kernel(q, k, v, topk, causal, scale, name)[0]
-    return topk_attention_fwd(q, k, v, topk, causal, scale, name)[0]
+        return _fwd_kernel(q, k, v, topk, causal, scale, name, ragged)[0]
+    return topk_attention_fwd(q, k, v, topk, causal, scale, name, *ragged)[0]

@@ -1,28 +1,21 @@
 """Reference softmax attention (docs/semantics.md §1): the executable spec, fp64-capable, materializes Nq x Nk."""
-import torch
-
-from ._common import allowed_mask, compute_dtype, expand_kv, scores, weighted_sum
+from ._common import expand_kv, layout, masked_softmax, nan_rows, poison, sanitize, scores, weighted_sum
 
 
-def softmax_attention_ref(q, k, v, causal: bool = False, scale: float | None = None):
+def softmax_attention_ref(q, k, v, causal: bool = False, scale: float | None = None, key_padding_mask=None,
+                          cu_seqlens_q=None, cu_seqlens_k=None):
     """q (B, Hq, Nq, D), k (B, Hk, Nk, D), v (B, Hk, Nk, Dv) -> (B, Hq, Nq, Dv) in q's dtype.
 
-    Rows with no allowed key output zeros.
+    key_padding_mask (B, Nk) bool / cu_seqlens_q, cu_seqlens_k (S+1,): docs/semantics.md §5. Rows with no allowed
+    key output zeros; rows reading a non-finite value are NaN (CONTRACTS §2).
 
         >>> q = k = v = torch.randn(1, 2, 5, 8, dtype=torch.float64)
         >>> softmax_attention_ref(q, k, v, causal=True).shape
         torch.Size([1, 2, 5, 8])
     """
-    B, Hq, Nq, D = q.shape
-    Nk = k.shape[2]
+    Hq, Nq, D = q.shape[1:]
     scale = D ** -0.5 if scale is None else scale
-    k, v = expand_kv(k, Hq), expand_kv(v, Hq)
-    s = scores(q, k, scale)  # (B, Hq, Nq, Nk)
-    allowed = allowed_mask(Nq, Nk, causal, q.device)
-    s = s.masked_fill(~allowed, float("-inf"))
-    m = s.amax(dim=-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # empty rows: avoid inf - inf
-    e = torch.exp(s - m)
-    den = e.sum(dim=-1, keepdim=True)
-    p = e / torch.where(den > 0, den, torch.ones_like(den))
-    return weighted_sum(p, v, q.dtype)
+    lay = layout(Nq, k.shape[2], causal, q.device, key_padding_mask, cu_seqlens_q, cu_seqlens_k)
+    qc, kc, vc = sanitize(q), expand_kv(sanitize(k), Hq), expand_kv(sanitize(v), Hq)
+    p = masked_softmax(scores(qc, kc, scale), lay.allowed)  # (B, Hq, Nq, Nk)
+    return poison(weighted_sum(p, vc, q.dtype), nan_rows(q, k, v, lay.allowed), qc)

@@ -50,13 +50,14 @@ class CharLMSection:
     trim_memory: bool = True         # keep only what each layer's current spans reach
     compile: bool = False            # torch.compile the model for training
     compile_backend: str = "inductor"  # torch.compile's backend ("aot_eager": traced, not code-generated)
-    count_work: bool = True          # count executed attention FLOPs every step (a few ms of host work)
+    count_every: int = 1             # count executed attention FLOPs every N steps (0: never); a few ms
+                                     # of host work per count, and a device sync on GPU
     final_eval_batches: int | None = None  # batches per split in the final evaluation (None: whole splits)
     plot: bool = True                # out_dir/spans.png at the end
 
     def __post_init__(self):
-        if self.mem_len < 0:
-            raise ValueError(f"charlm.mem_len must be >= 0, got {self.mem_len}")
+        if self.mem_len < 0 or self.count_every < 0:
+            raise ValueError(f"charlm.mem_len and count_every must be >= 0, got {self.mem_len}, {self.count_every}")
         if self.final_eval_batches is not None and self.final_eval_batches < 1:
             raise ValueError(f"charlm.final_eval_batches must be >= 1 or null, got {self.final_eval_batches}")
 
@@ -145,7 +146,8 @@ class CharLMTrainer(Trainer):
             if self.batches.first_block:
                 self.memory.reset()
             caches = self.memory.prepare()
-        if self.charlm.count_work:
+        every = self.charlm.count_every
+        if every and self.step % every == 0:
             self.last_work = self.count_work(x.shape[0], x.shape[1], caches, training=True)
             for w in self.last_work:
                 for key in self.work:
@@ -192,7 +194,8 @@ class CharLMTrainer(Trainer):
     # ---- reporting ---------------------------------------------------------------------------
     def span_report(self) -> dict:
         """Spans per head per layer (tokens) and their per-layer means; gated-off query fraction and
-        executed / dense attention FLOPs of the last step and of the run so far."""
+        executed / dense attention FLOPs of the last counted step and of the counted steps so far
+        (every step with charlm.count_every = 1)."""
         spans = [b.attn.current_span().tolist() if isinstance(b.attn, AdaptiveSpanAttention) else None
                  for b in self.model.blocks]
         out = {"spans": spans, "span_mean": [None if s is None else sum(s) / len(s) for s in spans]}

@@ -183,18 +183,17 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def load_model(path: str | Path, device="cpu", backend: str | None = None):
-    """-> (TransformerLM in eval mode, tokenizer, checkpoint dict). `backend` overrides the
+    """-> (TransformerLM or BLT in eval mode, tokenizer, checkpoint dict). `backend` overrides the
     attention backend stored in the config (e.g. "reference")."""
     from ..data.tokenizers import tokenizer_from_dict
-    from ..models.transformer import TransformerConfig, TransformerLM
+    from ..models.blt import build_model, config_from_dict
 
     ck = load_checkpoint(path)
     mc = dict(ck["model_config"])
     if backend is not None:
         mc["backend"] = backend
     try:
-        cfg = TransformerConfig.from_dict(mc)
-        model = TransformerLM(cfg)
+        model = build_model(config_from_dict(mc))
         if ck.get("lora"):  # a LoRA fine-tune: wrap like the trainer did, load, merge for inference
             from ..nn.lora import apply_lora, merge_lora
             apply_lora(model, **ck["lora"])

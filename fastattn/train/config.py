@@ -24,6 +24,7 @@ import yaml
 
 from .. import configs
 from ..data.corpus import DataConfig
+from ..models.blt import BLTConfig, entropy_config_from_checkpoint
 from ..models.transformer import PRESETS, TransformerConfig
 
 
@@ -80,8 +81,16 @@ class ModelSection:
     the tokenizer)."""
     preset: str | None = "tiny"
     overrides: dict = field(default_factory=dict)
+    kind: str = "transformer"  # or "blt": the overrides are BLTConfig fields (no preset)
 
-    def build(self, vocab_size: int) -> TransformerConfig:
+    def build(self, vocab_size: int) -> TransformerConfig | BLTConfig:
+        if self.kind == "blt":
+            if vocab_size != 256:
+                raise ValueError(f"model.kind blt models bytes: data.tokenizer must be byte (vocab 256), got {vocab_size}")
+            kw = dict(self.overrides)
+            if kw.get("entropy_checkpoint") and kw.get("entropy_model") is None:
+                kw["entropy_model"] = entropy_config_from_checkpoint(kw["entropy_checkpoint"])
+            return BLTConfig(**kw)
         kw = {**self.overrides, "vocab_size": vocab_size}
         return TransformerConfig.preset(self.preset, **kw) if self.preset else TransformerConfig(**kw)
 
@@ -93,7 +102,8 @@ class RunConfig:
     train: TrainConfig
 
     def to_dict(self) -> dict:
-        return {"model": {"preset": self.model.preset, **self.model.overrides},
+        kind = {"kind": self.model.kind} if self.model.kind != "transformer" else {}
+        return {"model": {**kind, "preset": self.model.preset, **self.model.overrides},
                 "data": dataclasses.asdict(self.data), "train": dataclasses.asdict(self.train)}
 
 
@@ -159,6 +169,15 @@ def parse_config(raw: dict) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; accepted: model, data, train")
     model = dict(raw.get("model") or {})
+    kind = model.pop("kind", "transformer")
+    if kind not in ("transformer", "blt"):
+        raise ConfigError(f"model.kind must be 'transformer' or 'blt', got {kind!r}")
+    if kind == "blt":
+        if model.pop("preset", None) is not None:
+            raise ConfigError("model.preset does not apply to model.kind blt (set BLTConfig fields)")
+        build_dataclass(BLTConfig, model, "model")
+        return RunConfig(ModelSection(None, model, kind), build_dataclass(DataConfig, dict(raw.get("data") or {}), "data"),
+                         build_dataclass(TrainConfig, dict(raw.get("train") or {}), "train"))
     preset = model.pop("preset", "tiny")
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"model.preset must be one of {list(PRESETS)} or null, got {preset!r}")

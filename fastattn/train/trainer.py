@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from ..data.corpus import TextData, load_corpus
 from ..data.packed import PackedBatches, eval_batches
-from ..models.transformer import TransformerLM
+from ..models.blt import build_model, load_entropy_weights
 from ..nn.attention import SelfAttention
 from ..nn.lora import apply_lora
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -78,7 +78,10 @@ class Trainer:
         if tc.seq_len > self.model_cfg.max_seq_len:
             raise ValueError(f"train.seq_len ({tc.seq_len}) exceeds model.max_seq_len ({self.model_cfg.max_seq_len})")
         torch.manual_seed(tc.seed)  # same initial weights on every rank
-        self.model = TransformerLM(self.model_cfg)
+        self.model = build_model(self.model_cfg)
+        resuming = tc.resume and (Path(tc.out_dir) / "ckpt.pt").exists()
+        if getattr(self.model_cfg, "entropy_checkpoint", None) and not (tc.init_from or resuming):
+            load_entropy_weights(self.model, self.model_cfg.entropy_checkpoint)  # BLT: its trained patcher
         if tc.init_from:
             ck = load_checkpoint(tc.init_from)
             if ck["model_config"] != self.model_cfg.to_dict():
@@ -87,7 +90,7 @@ class Trainer:
         if tc.lora is not None:
             apply_lora(self.model, **tc.lora)  # freezes everything but the adapters
         self.model = self.model.to(self.device)
-        self.dropout0 = self.model_cfg.dropout
+        self.dropout0 = getattr(self.model_cfg, "dropout", 0.0)
         self.ddp_model = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP

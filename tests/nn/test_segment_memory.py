@@ -112,6 +112,11 @@ def test_rotate_back_moves_rope_positions():
     k = torch.randn(1, 2, 5, 16)
     at10, at3 = attn.rope(k, 10), attn.rope(k, 3)
     torch.testing.assert_close(rotate_back(attn.rope, at10, 7), at3, rtol=1e-5, atol=1e-5)
+    # bf16 keys are rotated in fp32 and rounded once: exactly the fp32 rotation rounded to bf16
+    half = at10.bfloat16()
+    moved = rotate_back(attn.rope, half, 7)
+    assert moved.dtype == torch.bfloat16
+    assert torch.equal(moved, rotate_back(attn.rope, half.float(), 7).bfloat16())
 
 
 def test_gate_anchor_gates_queries_by_block_position():

@@ -73,6 +73,21 @@ def test_training_clamps_spans_and_reports(tmp_path):
     assert (tmp_path / "spans.png").stat().st_size > 1000
 
 
+def test_count_every_counts_only_those_steps(tmp_path):
+    """count_every = 2 counts half the steps (the same per-step FLOPs without memory); 0 never counts."""
+    runs = {}
+    for every in (1, 2, 0):
+        cfg, sec = tiny_charlm(tmp_path / str(every), {"count_every": every, "plot": False}, max_steps=4,
+                               eval_every=100)
+        tr = CharLMTrainer(cfg, sec, data=tiny_data(), **QUIET)
+        tr.train()
+        runs[every] = tr.work
+    assert runs[1]["dense_flops"] > 0 and runs[1]["dense_flops"] == 2 * runs[2]["dense_flops"]
+    assert runs[2]["queries"] * 2 == runs[1]["queries"] and runs[0]["dense_flops"] == 0
+    with pytest.raises(ValueError, match="count_every"):
+        tiny_charlm(tmp_path, {"count_every": -1})
+
+
 def test_penalty_is_in_the_loss_and_its_gradient():
     cfg, sec = tiny_charlm("x", attn={"span_loss_coef": 0.01}, charlm={"use_periodic_mask": False})
     tr = CharLMTrainer(cfg, sec, data=tiny_data(), **QUIET)

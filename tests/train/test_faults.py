@@ -61,7 +61,7 @@ class Zygote:
         cmd = {"out_dir": str(out_dir), "train": train, "events": str(events), "slow_writes": slow_writes}
         self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
         self.proc.stdin.flush()
-        tag, pid = self._line(120).split()  # the first fork also waits for the zygote's imports
+        tag, pid = self._line(300).split()  # the first fork also waits for the zygote's imports
         assert tag == "PID", tag
         return Run(self, int(pid), events)
 

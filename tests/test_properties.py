@@ -1,0 +1,55 @@
+"""Property-based tests (issue 21), a bounded number per op and backend in `make test` (`make fuzz`
+runs thousands): random valid calls against the reference under docs/semantics.md's tolerance rule, forward and
+backward, and the hostile calls of tests/_hostile.py, each in a worker process that reports a crash
+or a hang with its input. Deterministic (derandomize) so a red run reproduces."""
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from fastattn import dispatch
+
+from . import _hostile
+from ._fuzz import Worker, cases
+from ._ops import OPS
+
+EXAMPLES = {"reference": 8, "cpu": 10, "triton": 3}
+PROFILE = dict(deadline=None, derandomize=True, database=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    w = Worker(str(tmp_path_factory.mktemp("fuzz") / "current_case.json"), timeout=600, memory_limit_gb=16)
+    yield w
+    w.close()
+
+
+def _assert_ok(worker, case, fn="check"):
+    status, detail = worker.run(case, fn)
+    assert status == "ok", f"{status} on input {json.dumps(case)}:\n{detail}"
+
+
+def _targets():
+    return [(op, b) for op in OPS for b in EXAMPLES if dispatch.unavailable_reason(op, b) is None]
+
+
+@pytest.mark.parametrize("op, backend", _targets())
+def test_random_calls_match_the_reference(op, backend, worker):
+    @settings(max_examples=EXAMPLES[backend], **PROFILE)
+    @given(case=cases(op, backend, small=backend == "triton"))
+    def prop(case):
+        _assert_ok(worker, case)
+
+    prop()
+
+
+HOSTILE = [c for c in _hostile.all_cases() if c["backend"] in ("cpu", "reference")
+           and (c["kind"] != "bad" or c["mutation"] in ("q_complex", "zero_kv_heads", "cu_decreasing",
+                                                        "relu_topk_huge", "topk_huge", "scale_nan"))
+           and c["kind"] != "wide"]
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_hostile_calls_fail_cleanly(case, worker):
+    _assert_ok(worker, case, "hostile")
