@@ -22,6 +22,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .tokenizers import ByteTokenizer, CharTokenizer
@@ -43,6 +44,9 @@ class DataConfig:
     val_fraction: float = 0.05
     seed: int = 0
     cache_dir: str | None = None     # default ~/.cache/fastattn
+    # Attention and targets stop at document boundaries (corpora of several documents): true, false,
+    # or null (default) = on where the attention ops have a fused varlen backend (Trainer).
+    document_mask: bool | None = None
 
     def __post_init__(self):
         checks = [("source", self.source, ("stdlib", "files", "hub", "enwik8")), ("format", self.format, ("text", "json")),
@@ -60,12 +64,15 @@ class DataConfig:
 
 @dataclass
 class TextData:
-    """Tokenized splits (1-D integer tensors) and what bits per byte needs."""
+    """Tokenized splits (1-D integer tensors), what bits per byte needs, and where documents start
+    (int64 token offsets, the first 0; None for a corpus that is one stream)."""
     train: torch.Tensor
     val: torch.Tensor
     tokenizer: object
     val_bytes_per_token: float   # UTF-8 bytes of the validation text / its number of tokens
     test: torch.Tensor | None = None  # a held-out test split, where the source defines one (enwik8)
+    train_doc_starts: torch.Tensor | None = None
+    val_doc_starts: torch.Tensor | None = None
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -150,12 +157,22 @@ def load_corpus(cfg: DataConfig) -> TextData:
         while n_val < len(docs) - 1 and acc < cfg.val_fraction * total:
             acc += len(docs[n_val])
             n_val += 1
-        val_text, train_text = sep.join(docs[:n_val]), sep.join(docs[n_val:])
-    else:  # one document: its tail is the validation split
-        text = docs[0]
-        cut = int(len(text) * (1 - cfg.val_fraction))
-        train_text, val_text = text[:cut], text[cut:]
-    tok = ByteTokenizer() if cfg.tokenizer == "byte" else CharTokenizer.from_text(train_text)
-    train = torch.from_numpy(tok.encode_array(train_text))
-    val = torch.from_numpy(tok.encode_array(val_text))
-    return TextData(train, val, tok, len(val_text.encode("utf-8")) / max(1, len(val)))
+        val_docs, train_docs = docs[:n_val], docs[n_val:]
+    else:  # one document: its tail is the validation split (one stream each, no boundaries)
+        cut = int(len(docs[0]) * (1 - cfg.val_fraction))
+        val_docs, train_docs = [docs[0][cut:]], [docs[0][:cut]]
+    tok = ByteTokenizer() if cfg.tokenizer == "byte" else CharTokenizer.from_text(sep.join(train_docs))
+    (train, train_starts), (val, val_starts) = (_encode_documents(tok, d, sep) for d in (train_docs, val_docs))
+    if len(docs) < 2:
+        train_starts = val_starts = None
+    val_bytes = len(sep.join(val_docs).encode("utf-8"))
+    return TextData(train, val, tok, val_bytes / max(1, len(val)), train_doc_starts=train_starts,
+                    val_doc_starts=val_starts)
+
+
+def _encode_documents(tok, docs: list[str], sep: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Documents joined by `sep` (which ends each but the last) -> tokens (int32) and each
+    document's first token offset (int64)."""
+    parts = [tok.encode_array(d + sep if i < len(docs) - 1 else d) for i, d in enumerate(docs)]
+    lengths = torch.tensor([0] + [len(p) for p in parts[:-1]], dtype=torch.int64)
+    return torch.from_numpy(np.concatenate(parts)), lengths.cumsum(0)

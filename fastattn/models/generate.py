@@ -10,9 +10,12 @@ max_seq_len tokens. Without a cache that window moves by one token each step; wi
 when the cache is full it is refilled from the last max_seq_len // 2 tokens (amortized cost), so
 cached and uncached outputs agree exactly only while the whole sequence fits in max_seq_len.
 
-Batches (`generate_batch`): the attention ops take no padding mask, so prompts are grouped by
-length and each group decodes as one batch; every sequence sees exactly its own tokens, and the
-outputs equal one-by-one generation (greedy: token for token).
+Batches (`generate_batch`): prompts of different lengths are left-padded into one batch; the
+padding mask keeps every row to its own tokens (with a KV cache the mask stays in the cache for
+all decoding steps) and RoPE positions count real tokens only, so each row gets what generating
+its prompt alone gives (greedy: the same tokens, barring exact near-ties in rounding). Batches
+that would outgrow max_seq_len, whose attention backend takes no padding mask, or of other models
+than TransformerLM (BLT) are grouped by prompt length instead (sliding window as above).
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from typing import Iterator
 
 import torch
 from torch.nn import functional as F
+
+from ..nn.attention import ragged_unavailable
+from .transformer import TransformerLM
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -117,14 +123,24 @@ def generate(model, prompt, max_new_tokens: int, **kw) -> list[int]:
 @torch.no_grad()
 def generate_batch(model, prompts: list, max_new_tokens: int, temperature: float = 1.0, top_k=None,
                    top_p=None, use_cache: bool = True, generator: torch.Generator | None = None) -> list[list[int]]:
-    """New ids for each prompt (prompts may differ in length; see the module docstring)."""
-    _check(model, max_new_tokens)
-    device = next(model.parameters()).device
-    groups: dict[int, list[int]] = {}
+    """New ids for each prompt (prompts may differ in length; see the module docstring).
+
+        >>> generate_batch(model, [[5, 6, 7], [9]], max_new_tokens=4, temperature=0)   # doctest: +SKIP
+        [[...4 ids...], [...4 ids...]]
+    """
+    L = _check(model, max_new_tokens)
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-        groups.setdefault(len(p), []).append(i)
+    lengths = [len(p) for p in prompts]
+    padded = isinstance(model, TransformerLM) and ragged_unavailable(model, "padding") is None  # BLT: no masks
+    if len(set(lengths)) > 1 and max(lengths) + max_new_tokens <= L and padded:
+        return _generate_padded(model, prompts, max_new_tokens, use_cache,
+                                lambda logits: sample(logits, temperature, top_k, top_p, generator))
+    device = next(model.parameters()).device
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
     out: list[list[int] | None] = [None] * len(prompts)
     for _, idx in sorted(groups.items()):
         seq = torch.tensor([list(prompts[i]) for i in idx], dtype=torch.long, device=device)  # (b, T)
@@ -135,6 +151,31 @@ def generate_batch(model, prompts: list, max_new_tokens: int, temperature: float
         for row, i in enumerate(idx):
             out[i] = seq[row, len(prompts[i]):].tolist()
     return out
+
+
+def _generate_padded(model, prompts, max_new_tokens: int, use_cache: bool, pick) -> list[list[int]]:
+    """One left-padded batch: (B, P) with a padding mask; `pick` maps logits (B, V) -> ids (B,)."""
+    device = next(model.parameters()).device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    seq = torch.zeros(B, P, dtype=torch.long, device=device)
+    mask = torch.zeros(B, P, dtype=torch.bool, device=device)
+    for b, p in enumerate(prompts):
+        seq[b, P - len(p):] = torch.as_tensor(list(p), dtype=torch.long, device=device)
+        mask[b, P - len(p):] = True
+    new = []
+    if use_cache:
+        caches = model.new_caches(B, P + max_new_tokens)
+        logits = model(seq, caches=caches, key_padding_mask=mask)[:, -1]
+        for t in range(max_new_tokens):
+            new.append(pick(logits))
+            if t + 1 < max_new_tokens:  # the caches keep the prompt's padding mask for this step
+                logits = model(new[-1][:, None], caches=caches)[:, -1]
+    else:
+        ones = torch.ones(B, 1, dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            new.append(pick(model(seq, key_padding_mask=mask)[:, -1]))
+            seq, mask = torch.cat([seq, new[-1][:, None]], 1), torch.cat([mask, ones], 1)
+    return torch.stack(new, 1).tolist() if new else [[] for _ in prompts]
 
 
 @torch.no_grad()

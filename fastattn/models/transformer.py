@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..nn.attention import check_masks, default_positions
 from ..nn.ffn import SwiGLU, swiglu_hidden
 from ..nn.norm import RMSNorm
 from .attention_kinds import resolve_attention
@@ -107,17 +108,27 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg.dim, cfg.hidden, dropout=cfg.dropout, bias=cfg.bias)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.attn_norm(x), cache)
+    def forward(self, x, cache=None, **attn_kw):
+        x = x + self.attn(self.attn_norm(x), cache, **attn_kw)
         return x + self.ffn(self.ffn_norm(x))
 
 
 class TransformerLM(nn.Module):
     """idx (B, N) int64 token ids -> logits (B, N, vocab) [and the loss when targets are given].
 
-    forward(idx, targets=None, caches=None): with `caches` (from `new_caches`) the positions
-    continue after what the caches hold (incremental decoding). The loss is the mean
-    cross-entropy plus every attention module's `extra_loss()`.
+    forward(idx, targets=None, caches=None, *, key_padding_mask=None, cu_seqlens=None,
+    max_seqlen=None, position_ids=None): with `caches` (from `new_caches`) the positions continue
+    after what the caches hold (incremental decoding). The loss is the mean cross-entropy over
+    targets != -100 plus every attention module's `extra_loss()`.
+
+    Ragged batches (see SelfAttention): `key_padding_mask` (B, N) bool, True for real tokens
+    (left-padded prompts; kept in the caches for the following steps), or `cu_seqlens` int32
+    (S + 1,) for S documents packed into one row (B = 1; attention and RoPE positions restart at
+    every document); `position_ids` (B, N) or (N,) overrides the RoPE positions.
+
+        >>> cu = torch.tensor([0, 5, 16], dtype=torch.int32)    # two documents in one row
+        >>> model(torch.randint(0, 256, (1, 16)), cu_seqlens=cu).shape    # doctest: +SKIP
+        torch.Size([1, 16, 256])
     """
 
     def __init__(self, cfg: TransformerConfig):
@@ -157,16 +168,29 @@ class TransformerLM(nn.Module):
             total = total + b.attn.extra_loss().float()
         return total
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list | None = None, *,
+                key_padding_mask: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                max_seqlen: int | None = None, position_ids: torch.Tensor | None = None):
         if idx.dim() != 2:
             raise ValueError(f"TransformerLM: idx must be (B, N) token ids, got shape {tuple(idx.shape)}")
-        start = caches[0].pos if caches else 0
-        if start + idx.shape[1] > self.config.max_seq_len:
-            raise ValueError(f"TransformerLM: positions up to {start + idx.shape[1]} exceed max_seq_len "
+        B, N = idx.shape
+        cache = caches[0] if caches else None
+        check_masks("TransformerLM", B, N, cache, key_padding_mask, cu_seqlens, position_ids)
+        if cu_seqlens is not None:
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if max_seqlen is None else max_seqlen
+            if longest > self.config.max_seq_len:
+                raise ValueError(f"TransformerLM: a packed document of {longest} tokens exceeds max_seq_len "
+                                 f"{self.config.max_seq_len}")
+        elif (cache.pos if cache else 0) + N > self.config.max_seq_len:
+            raise ValueError(f"TransformerLM: positions up to {(cache.pos if cache else 0) + N} exceed max_seq_len "
                              f"{self.config.max_seq_len}")
+        if position_ids is None:  # once for all layers
+            position_ids = default_positions(N, cache, key_padding_mask, cu_seqlens)
+        kw = dict(key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                  position_ids=position_ids)
         x = self.drop(self.tok_emb(idx))  # (B, N, dim)
         for i, block in enumerate(self.blocks):
-            x = block(x, caches[i] if caches else None)
+            x = block(x, caches[i] if caches else None, **kw)
         logits = self.lm_head(self.norm(x))  # (B, N, V)
         if targets is None:
             return logits

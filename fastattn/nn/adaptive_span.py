@@ -46,6 +46,8 @@ class AdaptiveSpanAttention(SelfAttention):
         >>> loss = attn(torch.randn(2, 32, 128)).square().mean() + attn.extra_loss()
     """
 
+    op = "adaptive_span_attention"
+
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, max_span: float = 1024.0,
                  init_span: float | None = None, ramp: float = 32.0, span_loss_coef: float = 2e-6,
                  periodic: bool = False, period_range: tuple[float, float] = (2.0, 8.0),
@@ -118,11 +120,11 @@ class AdaptiveSpanAttention(SelfAttention):
         turns = torch.floor(shift / period).detach()
         return self.phase + (shift - turns * period).to(self.phase.dtype)
 
-    def attend(self, q, k, v):
+    def attend(self, q, k, v, **masks):
         return fastattn.adaptive_span_attention(
             q, k, v, self.current_span(), ramp=self.ramp, period=self.period,
             phase=self.gate_phase(q.shape[2], k.shape[2]), duty=self.duty, causal=self.causal,
-            allow_bidirectional=not self.causal, backend=self.backend)
+            allow_bidirectional=not self.causal, backend=self.backend, **masks)
 
     def extra_loss(self) -> torch.Tensor:
         """The L1 span penalty span_loss_coef * mean_h span_h in tokens (spans are >= 0; 0 when not

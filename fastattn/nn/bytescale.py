@@ -35,6 +35,8 @@ class ByteScaleAttention(SelfAttention):
         torch.Size([2, 16, 256])
     """
 
+    op = "relu_attention"
+
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, norm: str = "max",
                  quant="auto", alibi: bool = True, init_sink: float = 1.0, topk: int | None = None, **kw):
         super().__init__(dim, n_heads, n_kv_heads, **kw)
@@ -47,7 +49,7 @@ class ByteScaleAttention(SelfAttention):
     def sink(self) -> torch.Tensor:
         return F.softplus(self.sink_raw)
 
-    def attend(self, q, k, v):
+    def attend(self, q, k, v, **masks):
         return fastattn.relu_attention(q, k, v, causal=self.causal, gamma=self.gamma, sink=self.sink,
                                        alibi_slopes=self.slopes, norm=self.norm, quant=self.quant,
-                                       topk=self.topk, backend=self.backend)
+                                       topk=self.topk, backend=self.backend, **masks)

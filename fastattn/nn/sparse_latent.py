@@ -83,6 +83,8 @@ class SparseLatentAttention(SelfAttention):
         torch.Size([2, 1, 64, 80])
     """
 
+    op = "topk_attention"
+
     # Absorbed attention runs on r + dr wide heads; the fused backends take head dims up to this.
     MAX_ABSORBED_DIM = 256
 
@@ -118,22 +120,24 @@ class SparseLatentAttention(SelfAttention):
         c = self.w_dkv(x)
         return self.latent_norm(c) if self.latent_norm is not None else c
 
-    def project(self, x, start):
-        """x (B, N, dim) at positions [start, start + N) -> q (B, Hq, N, D + dr), (c (B, 1, N, r + dr),)."""
+    def project(self, x, start, positions=None):
+        """x (B, N, dim) at positions [start, start + N) (or `positions`) -> q (B, Hq, N, D + dr),
+        (c (B, 1, N, r + dr),)."""
         B, N, _ = x.shape
         q = self.wq(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)
         c = self.latent(x).unsqueeze(1)
         if self.rope_dim:
             q_rope = self.wq_rope(x).view(B, N, self.n_heads, self.rope_dim).transpose(1, 2)
             k_rope = self.w_kr(x).unsqueeze(1)  # (B, 1, N, dr): one per position, all heads
-            return (torch.cat([q, self.rope(q_rope, start)], -1),
-                    (torch.cat([c, self.rope(k_rope, start)], -1),))
+            return (torch.cat([q, self.rope(q_rope, start, positions)], -1),
+                    (torch.cat([c, self.rope(k_rope, start, positions)], -1),))
         if self.rope is not None:
-            q = self.rope(q, start)
+            q = self.rope(q, start, positions)
         return q, (c,)
 
-    def expand(self, c):
-        """Cached (B, 1, Nk, r + dr) of positions [0, Nk) -> k (B, Hk, Nk, D + dr), v (B, Hk, Nk, D)."""
+    def expand(self, c, positions=None):
+        """Cached (B, 1, Nk, r + dr) at positions [0, Nk) (or `positions` (B, Nk) / (Nk,)) ->
+        k (B, Hk, Nk, D + dr), v (B, Hk, Nk, D)."""
         B, _, Nk, _ = c.shape
         lat = c[:, 0, :, :self.latent_dim]
         k = self.wk(lat).view(B, Nk, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -141,21 +145,21 @@ class SparseLatentAttention(SelfAttention):
         if self.rope_dim:  # the shared rotated key part, already rotated when it was cached
             k = torch.cat([k, c[..., self.latent_dim:].expand(B, self.n_kv_heads, Nk, self.rope_dim)], -1)
         elif self.rope is not None:
-            k = self.rope(k, 0)  # cached or not, the keys are positions 0..Nk-1
+            k = self.rope(k, 0, positions)  # cached or not, the keys are rotated here
         return k, v
 
-    def attend(self, q, k, v):
+    def attend(self, q, k, v, **masks):
         return fastattn.topk_attention(q, k, v, self.topk, causal=self.causal, scale=self.scale,
-                                       backend=self.backend)
+                                       backend=self.backend, **masks)
 
-    def attend_cached(self, q, cached):
+    def attend_cached(self, q, cached, key_positions=None, **masks):
         (c,) = cached
         # Absorption reads wk/wv as matrices: of a wrapped layer (LoRA, quantized) only in eval mode,
         # where it is a fixed affine map (a LoRA adapter's dropout is not).
         plain = type(self.wk) is nn.Linear and type(self.wv) is nn.Linear
         if (plain or not self.training) and self._absorb_is_cheaper(q.shape[2], c.shape[2]):
-            return self.attend_latent(q, c)
-        return super().attend_cached(q, cached)
+            return self.attend_latent(q, c, **masks)
+        return super().attend_cached(q, cached, key_positions, **masks)
 
     def _absorb_is_cheaper(self, n: int, nk: int) -> bool:
         """Whether absorption costs fewer FLOPs than expanding the cache (never with rotated keys)."""
@@ -168,9 +172,9 @@ class SparseLatentAttention(SelfAttention):
         absorbed = 2 * n * Hq * D * r + n * nk * Hq * (r + dr)  # absorb q, up-project o; scores
         return absorbed < expanded
 
-    def attend_latent(self, q, c):
+    def attend_latent(self, q, c, **masks):
         """Absorbed attention: q (B, Hq, N, D + dr) against the cached latent c (B, 1, Nk, r + dr)
-        -> o (B, Hq, N, D), equal to attend(q, *expand(c)) without forming k and v."""
+        -> o (B, Hq, N, D), equal to attend(q, *expand(c), **masks) without forming k and v."""
         B, Hq, N, _ = q.shape
         Hk, D, r = self.n_kv_heads, self.head_dim, self.latent_dim
         G = Hq // Hk
@@ -183,10 +187,10 @@ class SparseLatentAttention(SelfAttention):
         # themselves, of which the first r (the latent) are kept. c may be a view of the cache,
         # (B, 1, pos, .) of (B, 1, max_len, .): the op reads it in place where its backend can.
         o = fastattn.topk_attention(q_lat, c, c, self.topk, causal=self.causal, scale=self.scale,
-                                    backend=self.backend)
+                                    backend=self.backend, **masks)
         o = o[..., :r].reshape(B, Hk, G, N, r)
         out = torch.einsum("bkgnr,kdr->bkgnd", o, wv.view(Hk, D, r))
-        if bv is not None:  # every row attends to >= 1 key (causal with Nk >= N): weights sum to 1
+        if bv is not None:  # weights sum to 1 on every row with a key (padded query rows: unspecified)
             out = out + bv.view(1, Hk, 1, 1, D)
         return out.reshape(B, Hq, N, D)
 

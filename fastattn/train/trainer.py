@@ -10,6 +10,11 @@ and the data position; continuing from it reproduces the uninterrupted run's los
 CPU (same thread count). Under DDP only rank 0's RNG state is stored, so dropout on other ranks
 differs after a resume (the data order does not).
 
+Document masking (data.document_mask, on by default for corpora of several documents): each batch
+is its rows packed into one row with cu_seqlens, attention and targets stopping at document
+boundaries (fastattn/data/packed.py); `model_inputs(batch)` turns a batch into the model's
+arguments.
+
 Fault tolerance: checkpoints are written atomically and durably (checkpoint.py), and the trainer
 logs "checkpoint step N written to PATH" only once the file is on disk, so after a crash at any
 moment PATH holds that checkpoint or a later complete one. A failed write (disk full) stops
@@ -33,7 +38,8 @@ from torch.nn import functional as F
 from ..data.corpus import TextData, load_corpus
 from ..data.packed import PackedBatches, eval_batches
 from ..models.blt import build_model, load_entropy_weights
-from ..nn.attention import SelfAttention
+from ..models.transformer import TransformerLM
+from ..nn.attention import SelfAttention, ragged_unavailable
 from ..nn.lora import apply_lora
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -101,8 +107,10 @@ class Trainer:
         ratio = tc.min_lr / tc.lr
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, ratio))
+        self.document_mask = self._document_mask(cfg.data.document_mask)
         self.batches = PackedBatches(self.data.train, tc.batch_size, tc.seq_len, seed=tc.seed,
-                                     rank=self.rank, world_size=self.world)
+                                     rank=self.rank, world_size=self.world,
+                                     doc_starts=self.data.train_doc_starts if self.document_mask else None)
         self.step = 0
         self.history: list[dict] = []
         self.out_dir = Path(tc.out_dir)
@@ -128,9 +136,10 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if want_cuda else "gloo")
         if tc.dtype == "bfloat16" or (tc.dtype == "auto" and want_cuda and torch.cuda.is_bf16_supported()):
-            self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
+            self.amp_dtype = torch.bfloat16  # what the attention ops get (parameters stay fp32)
         else:
-            self.autocast = torch.autocast(self.device.type, enabled=False)
+            self.amp_dtype = None
+        self.autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         self.is_main = self.rank == 0
 
     # ---- steps -------------------------------------------------------------------------------
@@ -142,12 +151,12 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(tc.grad_accum):
-            x, y = (t.to(self.device) for t in self.batches.next())
+            x, y, kw = self.model_inputs(self.batches.next())
             last = micro == tc.grad_accum - 1
             sync = self.ddp_model.no_sync() if (self.world > 1 and not last) else _null()
             with sync:
                 with self.autocast:
-                    _, loss = self.ddp_model(x, targets=y)
+                    _, loss = self.ddp_model(x, targets=y, **kw)
                 (loss / tc.grad_accum).backward()
             total += loss.item() / tc.grad_accum
         clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
@@ -162,21 +171,33 @@ class Trainer:
         self.step += 1
         return {"step": self.step, "loss": total, "grad_norm": gnorm, "lr": lr}
 
+    def model_inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """A batch from the data iterators -> (x, y, model keyword arguments) on the device:
+        (x, y) plain, (x, y, cu_seqlens) packed with document masking."""
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        if len(batch) == 2:
+            return x, y, {}
+        return x, y, {"cu_seqlens": batch[2].to(self.device), "max_seqlen": self.cfg.train.seq_len}
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Mean validation cross-entropy (nats/token), perplexity and bits per byte, over the
-        first eval_batches batches of the validation split (all ranks reduce together)."""
+        first eval_batches batches of the validation split (all ranks reduce together). With
+        document masking no token is predicted from another document's tokens (a document's first
+        token, which only the previous document could predict, is not counted)."""
         tc = self.cfg.train
         self.model.eval()
         nll = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
-        for b, (x, y) in enumerate(eval_batches(self.data.val, tc.batch_size, tc.seq_len, tc.eval_batches)):
+        starts = self.data.val_doc_starts if self.document_mask else None
+        for b, batch in enumerate(eval_batches(self.data.val, tc.batch_size, tc.seq_len, tc.eval_batches, starts)):
             if b % self.world != self.rank:
                 continue
+            x, y, kw = self.model_inputs(batch)
             with self.autocast:
-                logits = self.model(x.to(self.device))
-            nll += F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten(), reduction="sum").double()
-            count += y.numel()
+                logits = self.model(x, **kw)
+            nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+            count += (y != -100).sum()
         if self.world > 1:
             dist.all_reduce(nll)
             dist.all_reduce(count)
@@ -185,6 +206,25 @@ class Trainer:
                 "val_bpb": loss / LN2 / self.data.val_bytes_per_token}
 
     # ---- loop --------------------------------------------------------------------------------
+    def _document_mask(self, setting: bool | None) -> bool:
+        """Whether batches are document-masked: never for a corpus that is one stream; by default
+        (None) when every attention layer's op has a fused backend with varlen (the reference
+        would materialize (B*T)^2 scores per packed batch), else off with a log line saying why."""
+        if setting is False or self.data.train_doc_starts is None:
+            return False
+        if not isinstance(self.model, TransformerLM):  # BLT patches bytes itself: no packed-document input
+            if setting:
+                raise ValueError(f"data.document_mask: true needs a TransformerLM; {type(self.model).__name__} "
+                                 "takes no cu_seqlens (set data.document_mask: false)")
+            return False
+        if setting is None:
+            why = ragged_unavailable(self.model, "varlen", dtype=self.amp_dtype, fused_only=True, needs_backward=True)
+            if why:
+                if self.is_main:
+                    self.log(f"document masking off: {why} (data.document_mask: true forces it)")
+                return False
+        return True
+
     def train(self, until: int | None = None) -> list[dict]:
         """Run to max_steps (or to step `until`, for tests that stop early); returns the log."""
         tc = self.cfg.train

@@ -87,3 +87,32 @@ def test_arbitrary_mask_refused():
 def test_all_registered():
     assert set(IMPLEMENTATIONS) <= set(transformers.AttentionInterface._global_mapping)
     assert set(IMPLEMENTATIONS) <= set(transformers.AttentionMaskInterface._global_mapping)
+
+
+def _left_padded(batch=3, n=20, seed=5):
+    ids = torch.randint(1, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(batch, n, dtype=torch.long)
+    mask[0, :4] = 0
+    mask[2, :9] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("impl", sorted(AS_SOFTMAX))
+def test_left_padding_logits_and_grads_match_sdpa(name, impl):
+    model, ref = pair(name, impl, **AS_SOFTMAX[impl])
+    ids, mask = _left_padded()
+    logits, grads = _loss_grads(model, ids, mask)
+    ref_logits, ref_grads = _loss_grads(ref, ids, mask)
+    keep = mask.bool()
+    torch.testing.assert_close(logits[keep], ref_logits[keep], atol=ATOL, rtol=1e-4)
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], atol=ATOL, rtol=1e-3, msg=n)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_left_padded_generate_matches_sdpa(name):
+    model, ref = pair(name, "fastattn")
+    ids, mask = _left_padded(n=9)
+    kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(model.generate(ids, **kw), ref.generate(ids, **kw))
