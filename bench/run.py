@@ -25,6 +25,7 @@ SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
     "models": "bench.bench_models",
     "tasks": "bench.bench_tasks",
     "charlm": "bench.bench_charlm",
+    "blt": "bench.bench_blt",
     "training": "bench.bench_training",
     "gpt2": "bench.bench_gpt2",
     "varlen": "bench.bench_varlen",

@@ -16,13 +16,17 @@ import sys
 import threading
 import time
 
+import torch
 from hypothesis import HealthCheck, given, seed as hypothesis_seed, settings
 
-from fastattn import dispatch
+if not torch.cuda.is_available():  # Triton on CPU tensors under its interpreter (as tests/conftest.py)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from . import _hostile
-from ._fuzz import Worker, cases
-from ._ops import OPS
+from fastattn import dispatch  # noqa: E402
+
+from . import _hostile  # noqa: E402
+from ._fuzz import Worker, cases  # noqa: E402
+from ._ops import OPS  # noqa: E402
 
 
 def generate(op, backend, n, seed, small):
@@ -54,7 +58,7 @@ def main(argv=None) -> int:
     jobs = []
     for op in OPS:
         for backend, n in (("reference", a.cases), ("cpu", a.cases), ("triton", a.triton_cases)):
-            why = dispatch.unavailable_reason(op, backend)
+            why = "--cases 0" if n == 0 else dispatch.unavailable_reason(op, backend)
             if why:
                 print(f"fuzz: {op} on {backend} skipped: {why}")
                 continue

@@ -18,8 +18,9 @@ absorbed path (SparseLatentAttention.attend_latent).
 GQA (fastattn.nn.SelfAttention with n_kv_heads=g): key/value heads initialized by mean-pooling the
 pretrained heads of each group (Ainslie et al.'s uptraining recipe); g = heads is the original model.
 
-A patched model records the patch in `config.fastattn_patch`; `save_pretrained` writes a normal folder
-and `load(path)` rebuilds the patched model from it (plain GPT-2 folders load as they are).
+Padded batches (left padding, generation) run through the ops' key_padding_mask. A patched model
+records the patch in `config.fastattn_patch`; `save_pretrained` writes a normal folder and
+`load(path)` rebuilds the patched model from it (plain GPT-2 folders load as they are).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ ATTENTIONS = ("dense", "msla", "gqa")
 class _GPT2Attention:
     """Mixin: transformers' GPT2Attention call contract for a fastattn.nn attention module.
 
-    forward(hidden_states (B, N, dim), cache=Cache|None, attention_mask=4-D mask|None) -> (out, None);
+    forward(hidden_states (B, N, dim), cache=Cache|None, attention_mask=4-D mask|None) -> (out, None); causal,
+    with or without key padding (left-padded batches, generation);
     what `project` returns for the cache goes into transformers' Cache (one (keys, values) pair per layer).
     """
 
@@ -63,15 +65,18 @@ class _GPT2Attention:
                              "by fastattn's fused ops; set model.config.attn_pdrop = 0 before patching")
         B, N, _ = hidden_states.shape
         past = cache.get_seq_length(self.layer_idx) if cache is not None else 0
+        masks = {}
         if attention_mask is not None:
             found = as_padding(attention_mask, B, N, past + N, name="attention_mask")
-            if found is None or found.key_padding_mask is not None or found.nk != past + N or (N > 1 and not found.causal):
-                raise ValueError(f"{name}: only causal attention without padding is supported; got an attention_mask "
-                                 "with padding or another pattern (run unpadded batches)")
+            if found is None or found.nk != past + N or (N > 1 and not found.causal):
+                raise ValueError(f"{name}: the attention_mask is not causal with key padding (e.g. packed sequences); "
+                                 "only causal attention over padded or unpadded batches is supported")
+            if found.key_padding_mask is not None:
+                masks["key_padding_mask"] = found.key_padding_mask
         q, cached = self.project(hidden_states, past)
         if cache is not None:
             cached = self.from_pair(*cache.update(*self.cache_pair(cached), self.layer_idx))
-        o = self.attend_cached(q, cached)  # (B, Hq, N, D)
+        o = self.attend_cached(q, cached, **masks)  # (B, Hq, N, D)
         return self.dropout(self.wo(o.transpose(1, 2).reshape(B, N, -1))), None
 
 
@@ -89,8 +94,8 @@ class GPT2SparseLatentAttention(_GPT2Attention, SparseLatentAttention):
 class GPT2GroupedAttention(_GPT2Attention, SelfAttention):
     """GQA in a GPT-2 block: softmax attention with n_kv_heads key/value heads."""
 
-    def attend(self, q, k, v):
-        return fastattn.softmax_attention(q, k, v, causal=self.causal, scale=self.scale, backend=self.backend)
+    def attend(self, q, k, v, **masks):
+        return fastattn.softmax_attention(q, k, v, causal=self.causal, scale=self.scale, backend=self.backend, **masks)
 
 
 def _qkv(attn) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:

@@ -107,6 +107,11 @@ class AdaptiveSpanAttention(SelfAttention):
         """floor(R + max_h span_h): no key farther back than this has m > 0 (what a memory keeps)."""
         return int(math.floor(self.ramp + float(self.current_span().max())))
 
+    @property
+    def index_dependent(self) -> bool:
+        """The periodic gate's phase follows the tensor index (docs/semantics.md §5)."""
+        return self.periodic
+
     def gate_phase(self, Nq: int, Nk: int) -> torch.Tensor | None:
         """(Hq,) phase handed to the op for a call with Nq queries and Nk keys: the parameter, or
         under segment memory the parameter shifted so that query i is gated as position

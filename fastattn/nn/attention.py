@@ -95,6 +95,8 @@ def ragged_unavailable(model: nn.Module, feature: str, *, dtype: torch.dtype | N
     for m in model.modules():
         if not isinstance(m, SelfAttention):
             continue
+        if feature == "padding" and m.index_dependent:
+            return f"{type(m).__name__}'s output follows the tensor index, which padding shifts"
         w = m.wq.weight
         names = [m.backend] if m.backend != "auto" else list(dispatch.AUTO.get(w.device.type, ("reference",)))
         if fused_only:
@@ -151,6 +153,7 @@ class SelfAttention(nn.Module):
 
     cache_class = KVCache
     op = "softmax_attention"  # the fastattn op `attend` calls (the trainer asks dispatch what it supports)
+    index_dependent = False  # whether outputs depend on tensor indices, not only distances (left padding shifts them)
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, head_dim: int | None = None,
                  rope: bool = True, rope_base: float = 10000.0, max_seq_len: int = 2048, dropout: float = 0.0,

@@ -98,9 +98,8 @@ def test_save_load_round_trip(gpt2, kw, tmp_path):
 
 def test_refusals(gpt2):
     patched = patch_gpt2(copy.deepcopy(gpt2), "gqa", kv_heads=2).eval()
-    mask = torch.ones(2, 24, dtype=torch.long)
-    mask[0, :3] = 0
-    with pytest.raises(ValueError, match="only causal attention without padding"):
+    mask = torch.rand(1, 1, 24, 24, generator=torch.Generator().manual_seed(3)) > 0.5
+    with pytest.raises(ValueError, match="not causal with key padding"):
         patched(_ids(), attention_mask=mask)
     with pytest.raises(ValueError, match="already patched"):
         patch_gpt2(patched, "msla")
@@ -110,3 +109,18 @@ def test_refusals(gpt2):
     patch_gpt2(dropout, "msla").train()
     with pytest.raises(ValueError, match="attn_pdrop=0.1 in training"):
         dropout(_ids())
+
+
+@pytest.mark.parametrize("kw", [dict(attention="msla", latent_rank=D, topk=128), dict(attention="gqa", kv_heads=4)],
+                         ids=["msla-full-rank", "gqa-g=heads"])
+def test_exact_patch_with_left_padding(gpt2, kw):
+    ids = _ids(16)
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    patched = patch_gpt2(copy.deepcopy(gpt2), **kw).eval()
+    keep = mask.bool()
+    torch.testing.assert_close(patched(ids, attention_mask=mask).logits[keep], gpt2(ids, attention_mask=mask).logits[keep],
+                               atol=2e-5, rtol=1e-4)
+    kw = dict(GEN, attention_mask=mask)
+    assert torch.equal(patched.generate(ids, **kw), gpt2.generate(ids, **kw))
