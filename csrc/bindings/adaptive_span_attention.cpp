@@ -33,6 +33,25 @@ Bwd bwd_meta(const at::Tensor&, const at::Tensor& q, const at::Tensor& k, const 
           at::empty_like(period)};
 }
 
+using fastattn::OptTensor;
+
+Fwd fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& span,
+            const at::Tensor& period, const at::Tensor& phase, double ramp, double duty, bool causal, double scale,
+            const OptTensor& key_padding_mask, const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k, int64_t,
+            int64_t) {
+  return fastattn::cpu::adaptive_span_attention_fwd_cpu(q, k, v, span, period, phase, ramp, duty, causal, scale,
+                                                        {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
+}
+
+Bwd bwd_cpu(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+            const at::Tensor& out, const at::Tensor& lse, const at::Tensor& span, const at::Tensor& period,
+            const at::Tensor& phase, double ramp, double duty, bool causal, double scale,
+            const OptTensor& key_padding_mask, const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k, int64_t,
+            int64_t) {
+  return fastattn::cpu::adaptive_span_attention_bwd_cpu(dout, q, k, v, out, lse, span, period, phase, ramp, duty,
+                                                        causal, scale, {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
+}
+
 #ifdef FASTATTN_WITH_CUDA
 // The host half of the skipping plan (O(Hq * Nq) torch ops on the device, as
 // fastattn.kernels.adaptive_span_attention.plan): each head's active rows (g > 0) first, in order.
@@ -88,8 +107,8 @@ TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
-  m.impl("adaptive_span_attention_fwd", fastattn::with_ragged<&fastattn::cpu::adaptive_span_attention_fwd_cpu>);
-  m.impl("adaptive_span_attention_bwd", fastattn::with_ragged<&fastattn::cpu::adaptive_span_attention_bwd_cpu>);
+  m.impl("adaptive_span_attention_fwd", &fwd_cpu);
+  m.impl("adaptive_span_attention_bwd", &bwd_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {

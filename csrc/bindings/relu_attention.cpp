@@ -32,6 +32,25 @@ Bwd bwd_meta(const at::Tensor&, const at::Tensor& q, const at::Tensor& k, const 
   return {at::empty_like(q), at::empty_like(k), at::empty_like(v), at::empty_like(gamma), at::empty_like(sink)};
 }
 
+using fastattn::OptTensor;
+
+Fwd fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& gamma,
+            const at::Tensor& sink, const at::Tensor& alibi, const at::Tensor& tau, bool causal, double scale,
+            int64_t norm, int64_t quant, bool int8_qkv, const OptTensor& key_padding_mask,
+            const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k, int64_t, int64_t) {
+  return fastattn::cpu::relu_attention_fwd_cpu(q, k, v, gamma, sink, alibi, tau, causal, scale, norm, quant, int8_qkv,
+                                               {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
+}
+
+Bwd bwd_cpu(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+            const at::Tensor& out, const at::Tensor& den, const at::Tensor& argmax, const at::Tensor& gamma,
+            const at::Tensor& sink, const at::Tensor& alibi, const at::Tensor& tau, bool causal, double scale,
+            int64_t norm, int64_t quant, const OptTensor& key_padding_mask, const OptTensor& cu_seqlens_q,
+            const OptTensor& cu_seqlens_k, int64_t, int64_t) {
+  return fastattn::cpu::relu_attention_bwd_cpu(dout, q, k, v, out, den, argmax, gamma, sink, alibi, tau, causal, scale,
+                                               norm, quant, {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
+}
+
 #ifdef FASTATTN_WITH_CUDA
 Fwd fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& gamma,
              const at::Tensor& sink, const at::Tensor& alibi, const at::Tensor& tau, bool causal, double scale,
@@ -67,8 +86,8 @@ TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
-  m.impl("relu_attention_fwd", fastattn::with_ragged<&fastattn::cpu::relu_attention_fwd_cpu>);
-  m.impl("relu_attention_bwd", fastattn::with_ragged<&fastattn::cpu::relu_attention_bwd_cpu>);
+  m.impl("relu_attention_fwd", &fwd_cpu);
+  m.impl("relu_attention_bwd", &bwd_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {
