@@ -28,6 +28,7 @@ SUITES = {  # --op name -> module (each has suite(quick, device, ...) -> rows)
     "blt": "bench.bench_blt",
     "training": "bench.bench_training",
     "gpt2": "bench.bench_gpt2",
+    "varlen": "bench.bench_varlen",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
 

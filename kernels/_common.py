@@ -39,7 +39,7 @@ def block_d(d: int) -> int:
 
 # Triton's signature type names of the element types the kernels take.
 _TL_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8",
-            torch.int32: "i32"}
+            torch.uint8: "u8", torch.int32: "i32"}
 
 
 def pointer(dtype: torch.dtype) -> str:
@@ -47,10 +47,52 @@ def pointer(dtype: torch.dtype) -> str:
     return "*" + _TL_TYPE[dtype]
 
 
-def require_dense(op: str, key_padding_mask, cu_seqlens_q, cu_seqlens_k) -> None:
-    """Refuse (never ignore) a padding mask or packed sequences in a launcher that lacks them."""
-    if key_padding_mask is not None or cu_seqlens_q is not None or cu_seqlens_k is not None:
-        raise NotImplementedError(f"{op} (triton): key_padding_mask / cu_seqlens are not implemented yet")
+class Ragged:
+    """How a launch covers the batch (CONTRACTS.md §1): `n_seq` program rows per head (B batch
+    elements, or S packed sequences with cu_seqlens), the grid's tile extents `max_q` / `max_k`, and
+    the kernels' pointer and constexpr arguments. Dense calls pass None / 0 for the five arguments.
+
+        >>> rg = Ragged(q, k, None, cu_q, cu_k, 0, 0)        # doctest: +SKIP
+        >>> kernel[(triton.cdiv(rg.max_q, BM), rg.n_seq * Hq)](..., *rg.pointers(dummy), ..., **rg.flags)
+    """
+
+    def __init__(self, q, k, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+        B, Nq, Nk = q.shape[0], q.shape[2], k.shape[2]
+        if (cu_seqlens_q is None) != (cu_seqlens_k is None):
+            raise ValueError("cu_seqlens_q and cu_seqlens_k must be given together (the op layer fills cu_seqlens_k)")
+        self.kpm = None if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
+        self.cu_q, self.cu_k = cu_seqlens_q, cu_seqlens_k
+        if cu_seqlens_q is None:
+            self.n_seq, self.max_q, self.max_k = B, Nq, Nk
+        else:
+            self.n_seq = cu_seqlens_q.numel() - 1
+            self.max_q = int(max_seqlen_q) or _longest(cu_seqlens_q)  # 0: not given
+            self.max_k = int(max_seqlen_k) or _longest(cu_seqlens_k)
+        self.flags = dict(HAS_KPM=self.kpm is not None, VARLEN=self.cu_q is not None)
+
+    def pointers(self, dummy):
+        """(KPM, CU_Q, CU_K) kernel arguments; `dummy` (any tensor on the device) stands for absent ones."""
+        return tuple(dummy if t is None else t for t in (self.kpm, self.cu_q, self.cu_k))
+
+
+def _longest(cu: torch.Tensor) -> int:
+    return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+
+
+def finite(*xs: torch.Tensor):
+    """The backward's operands with their non-finite entries replaced by 0 (CONTRACTS.md §2). The
+    backward kernels weight every loaded query and key, with an exact 0 where a row may not read it,
+    and 0 * NaN would carry a NaN into gradients of rows that never read it; rows that did read one
+    have a NaN lse / den from the forward, which makes their gradients NaN."""
+    return tuple(torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device)) for x in xs)
+
+
+def softmax_delta(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """delta_i = do_i . out_i (B, Hq, Nq) fp32, the row term of the softmax backward; 0 on NaN rows,
+    whose probabilities carry the NaN already (a NaN delta would reach, through 0 * NaN, the keys
+    those rows may not read)."""
+    delta = (dout.float() * out.float()).sum(-1)
+    return torch.where(torch.isfinite(delta), delta, 0.0).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,19 +128,82 @@ def store_tile(ptr, rows, row_ok, cols, ncols, x):
 
 
 @triton.jit
-def query_heads(bh, Hq, Hk):
-    """Program axis over (batch x query head) -> (b, h, kv head read by h)."""
-    h = bh % Hq
-    return bh // Hq, h, h // (Hq // Hk)
+def sequence(s, Nq, Nk, CU_Q, CU_K, VARLEN: tl.constexpr):
+    """Program row s (a batch element; with VARLEN a packed sequence) -> (b, q0, nq, k0, nk): its
+    batch index in the tensors, its first query row and number of queries, its first key row and
+    number of keys. Indices inside a sequence are local (i' = i + nk - nq restarts per sequence)."""
+    if VARLEN:
+        b = 0
+        q0 = tl.load(CU_Q + s)
+        nq = tl.load(CU_Q + s + 1) - q0
+        k0 = tl.load(CU_K + s)
+        nk = tl.load(CU_K + s + 1) - k0
+    else:
+        b = s
+        q0 = 0
+        nq = Nq
+        k0 = 0
+        nk = Nk
+    return b, q0, nq, k0, nk
 
 
 @triton.jit
-def allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL: tl.constexpr, HAS_TAU: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) mask: key exists (j < Nk), causal (j <= i + offset, offset = Nk - Nq) and
-    s >= tau (the top-K threshold, when given)."""
-    ok = offs_n[None, :] < Nk
+def query_block(pid_m, bh, Hq, Hk, Nq, Nk, CU_Q, CU_K, BLOCK_M: tl.constexpr, VARLEN: tl.constexpr):
+    """Query tile pid_m of program row bh (batch or sequence x query head) -> (b, h, offs_m (local
+    query indices), rows (their rows in the (B * Hq * Nq) row stack), row_ok, nq, nk, kv_row0 (the
+    row of key 0 of the sequence in the kv head h reads))."""
+    h = bh % Hq
+    b, q0, nq, k0, nk = sequence(bh // Hq, Nq, Nk, CU_Q, CU_K, VARLEN)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (b * Hq + h) * Nq + q0 + offs_m
+    return b, h, offs_m, rows, offs_m < nq, nq, nk, (b * Hk + h // (Hq // Hk)) * Nk + k0
+
+
+@triton.jit
+def key_block(pid_n, bhk, Hk, Nq, Nk, CU_Q, CU_K, KPM, BLOCK_N: tl.constexpr, VARLEN: tl.constexpr,
+              HAS_KPM: tl.constexpr):
+    """Key tile pid_n of program row bhk (batch or sequence x kv head) -> (b, hk, offs_n (local key
+    indices), key_row0 (row of the sequence's key 0), key_ok (existing, unpadded keys), nq, nk, q0)."""
+    hk = bhk % Hk
+    b, q0, nq, k0, nk = sequence(bhk // Hk, Nq, Nk, CU_Q, CU_K, VARLEN)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
+    return b, hk, offs_n, (b * Hk + hk) * Nk + k0, key_ok, nq, nk, q0
+
+
+@triton.jit
+def key_mask(KPM, kpm_row0, offs_n, nk, HAS_KPM: tl.constexpr):
+    """(BN,) keys that exist (below nk) and, with a padding mask, are not padding."""
+    ok = offs_n < nk
+    if HAS_KPM:
+        ok = ok & (tl.load(KPM + kpm_row0 + offs_n, mask=ok, other=0) != 0)
+    return ok
+
+
+@triton.jit
+def any_key(key_ok, HAS_KPM: tl.constexpr):
+    """Whether a key tile holds a key to visit (fully padded tiles are skipped; without a padding
+    mask the loops never leave the keys, so always)."""
+    if HAS_KPM:
+        live = tl.max(key_ok.to(tl.int32), 0) > 0
+    else:
+        live = True
+    return live
+
+
+@triton.jit
+def allowed(offs_m, offs_n, key_ok, offset, CAUSAL: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) mask: key exists and is not padding (key_ok), and causal: j <= i + offset
+    (offset = nk - nq, bottom-right alignment)."""
+    ok = key_ok[None, :]
     if CAUSAL:
         ok = ok & (offs_n[None, :] <= offs_m[:, None] + offset)
+    return ok
+
+
+@triton.jit
+def selected(ok, s, tau, HAS_TAU: tl.constexpr):
+    """The allowed keys a row keeps: with a top-K threshold tau (BM,), those with s >= tau."""
     if HAS_TAU:
         ok = ok & (s >= tau[:, None])
     return ok
@@ -114,21 +219,48 @@ def head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI: tl.constexpr):
 
 
 @triton.jit
-def biased_scores(q, k, gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL: tl.constexpr,
-                  HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr):
-    """s = gamma*scale * q.k - slope*|i'-j| (q (BM, D), k (D, BN)) and its allowed mask."""
+def biased_scores(q, k, gs, slope, offs_m, offs_n, offset, HAS_ALIBI: tl.constexpr):
+    """s = gamma*scale * q.k - slope*|i'-j| (q (BM, D), k (D, BN); gs = gamma*scale, a scalar or a
+    (BM, BN) tile of per-element factors)."""
     s = tl.dot(q, k).to(tl.float32) * gs
     if HAS_ALIBI:
         s = s - slope * tl.abs((offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32))
-    return s, allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL, HAS_TAU)
+    return s
 
 
 @triton.jit
-def causal_key_end(pid_m, Nk, offset, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+def finite_rows(x):
+    """x (R, C) with its non-finite entries zeroed, and per row 0.0, or NaN where the row had one
+    (x * 0 is 0 exactly for finite x: no comparison that could drop a NaN)."""
+    z = x * 0
+    return tl.where(z == 0, x, 0), tl.sum(z.to(tl.float32), 1)
+
+
+@triton.jit
+def nan_where(x, ok):
+    """Per row: NaN if x (R, C) is non-finite at some ok entry, else 0."""
+    return tl.sum(tl.where(ok, x * 0.0, 0.0), 1)
+
+
+@triton.jit
+def poison(s, ok, vnan, sel, HAS_TAU: tl.constexpr):
+    """The NaN policy of CONTRACTS.md §2 for one tile, as a per-row term added to the row's outputs
+    (0, or NaN for a row that reads a non-finite value): a non-finite score at an allowed key (ok:
+    q_i or k_j non-finite) or a non-finite v row (vnan (BN,) NaN) at a key of the row's support
+    (sel: the selected keys with top-K, else the allowed ones)."""
+    if HAS_TAU:
+        bad = nan_where(s, ok) + nan_where(vnan[None, :], sel)
+    else:
+        bad = nan_where(s + vnan[None, :], ok)
+    return bad
+
+
+@triton.jit
+def causal_key_end(pid_m, nk, offset, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
     """End of the keys query tile pid_m can see (causal: j <= i + offset for its last row)."""
-    hi = Nk
+    hi = nk
     if CAUSAL:
-        hi = tl.minimum(Nk, tl.maximum(0, (pid_m + 1) * BLOCK_M + offset))
+        hi = tl.minimum(nk, tl.maximum(0, (pid_m + 1) * BLOCK_M + offset))
     return hi
 
 
@@ -156,16 +288,18 @@ def softmax_step(m_i, l_i, s, w, WEIGHTED: tl.constexpr):
 
 
 @triton.jit
-def softmax_store(O, LSE, rows, row_ok, cols, ncols, m_i, l_i, acc, g):
+def softmax_store(O, LSE, rows, row_ok, cols, ncols, m_i, l_i, acc, g, bad):
     """Epilogue of the online softmax: out = acc / l * g (g (BM,): a gate) and lse (natural log); rows
-    without weight get out = 0 and lse = +inf. The output is written first (fewer live registers)."""
+    without weight get out = 0 and lse = +inf; `bad` (poison's sum: 0 or NaN) is added to both. The
+    output is written first (fewer live registers)."""
     has = l_i > 0.0
-    store_tile(O, rows, row_ok, cols, ncols, acc / tl.where(has, l_i, 1.0)[:, None] * g[:, None])
+    store_tile(O, rows, row_ok, cols, ncols, acc / tl.where(has, l_i, 1.0)[:, None] * g[:, None] + bad[:, None])
     lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * LN2, float("inf"))
-    tl.store(LSE + rows, lse, mask=row_ok)
+    tl.store(LSE + rows, lse + bad, mask=row_ok)
 
 
 @triton.jit
 def softmax_probs(s, lse, ok):
-    """The backward's probabilities of one tile: exp(s - lse) where ok, else 0 (s in natural units)."""
+    """The backward's probabilities of one tile: exp(s - lse) where ok, else 0 (s in natural units).
+    A NaN lse (a NaN row of the forward) makes its row NaN."""
     return tl.where(ok, tl.exp2((s - lse[:, None]) * LOG2E), 0.0)

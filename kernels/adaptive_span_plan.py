@@ -22,19 +22,37 @@ import torch
 import triton
 
 
-def gate(Nq: int, Nk: int, period: torch.Tensor, phase: torch.Tensor, duty: float):
+def gate(Nq: int, Nk: int, period: torch.Tensor, phase: torch.Tensor, duty: float, positions=None):
     """Triangle-wave gate in fp64 (so t = (i' + phase) / period keeps its fraction at large i').
 
     Returns g (Hq, Nq) fp32 in [0, 1], slope (Hq, Nq) fp64 = dg/dt (2 sign(2 frac(t) - 1) / (1 - duty)
     where g > 0, else 0: the derivative convention of the reference) and t (Hq, Nq) fp64.
+    positions: the rows' i' (Nq,) (packed sequences: `positions(...)`); default i + Nk - Nq.
     """
-    ip = torch.arange(Nq, device=period.device, dtype=torch.float64) + (Nk - Nq)  # i'
-    t = (ip.view(1, -1) + phase.double().view(-1, 1)) / period.double().view(-1, 1)
+    ip = query_positions(Nq, Nk) if positions is None else positions
+    t = (ip.to(period.device, torch.float64).view(1, -1) + phase.double().view(-1, 1)) / period.double().view(-1, 1)
     u = 2 * (t - torch.floor(t)) - 1
     z = (u.abs() - duty) / (1 - duty)
     g = z.clamp(0.0, 1.0)
     slope = torch.where(z > 0, 2 * torch.sign(u) / (1 - duty), torch.zeros_like(u))
     return g.float(), slope, t
+
+
+def query_positions(Nq: int, Nk: int, cu_seqlens_q=None, cu_seqlens_k=None) -> torch.Tensor:
+    """i' (Nq,) int64 of every query row: i + Nk - Nq, or with packed sequences the local index plus
+    nk_s - nq_s of the row's sequence (positions restart per sequence, CONTRACTS.md §1)."""
+    if cu_seqlens_q is None:
+        return torch.arange(Nq) + (Nk - Nq)
+    seg, q0, nq, nk = _segments(Nq, cu_seqlens_q, cu_seqlens_k)
+    return torch.arange(Nq, device=seg.device) - q0[seg] + (nk - nq)[seg]
+
+
+def _segments(Nq: int, cu_seqlens_q, cu_seqlens_k):
+    """(seg (Nq,) the sequence of each packed row, q0, nq, nk (S,)) as int64."""
+    cu_q, cu_k = cu_seqlens_q.long(), cu_seqlens_k.long()
+    nq, nk = cu_q[1:] - cu_q[:-1], cu_k[1:] - cu_k[:-1]
+    seg = torch.repeat_interleave(torch.arange(nq.numel(), device=nq.device), nq, output_size=Nq)
+    return seg, cu_q[:-1], nq, nk
 
 
 def reach(span: torch.Tensor, ramp: float, Nq: int, Nk: int) -> torch.Tensor:
@@ -45,8 +63,9 @@ def reach(span: torch.Tensor, ramp: float, Nq: int, Nk: int) -> torch.Tensor:
 
 
 def plan(Nq: int, Nk: int, span: torch.Tensor, g: torch.Tensor | None, ramp: float, causal: bool,
-         block_m: int, block_n: int):
-    """The work the kernels do, as small int32 tensors.
+         block_m: int, block_n: int, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int = 0,
+         max_seqlen_k: int = 0):
+    """The work the kernels do, as small int32 tensors (g: the gate (Hq, Nq) or None).
 
     Returns a dict:
       idx   (Hq, Nq) int32: active query positions of each head first, increasing (None: no gate)
@@ -55,50 +74,74 @@ def plan(Nq: int, Nk: int, span: torch.Tensor, g: torch.Tensor | None, ramp: flo
       kplan (Hq, U, 2) int32, U = cdiv(Nk, block_n): compacted query range [c_lo, c_hi) that can
             see key tile u (tile u = keys [u*block_n, min(Nk, (u+1)*block_n)))
     Empty tiles have lo == hi (c_lo == c_hi).
+    Packed sequences (cu_seqlens_q/k, CONTRACTS.md §1; Nq, Nk the totals): the same per sequence s,
+    in local indices, with a sequence axis: cnt (Hq, S), qplan (Hq, S, T, 2) and kplan (Hq, S, U, 2)
+    with T, U from the longest sequence (max_seqlen_*; 0: computed), and idx (Hq, Nq) holding in the
+    rows of sequence s its active local positions first.
     """
     dev = span.device
     Hq = span.shape[0]
-    off = Nk - Nq
-    r = reach(span, ramp, Nq, Nk).view(-1, 1)  # (Hq, 1)
+    if cu_seqlens_q is None:
+        seg = torch.zeros(Nq, dtype=torch.int64, device=dev)
+        q0 = torch.zeros(1, dtype=torch.int64, device=dev)
+        nq, nk = torch.full((1,), Nq, device=dev), torch.full((1,), Nk, device=dev)
+        max_q, max_k = Nq, Nk
+    else:
+        seg, q0, nq, nk = _segments(Nq, cu_seqlens_q, cu_seqlens_k)
+        max_q = int(max_seqlen_q) or (int(nq.max()) if nq.numel() else 0)
+        max_k = int(max_seqlen_k) or (int(nk.max()) if nk.numel() else 0)
+    S = nq.numel()
+    r = reach(span, ramp, max_q, max_k).view(-1, 1, 1)  # (Hq, 1, 1)
+    off, nq3, nk3, q03 = ((nk - nq).view(1, S, 1), nq.view(1, S, 1), nk.view(1, S, 1), q0.view(1, S, 1))
     if g is None:
-        idx = None
-        cnt = torch.full((Hq,), Nq, dtype=torch.int64, device=dev)
-        rank = torch.arange(Nq + 1, device=dev).expand(Hq, Nq + 1)  # (Hq, Nq + 1)
+        idx = rank = None
+        cnt = nq.view(1, S).expand(Hq, S)
     else:
         active = g > 0  # (Hq, Nq)
-        cnt = active.sum(1)
-        idx = torch.argsort((~active).to(torch.int8), dim=1, stable=True)  # (Hq, Nq) int64
-        rank = torch.cat([torch.zeros(Hq, 1, dtype=torch.int64, device=dev), active.cumsum(1)], 1)
+        cnt = torch.zeros(Hq, S, dtype=torch.int64, device=dev).index_add_(1, seg, active.long())
+        # Stable sort by (sequence, inactive): each sequence keeps its rows, its active ones first.
+        order = torch.argsort(seg * 2 + (~active).long(), dim=1, stable=True)  # (Hq, Nq) packed rows
+        idx = order - q0[seg]
+        rank = torch.cat([torch.zeros(Hq, 1, dtype=torch.int64, device=dev), active.cumsum(1)], 1)  # (Hq, Nq + 1)
+
+    def local(c):  # compacted index c (Hq, S, X) < cnt -> local position (unclamped c: clamped first)
+        if idx is None:
+            return c
+        slot = (q03 + c.clamp(min=0)).clamp(max=max(Nq - 1, 0))
+        return idx.gather(1, slot.reshape(Hq, -1)).view(c.shape)
+
+    def compact(x):  # local position x (Hq, S, X) in [0, nq] -> number of active rows before it
+        if rank is None:
+            return x
+        base = rank.gather(1, q0.view(1, S).expand(Hq, S)).view(Hq, S, 1)
+        return rank.gather(1, (q03 + x).reshape(Hq, -1)).view(x.shape) - base
+
     # Query tiles -> key ranges.
-    T = triton.cdiv(Nq, block_m)
-    starts = (torch.arange(T, device=dev) * block_m).view(1, -1)  # (1, T)
-    valid = starts < cnt.view(-1, 1)  # (Hq, T)
-    last_c = (torch.minimum(starts + block_m, cnt.view(-1, 1)) - 1).clamp(min=0)
-    if idx is None:
-        first, last = starts.expand(Hq, T), last_c
-    else:
-        first = idx.gather(1, starts.clamp(max=max(Nq - 1, 0)).expand(Hq, T))
-        last = idx.gather(1, last_c)
-    i_first, i_last = first + off, last + off  # absolute positions i'
-    lo = (i_first - r).clamp(min=0, max=Nk)
-    hi = (i_last + 1) if causal else (i_last + r + 1)
-    hi = hi.clamp(max=Nk)
+    T = triton.cdiv(max_q, block_m)
+    starts = (torch.arange(T, device=dev) * block_m).view(1, 1, T)
+    cnt3 = cnt.view(Hq, S, 1)
+    valid = starts < cnt3  # (Hq, S, T)
+    last_c = torch.minimum(starts + block_m, cnt3) - 1
+    i_first = local(starts.expand(Hq, S, T)) + off  # absolute positions i'
+    i_last = local(last_c) + off
+    lo = torch.minimum((i_first - r).clamp(min=0), nk3)
+    hi = torch.minimum((i_last + 1) if causal else (i_last + r + 1), nk3)
     hi = torch.where(valid & (hi > lo), hi, lo)
     qplan = torch.stack([lo, hi], -1).to(torch.int32).contiguous()
     # Key tiles -> compacted query ranges: query i' sees key j iff 0 <= i' - j <= reach (causal),
     # |i' - j| <= reach (bidirectional).
-    U = triton.cdiv(Nk, block_n)
-    n0 = (torch.arange(U, device=dev) * block_n).view(1, -1)
-    n1 = torch.clamp(n0 + block_n, max=Nk)
-    q_lo = (n0 if causal else n0 - r) - off  # query index i, inclusive
-    q_hi = n1 - 1 + r - off + 1  # exclusive
-    q_lo = q_lo.clamp(0, Nq).expand(Hq, U)
-    q_hi = q_hi.clamp(0, Nq).expand(Hq, U)
-    c_lo, c_hi = rank.gather(1, q_lo), rank.gather(1, q_hi)
-    c_hi = torch.maximum(c_hi, c_lo)
+    U = triton.cdiv(max_k, block_n)
+    n0 = (torch.arange(U, device=dev) * block_n).view(1, 1, U)
+    n1 = torch.minimum(n0 + block_n, nk3)
+    q_lo = torch.minimum(((n0 if causal else n0 - r) - off).clamp(min=0), nq3).expand(Hq, S, U)
+    q_hi = torch.minimum((n1 - 1 + r - off + 1).clamp(min=0), nq3).expand(Hq, S, U)
+    c_lo, c_hi = compact(q_lo), compact(q_hi)
+    c_hi = torch.where(n0 < nk3, torch.maximum(c_hi, c_lo), c_lo)
     kplan = torch.stack([c_lo, c_hi], -1).to(torch.int32).contiguous()
-    return dict(idx=None if idx is None else idx.to(torch.int32).contiguous(), cnt=cnt.to(torch.int32),
-                qplan=qplan, kplan=kplan, T=T, U=U)
+    if cu_seqlens_q is None:  # one sequence shape shared by the batch: no sequence axis
+        qplan, kplan, cnt = qplan[:, 0], kplan[:, 0], cnt[:, 0]
+    return dict(idx=None if idx is None else idx.to(torch.int32).contiguous(),
+                cnt=cnt.to(torch.int32).contiguous(), qplan=qplan.contiguous(), kplan=kplan.contiguous(), T=T, U=U)
 
 
 def _as_head_tensor(x, Hq: int | None = None):

@@ -10,48 +10,53 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (allowed, biased_scores, block_d, causal_key_end, causal_query_start, head_params, interpreting,
-                      load_tile, load_tile_t, pointer, query_heads, require_dense, store_tile, upcast_dots)
+from ._common import (Ragged, allowed, any_key, biased_scores, block_d, causal_key_end, causal_query_start, finite,
+                      finite_rows, head_params, interpreting, key_block, key_mask, load_tile, load_tile_t, nan_where,
+                      pointer, poison, query_block, selected, store_tile, upcast_dots)
 
 
 @triton.jit
-def _fwd_scores(q, K, qs, KS, kv_row0, start_n, gs, slope, offs_m, offs_d, Nk, D, offset, tau,
-                CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr, INT8: tl.constexpr,
-                UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Key tile starting at start_n of a forward pass -> (offs_n, s, ok); with INT8 the integer dot
-    is rescaled by the per-token scales first."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    key_ok = offs_n < Nk
-    k = load_tile_t(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
+def _fwd_scores(q, K, qs, KS, offs_n, key_ok, gs, slope, offs_m, offs_d, D, offset, tau, CAUSAL: tl.constexpr,
+                HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr, INT8: tl.constexpr, UPCAST: tl.constexpr):
+    """Scores of a forward key tile (K, KS at the sequence's key 0) -> (s, allowed, selected); with
+    INT8 the integer dot is rescaled by the per-token scales."""
+    k = load_tile_t(K, offs_n, key_ok, offs_d, D, UPCAST)
     if INT8:
-        s, ok = biased_scores(q, k, 1.0, 0.0, offs_m, offs_n, Nk, offset, tau, CAUSAL, False, False)
-        ks = tl.load(KS + kv_row0 + offs_n, mask=key_ok, other=0.0)
-        s = s * qs[:, None] * ks[None, :] * gs
-        if HAS_ALIBI:
-            s = s - slope * tl.abs((offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32))
-        ok = allowed(offs_m, offs_n, Nk, offset, s, tau, CAUSAL, HAS_TAU)
-    else:
-        s, ok = biased_scores(q, k, gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU)
-    return offs_n, s, ok
+        gs = qs[:, None] * tl.load(KS + offs_n, mask=key_ok, other=0.0)[None, :] * gs
+    s = biased_scores(q, k, gs, slope, offs_m, offs_n, offset, HAS_ALIBI)
+    ok = allowed(offs_m, offs_n, key_ok, offset, CAUSAL)
+    return s, ok, selected(ok, s, tau, HAS_TAU)
 
 
 @triton.jit
-def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, GAMMA, SINK, SLOPES, TAU, O, DEN, ARG,
+def _values(V, VNAN, offs_n, key_ok, offs_dv, Dv, INT8: tl.constexpr, UPCAST: tl.constexpr):
+    """A value tile and its rows' NaN terms (0 or NaN): int8 values carry them in VNAN (their levels
+    hold 0 where v was non-finite), float ones get their non-finite entries zeroed here."""
+    v = load_tile(V, offs_n, key_ok, offs_dv, Dv, UPCAST)
+    if INT8:
+        vnan = tl.load(VNAN + offs_n, mask=key_ok, other=0.0)
+    else:
+        v, vnan = finite_rows(v)
+    return v, vnan
+
+
+@triton.jit
+def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, VNAN, GAMMA, SINK, SLOPES, TAU, O, DEN, ARG, KPM, CU_Q, CU_K,
                               Hq, Hk, Nq, Nk, D, Dv, scale,
                               CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr,
-                              NORM: tl.constexpr, BITS: tl.constexpr, INT8: tl.constexpr, UPCAST: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                              BLOCK_DV: tl.constexpr):
-    """One program per (query block, batch x query head)."""
+                              NORM: tl.constexpr, BITS: tl.constexpr, INT8: tl.constexpr, HAS_KPM: tl.constexpr,
+                              VARLEN: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """One program per (query tile, batch or sequence x query head)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b, h, hk = query_heads(bh, Hq, Hk)
-    bhk = b * Hk + hk
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, offs_m, rows, row_ok, nq, nk, kv_row0 = query_block(pid_m, bh, Hq, Hk, Nq, Nk, CU_Q, CU_K, BLOCK_M,
+                                                              VARLEN)
+    if VARLEN:
+        if pid_m * BLOCK_M >= nq:
+            return
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    rows = bh * Nq + offs_m
-    row_ok = offs_m < Nq
     q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
     gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
     sink = tl.load(SINK + h)
@@ -61,58 +66,72 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, GAMMA, SINK, SLOPES, TAU, O, 
     qs = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     if INT8:
         qs = tl.load(QS + rows, mask=row_ok, other=0.0)
-    offset = Nk - Nq
-    hi = causal_key_end(pid_m, Nk, offset, BLOCK_M, CAUSAL)
+    offset = nk - nq
+    hi = causal_key_end(pid_m, nk, offset, BLOCK_M, CAUSAL)
     stat = tl.zeros([BLOCK_M], dtype=tl.float32)
+    bad = tl.zeros([BLOCK_M], dtype=tl.float32)
     arg = tl.full([BLOCK_M], -1, dtype=tl.int32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    kv_row0 = bhk * Nk
     for start_n in range(0, hi, BLOCK_N):  # pass 1: row statistic (and the output when unquantized)
-        offs_n, s, ok = _fwd_scores(q, K, qs, KS, kv_row0, start_n, gs, slope, offs_m, offs_d, Nk, D, offset, tau,
-                                    CAUSAL, HAS_ALIBI, HAS_TAU, INT8, UPCAST, BLOCK_N)
-        a = tl.where(ok, tl.maximum(s, 0.0), 0.0)
-        if NORM == 0:
-            tile_max = tl.max(a, 1)
-            tile_arg = tl.argmax(a, 1).to(tl.int32) + start_n
-            arg = tl.where(tile_max > stat, tile_arg, arg)
-            stat = tl.maximum(stat, tile_max)
-        elif NORM == 1:
-            stat += tl.sum(a, 1)
-        else:
-            stat += tl.sum(ok.to(tl.float32), 1)
-        if BITS == 0:
-            v = load_tile(V + kv_row0 * Dv, offs_n, offs_n < Nk, offs_dv, Dv, UPCAST)
-            acc += tl.dot(a.to(v.dtype), v)
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
+        if any_key(key_ok, HAS_KPM):
+            s, ok, sel = _fwd_scores(q, K + kv_row0 * D, qs, KS + kv_row0, offs_n, key_ok, gs, slope, offs_m, offs_d,
+                                     D, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU, INT8, UPCAST)
+            a = tl.where(sel, tl.maximum(s, 0.0), 0.0)
+            if NORM == 0:
+                tile_max = tl.max(a, 1)
+                tile_arg = tl.argmax(a, 1).to(tl.int32) + start_n
+                arg = tl.where(tile_max > stat, tile_arg, arg)
+                stat = tl.maximum(stat, tile_max)
+            elif NORM == 1:
+                stat += tl.sum(a, 1)
+            else:
+                stat += tl.sum(sel.to(tl.float32), 1)
+            if BITS == 0:
+                v, vnan = _values(V + kv_row0 * Dv, VNAN + kv_row0, offs_n, key_ok, offs_dv, Dv, INT8, UPCAST)
+                bad += poison(s, ok, vnan, sel, HAS_TAU)
+                acc += tl.dot(a.to(v.dtype), v)
+            else:
+                bad += nan_where(s, ok)
     den = sink + stat
     inv = tl.where(den > 0.0, 1.0 / tl.where(den > 0.0, den, 1.0), 0.0)
     if BITS != 0:  # pass 2: weights rounded with the final denominator
         L: tl.constexpr = (1 << BITS) - 1
         for start_n in range(0, hi, BLOCK_N):
-            offs_n, s, ok = _fwd_scores(q, K, qs, KS, kv_row0, start_n, gs, slope, offs_m, offs_d, Nk, D, offset,
-                                        tau, CAUSAL, HAS_ALIBI, HAS_TAU, INT8, UPCAST, BLOCK_N)
-            # a / den as a division, exactly as docs/semantics.md §2 writes it, so levels flip only at true ties
-            lvl = tl.floor(tl.where(ok, tl.maximum(s, 0.0), 0.0) / tl.where(den > 0.0, den, float("inf"))[:, None]
-                           * L + 0.5)
-            v = load_tile(V + kv_row0 * Dv, offs_n, offs_n < Nk, offs_dv, Dv, False)
-            if INT8:  # integer P V: 7-bit levels fit int8; 8-bit ones are offset by -128 (docs/semantics.md §2.5)
-                if BITS == 7:
-                    acc += tl.dot(lvl.to(tl.int8), v).to(tl.float32)
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
+            if any_key(key_ok, HAS_KPM):
+                s, ok, sel = _fwd_scores(q, K + kv_row0 * D, qs, KS + kv_row0, offs_n, key_ok, gs, slope, offs_m,
+                                         offs_d, D, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU, INT8, UPCAST)
+                # a / den as a division, exactly as docs/semantics.md §2 writes it, so levels flip only at true ties
+                lvl = tl.floor(tl.where(sel, tl.maximum(s, 0.0), 0.0) /
+                               tl.where(den > 0.0, den, float("inf"))[:, None] * L + 0.5)
+                if INT8:  # integer P V: 7-bit levels fit int8; 8-bit ones are offset by -128 (docs/semantics.md §2.5)
+                    v, vnan = _values(V + kv_row0 * Dv, VNAN + kv_row0, offs_n, key_ok, offs_dv, Dv, True, False)
+                    if BITS == 7:
+                        acc += tl.dot(lvl.to(tl.int8), v).to(tl.float32)
+                    else:
+                        colsum = tl.sum(v.to(tl.int32), 0).to(tl.float32)
+                        acc += tl.dot((lvl - 128.0).to(tl.int8), v).to(tl.float32) + 128.0 * colsum[None, :]
                 else:
-                    colsum = tl.sum(v.to(tl.int32), 0).to(tl.float32)
-                    acc += tl.dot((lvl - 128.0).to(tl.int8), v).to(tl.float32) + 128.0 * colsum[None, :]
+                    v, vnan = _values(V + kv_row0 * Dv, VNAN + kv_row0, offs_n, key_ok, offs_dv, Dv, False, UPCAST)
+                    acc += tl.dot((lvl / L).to(v.dtype), v)
+                bad += nan_where(vnan[None, :], sel)
+        if INT8:  # per-channel v scales of (batch, kv head) or, packed, of (kv head, sequence)
+            hk = (bh % Hq) // (Hq // Hk)
+            if VARLEN:
+                vs_row = hk * (tl.num_programs(1) // Hq) + bh // Hq
             else:
-                if UPCAST:
-                    v = v.to(tl.float32)
-                acc += tl.dot((lvl / L).to(v.dtype), v)
-        if INT8:
-            vs = tl.load(VS + bhk * Dv + offs_dv, mask=offs_dv < Dv, other=0.0)
+                vs_row = b * Hk + hk
+            vs = tl.load(VS + vs_row * Dv + offs_dv, mask=offs_dv < Dv, other=0.0)
             out = acc * vs[None, :] / L
         else:
             out = acc
     else:
         out = acc * inv[:, None]
-    store_tile(O, rows, row_ok, offs_dv, Dv, out)
-    tl.store(DEN + rows, den, mask=row_ok)
+    store_tile(O, rows, row_ok, offs_dv, Dv, out + bad[:, None])
+    tl.store(DEN + rows, den + bad, mask=row_ok)
     tl.store(ARG + rows, arg, mask=row_ok)
 
 
@@ -129,102 +148,108 @@ def _row_stats(DEN, DDEN, ARG, TAU, rows, row_ok, HAS_TAU: tl.constexpr):
 
 
 @triton.jit
-def _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, Nk, offset, tau, CAUSAL: tl.constexpr,
-             HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr, NORM: tl.constexpr):
-    """p = a/den (unquantized) and ds = d loss / d s on one (BLOCK_M, BLOCK_N) tile."""
-    s, ok = biased_scores(q, tl.trans(k), gs, slope, offs_m, offs_n, Nk, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU)
-    pos = ok & (s > 0.0)
-    inv = tl.where(den > 0.0, 1.0 / tl.where(den > 0.0, den, 1.0), 0.0)
-    p = tl.where(pos, s * inv[:, None], 0.0)
-    dp = tl.dot(do, tl.trans(v)).to(tl.float32)
-    da = dp * inv[:, None]
+def _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, ok, offset, tau, HAS_ALIBI: tl.constexpr,
+             HAS_TAU: tl.constexpr, NORM: tl.constexpr):
+    """p = a/den (unquantized) and ds = d loss / d s on one (BLOCK_M, BLOCK_N) tile (ok: allowed and
+    row exists). A NaN den (a NaN row of the forward) makes p and ds NaN on its selected keys."""
+    s = biased_scores(q, tl.trans(k), gs, slope, offs_m, offs_n, offset, HAS_ALIBI)
+    sel = selected(ok, s, tau, HAS_TAU)
+    pos = sel & (s > 0.0)
+    inv = tl.where(den != 0.0, 1.0 / den, 0.0)
+    nan_row = tl.where(sel, (den * 0.0)[:, None], 0.0)
+    p = tl.where(pos, s * inv[:, None], 0.0) + nan_row
+    da = tl.dot(do, tl.trans(v)).to(tl.float32) * inv[:, None]
     if NORM == 1:
         da += dd[:, None]
     if NORM == 0:
         da += tl.where(offs_n[None, :] == arg[:, None], dd[:, None], 0.0)
-    ds = tl.where(pos, da, 0.0)
-    return p, ds, s
+    return p, tl.where(pos, da, 0.0) + nan_row
 
 
 @triton.jit
-def relu_attention_bwd_kernel_dkdv(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU, DK, DV,
+def relu_attention_bwd_kernel_dkdv(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU, DK, DV, KPM, CU_Q, CU_K,
                                    Hq, Hk, Nq, Nk, D, Dv, scale,
                                    CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr,
-                                   NORM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-                                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """One program per (key block, batch x kv head): dK, dV summed over the GQA group's query heads."""
+                                   NORM: tl.constexpr, HAS_KPM: tl.constexpr, VARLEN: tl.constexpr,
+                                   UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """One program per (key tile, batch or sequence x kv head): dK, dV summed over the GQA group's
+    query heads (exact zeros for padded keys)."""
     pid_n = tl.program_id(0)
-    bhk = tl.program_id(1)
-    b = bhk // Hk
-    hk = bhk % Hk
-    group = Hq // Hk
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    b, hk, offs_n, key_row0, key_ok, nq, nk, q0 = key_block(pid_n, tl.program_id(1), Hk, Nq, Nk, CU_Q, CU_K, KPM,
+                                                            BLOCK_N, VARLEN, HAS_KPM)
+    if VARLEN:
+        if pid_n * BLOCK_N >= nk:
+            return
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    key_row0 = bhk * Nk
-    key_ok = offs_n < Nk
     k = load_tile(K + key_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
     v = load_tile(V + key_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-    offset = Nk - Nq
+    offset = nk - nq
+    q_end = nq
+    if HAS_KPM:  # a fully padded key tile visits no query
+        q_end = tl.where(any_key(key_ok, HAS_KPM), nq, 0)
+    group = Hq // Hk
     for g in range(0, group):
         h = hk * group + g
-        bh = b * Hq + h
+        q_row0 = (b * Hq + h) * Nq + q0
         gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
-        for start_m in range(causal_query_start(pid_n, offset, BLOCK_N, BLOCK_M, CAUSAL), Nq, BLOCK_M):
+        for start_m in range(causal_query_start(pid_n, offset, BLOCK_N, BLOCK_M, CAUSAL), q_end, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            rows = bh * Nq + offs_m
-            row_ok = offs_m < Nq
-            q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
-            do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
-            den, dd, arg, tau = _row_stats(DEN, DDEN, ARG, TAU, rows, row_ok, HAS_TAU)
-            p, ds, s = _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, Nk, offset, tau, CAUSAL,
-                                HAS_ALIBI, HAS_TAU, NORM)
+            row_ok = offs_m < nq
+            q = load_tile(Q + q_row0 * D, offs_m, row_ok, offs_d, D, UPCAST)
+            do = load_tile(DO + q_row0 * Dv, offs_m, row_ok, offs_dv, Dv, UPCAST)
+            den, dd, arg, tau = _row_stats(DEN + q_row0, DDEN + q_row0, ARG + q_row0, TAU + q_row0, offs_m, row_ok,
+                                           HAS_TAU)
+            ok = allowed(offs_m, offs_n, key_ok, offset, CAUSAL) & row_ok[:, None]
+            p, ds = _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, ok, offset, tau, HAS_ALIBI,
+                             HAS_TAU, NORM)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += gs * tl.dot(tl.trans(ds).to(q.dtype), q)
-    store_tile(DK + key_row0 * D, offs_n, key_ok, offs_d, D, dk)
-    store_tile(DV + key_row0 * Dv, offs_n, key_ok, offs_dv, Dv, dv)
+    store_tile(DK + key_row0 * D, offs_n, offs_n < nk, offs_d, D, tl.where(key_ok[:, None], dk, 0.0))
+    store_tile(DV + key_row0 * Dv, offs_n, offs_n < nk, offs_dv, Dv, tl.where(key_ok[:, None], dv, 0.0))
 
 
 @triton.jit
-def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU, DQ, DG_ALIBI, DG_DIRECT,
-                                 Hq, Hk, Nq, Nk, D, Dv, scale,
+def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU, DQ, DG_ALIBI, DG_DIRECT, KPM, CU_Q,
+                                 CU_K, Hq, Hk, Nq, Nk, D, Dv, scale,
                                  CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr,
-                                 NORM: tl.constexpr, UPCAST: tl.constexpr, DIRECT: tl.constexpr,
-                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                                 BLOCK_DV: tl.constexpr):
+                                 NORM: tl.constexpr, HAS_KPM: tl.constexpr, VARLEN: tl.constexpr,
+                                 UPCAST: tl.constexpr, DIRECT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """dQ, plus per-row partial sums for dgamma: sum_j ds*|x| (ALiBi part) and, with DIRECT (some
     gamma is 0, where the homogeneity identity cannot divide), sum_j ds*G with G = scale*q.k."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b, h, hk = query_heads(bh, Hq, Hk)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, offs_m, rows, row_ok, nq, nk, kv_row0 = query_block(pid_m, tl.program_id(1), Hq, Hk, Nq, Nk, CU_Q, CU_K,
+                                                              BLOCK_M, VARLEN)
+    if VARLEN:
+        if pid_m * BLOCK_M >= nq:
+            return
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    rows = bh * Nq + offs_m
-    row_ok = offs_m < Nq
     q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
     do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
     gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
     den, dd, arg, tau = _row_stats(DEN, DDEN, ARG, TAU, rows, row_ok, HAS_TAU)
-    kv_row0 = (b * Hk + hk) * Nk
-    offset = Nk - Nq
+    offset = nk - nq
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     g_alibi = tl.zeros([BLOCK_M], dtype=tl.float32)
     g_direct = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, causal_key_end(pid_m, Nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
+    for start_n in range(0, causal_key_end(pid_m, nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        key_ok = offs_n < Nk
-        k = load_tile(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
-        v = load_tile(V + kv_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
-        p, ds, s = _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, Nk, offset, tau, CAUSAL,
-                            HAS_ALIBI, HAS_TAU, NORM)
-        dq += tl.dot(ds.to(k.dtype), k)
-        x = tl.abs((offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32))
-        g_alibi += tl.sum(ds * x, 1)
-        if DIRECT:
-            g_direct += tl.sum(ds * tl.dot(q, tl.trans(k)).to(tl.float32) * scale, 1)
+        key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
+        if any_key(key_ok, HAS_KPM):
+            k = load_tile(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
+            v = load_tile(V + kv_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
+            ok = allowed(offs_m, offs_n, key_ok, offset, CAUSAL) & row_ok[:, None]
+            p, ds = _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, ok, offset, tau, HAS_ALIBI,
+                             HAS_TAU, NORM)
+            dq += tl.dot(ds.to(k.dtype), k)
+            g_alibi += tl.sum(ds * tl.abs((offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32)), 1)
+            if DIRECT:
+                g_direct += tl.sum(ds * tl.dot(q, tl.trans(k)).to(tl.float32) * scale, 1)
     store_tile(DQ, rows, row_ok, offs_d, D, dq * gs)
     tl.store(DG_ALIBI + rows, g_alibi, mask=row_ok)
     tl.store(DG_DIRECT + rows, g_direct, mask=row_ok)
@@ -241,19 +266,53 @@ def _config(D: int, Dv: int, dtype: torch.dtype):
     return 32, 32, 4, 1
 
 
-def _int8_round(x: torch.Tensor, dim: int):
-    """(levels int8, scales fp32) per docs/semantics.md §2: scale = max|x|/127 (1 for all-zero), round half away."""
-    amax = x.float().abs().amax(dim=dim, keepdim=True)
-    s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    y = x.float() / s
-    lv = (torch.sign(y) * torch.floor(y.abs() + 0.5)).clamp(-127, 127).to(torch.int8)
-    return lv.contiguous(), s.squeeze(dim).contiguous()
+def _int8_tokens(x: torch.Tensor):
+    """Per-token int8 rounding (docs/semantics.md §2): (levels int8, scales fp32 (..., N)), scale = max|x| / 127 (1 for
+    an all-zero row), round half away. A row with a non-finite entry gets scale NaN (so are its scores)."""
+    xf = x.float()
+    fin = torch.isfinite(xf)
+    xf = torch.where(fin, xf, 0.0)
+    amax = xf.abs().amax(-1, keepdim=True)
+    s = torch.where(amax > 0, amax / 127.0, 1.0)
+    s = torch.where(fin.all(-1, keepdim=True), s, float("nan"))
+    return _levels(xf, torch.where(s.isnan(), 1.0, s)), s.squeeze(-1).contiguous()
+
+
+def _int8_values(v: torch.Tensor, rg: Ragged):
+    """Per-channel int8 rounding of v (B, Hk, Nk, Dv) over the allowed keys of each (batch, kv head), or
+    of each (kv head, sequence) when packed (CONTRACTS §1): levels int8 like v, scales fp32 (B, Hk, S, Dv)
+    (S = 1, or the number of sequences), the scale of each key's sequence (broadcastable to v), and vnan
+    fp32 (B, Hk, Nk): NaN for keys whose v row is non-finite (their levels are 0), else 0."""
+    vf = v.float()
+    fin = torch.isfinite(vf)
+    vf = torch.where(fin, vf, 0.0)
+    a = vf.abs()
+    if rg.kpm is not None:
+        a = a * rg.kpm.view(v.shape[0], 1, -1, 1)
+    B, Hk, Nk, Dv = v.shape
+    if rg.cu_k is None:
+        amax = a.amax(2, keepdim=True) if Nk else a.new_zeros(B, Hk, 1, Dv)
+        seg = None
+    else:  # key -> its sequence, then the max over each sequence's keys
+        lengths = (rg.cu_k[1:] - rg.cu_k[:-1]).long()
+        seg = torch.repeat_interleave(torch.arange(rg.n_seq, device=v.device), lengths, output_size=Nk)
+        amax = a.new_zeros(B, Hk, rg.n_seq, Dv).scatter_reduce_(2, seg.view(1, 1, -1, 1).expand_as(a), a, "amax")
+    s = torch.where(amax > 0, amax / 127.0, 1.0)
+    per_key = s if seg is None else s.index_select(2, seg)
+    vnan = torch.where(fin.all(-1), 0.0, float("nan"))
+    return _levels(vf, per_key), s.contiguous(), per_key, vnan.contiguous()
+
+
+def _levels(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """round_half_away(x / scale) as int8 (docs/semantics.md §2)."""
+    y = x / scale
+    return (torch.sign(y) * torch.floor(y.abs() + 0.5)).clamp(-127, 127).to(torch.int8).contiguous()
 
 
 def relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv,
                        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
-    """Contract: fastattn/ops/relu_attention.py. -> out, den fp32 (B,Hq,Nq), argmax int32 (B,Hq,Nq)."""
-    require_dense("relu_attention_fwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
+    """Contract: fastattn/ops/relu_attention.py and CONTRACTS.md §1-2. -> out, den fp32 (B,Hq,Nq) (NaN on
+    rows that read a non-finite value), argmax int32 (B,Hq,Nq) (local key index; -1 unless norm max)."""
     B, Hq, Nq, D = q.shape
     Hk, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     out = torch.empty(B, Hq, Nq, Dv, dtype=q.dtype, device=q.device)
@@ -261,19 +320,19 @@ def relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, n
     arg = torch.empty(B, Hq, Nq, dtype=torch.int32, device=q.device)
     if out.numel() == 0:
         return out, den, arg
-    qs = ks = vs = den  # placeholders when not int8
+    rg = Ragged(q, k, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    qs = ks = vs = vnan = den  # placeholders when not int8
     if int8_qkv:
-        q, qs = _int8_round(q, -1)
-        k, ks = _int8_round(k, -1)
-        v8, vs = _int8_round(v, -2)
-        v = v8 if quant else (v8.float() * vs.unsqueeze(-2)).to(out.dtype)  # dequantized for a float P V
+        q, qs = _int8_tokens(q)
+        k, ks = _int8_tokens(k)
+        v8, vs, per_key, vnan = _int8_values(v, rg)
+        v = v8 if quant else (v8.float() * per_key).to(out.dtype)  # dequantized for a float P V
     BM, BN, warps, stages = _config(D, Dv, out.dtype)
-    grid = (triton.cdiv(Nq, BM), B * Hq)
-    relu_attention_fwd_kernel[grid](
-        q, k, v, qs, ks, vs, gamma, sink, alibi_slopes if alibi_slopes is not None else gamma,
-        tau if tau is not None else den, out, den, arg, Hq, Hk, Nq, Nk, D, Dv, float(scale),
+    relu_attention_fwd_kernel[(triton.cdiv(rg.max_q, BM), rg.n_seq * Hq)](
+        q, k, v, qs, ks, vs, vnan, gamma, sink, alibi_slopes if alibi_slopes is not None else gamma,
+        tau if tau is not None else den, out, den, arg, *rg.pointers(den), Hq, Hk, Nq, Nk, D, Dv, float(scale),
         CAUSAL=bool(causal), HAS_ALIBI=alibi_slopes is not None, HAS_TAU=tau is not None, NORM=int(norm),
-        BITS=int(quant), INT8=bool(int8_qkv), UPCAST=upcast_dots(out.dtype), BLOCK_M=BM, BLOCK_N=BN,
+        BITS=int(quant), INT8=bool(int8_qkv), **rg.flags, UPCAST=upcast_dots(out.dtype), BLOCK_M=BM, BLOCK_N=BN,
         BLOCK_D=block_d(D), BLOCK_DV=block_d(Dv), num_warps=warps, num_stages=stages)
     if norm != 0:
         arg.fill_(-1)
@@ -283,34 +342,35 @@ def relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, n
 def relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm,
                        quant,
                        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
-    """Gradient of the unquantized op -> dq, dk, dv, dgamma (Hq,), dsink (Hq,)."""
-    require_dense("relu_attention_bwd", key_padding_mask, cu_seqlens_q, cu_seqlens_k)
+    """Gradient of the unquantized op -> dq, dk, dv (zeros for padded keys), dgamma (Hq,), dsink (Hq,)."""
     B, Hq, Nq, D = q.shape
     Hk, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), torch.zeros_like(gamma), torch.zeros_like(sink)
+    ragged = (key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    rg = Ragged(q, k, *ragged)
+    q, k, v = finite(q, k, v)
     if quant:  # `out` was rounded: the unquantized output defines the row term
-        out = relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, 0, False)[0]
-    # dden_i = -(do_i . sum_j a_ij v_j) / den_i^2 with sum_j a_ij v_j = out_i * den_i
-    ok = den > 0
+        out = relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, 0, False, *ragged)[0]
+    # dden_i = -(do_i . sum_j a_ij v_j) / den_i^2 with sum_j a_ij v_j = out_i * den_i (NaN den stays NaN)
+    ok = den != 0
     dden = torch.where(ok, -(dout.double() * out.double()).sum(-1) / torch.where(ok, den.double(), 1.0),
                        0.0).float().contiguous()
     g_alibi = torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
     g_direct = torch.zeros_like(g_alibi)
     BM, BN, warps, stages = _config(D, Dv, q.dtype)
-    common = dict(CAUSAL=bool(causal), HAS_ALIBI=alibi_slopes is not None, HAS_TAU=tau is not None,
-                  NORM=int(norm), UPCAST=upcast_dots(q.dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=block_d(D),
-                  BLOCK_DV=block_d(Dv), num_warps=warps, num_stages=stages)
-    slopes = alibi_slopes if alibi_slopes is not None else gamma
-    tau_arg = tau if tau is not None else den
-    relu_attention_bwd_kernel_dkdv[(triton.cdiv(Nk, BN), B * Hk)](
-        q, k, v, dout, den, dden, argmax, gamma, slopes, tau_arg, dk, dv, Hq, Hk, Nq, Nk, D, Dv, float(scale),
-        **common)
+    meta = dict(CAUSAL=bool(causal), HAS_ALIBI=alibi_slopes is not None, HAS_TAU=tau is not None, NORM=int(norm),
+                **rg.flags, UPCAST=upcast_dots(q.dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=block_d(D),
+                BLOCK_DV=block_d(Dv), num_warps=warps, num_stages=stages)
+    ins = (q, k, v, dout, den, dden, argmax, gamma, alibi_slopes if alibi_slopes is not None else gamma,
+           tau if tau is not None else den)
+    shapes = (Hq, Hk, Nq, Nk, D, Dv, float(scale))
+    relu_attention_bwd_kernel_dkdv[(triton.cdiv(rg.max_k, BN), rg.n_seq * Hk)](
+        *ins, dk, dv, *rg.pointers(den), *shapes, **meta)
     direct = bool((gamma == 0).any())
-    relu_attention_bwd_kernel_dq[(triton.cdiv(Nq, BM), B * Hq)](
-        q, k, v, dout, den, dden, argmax, gamma, slopes, tau_arg, dq, g_alibi, g_direct, Hq, Hk, Nq, Nk, D, Dv,
-        float(scale), DIRECT=direct, **common)
+    relu_attention_bwd_kernel_dq[(triton.cdiv(rg.max_q, BM), rg.n_seq * Hq)](
+        *ins, dq, g_alibi, g_direct, *rg.pointers(den), *shapes, DIRECT=direct, **meta)
     dsink = dden.sum((0, 2))
     # dgamma: the direct sum ds*G cancels almost exactly (homogeneity), so where gamma != 0 use
     # sum_j ds_ij a_ij = -dden_i * (sink | den_i) and add the ALiBi part (see the C++ kernel).
@@ -329,10 +389,12 @@ def aot_specs(dtype: torch.dtype, head_dim: int):
     p, f, i32 = pointer(dtype), pointer(torch.float32), pointer(torch.int32)
     i8 = pointer(torch.int8)
     shapes = {"Hq": "i32", "Hk": "i32", "Nq": "i32", "Nk": "i32", "D": "i32", "Dv": "i32", "scale": "fp32"}
+    ragged = {"KPM": pointer(torch.uint8), "CU_Q": i32, "CU_K": i32}
     blocks = dict(BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=block_d(head_dim), BLOCK_DV=block_d(head_dim))
-    fwd_sig = {"Q": p, "K": p, "V": p, "QS": f, "KS": f, "VS": f, "GAMMA": f, "SINK": f, "SLOPES": f, "TAU": f,
-               "O": p, "DEN": f, "ARG": i32, **shapes}
-    base = dict(CAUSAL=True, HAS_ALIBI=True, HAS_TAU=False, NORM=0, UPCAST=False, **blocks)
+    fwd_sig = {"Q": p, "K": p, "V": p, "QS": f, "KS": f, "VS": f, "VNAN": f, "GAMMA": f, "SINK": f, "SLOPES": f,
+               "TAU": f, "O": p, "DEN": f, "ARG": i32, **ragged, **shapes}
+    base = dict(CAUSAL=True, HAS_ALIBI=True, HAS_TAU=False, NORM=0, HAS_KPM=False, VARLEN=False, UPCAST=False,
+                **blocks)
     specs = [
         dict(fn=relu_attention_fwd_kernel, signature=fwd_sig, num_warps=warps, num_stages=stages,
              constexprs=dict(base, BITS=8, INT8=False)),
@@ -341,9 +403,9 @@ def aot_specs(dtype: torch.dtype, head_dim: int):
              num_stages=stages, constexprs=dict(base, BITS=7, INT8=True)),
     ]
     bwd = {"Q": p, "K": p, "V": p, "DO": p, "DEN": f, "DDEN": f, "ARG": i32, "GAMMA": f, "SLOPES": f, "TAU": f}
-    specs.append(dict(fn=relu_attention_bwd_kernel_dkdv, signature={**bwd, "DK": p, "DV": p, **shapes},
+    specs.append(dict(fn=relu_attention_bwd_kernel_dkdv, signature={**bwd, "DK": p, "DV": p, **ragged, **shapes},
                       num_warps=warps, num_stages=stages, constexprs=base))
     specs.append(dict(fn=relu_attention_bwd_kernel_dq, signature={**bwd, "DQ": p, "DG_ALIBI": f, "DG_DIRECT": f,
-                                                                  **shapes},
+                                                                  **ragged, **shapes},
                       num_warps=warps, num_stages=stages, constexprs=dict(base, DIRECT=False)))
     return specs

@@ -8,16 +8,24 @@
 
 namespace {
 
+using fastattn::OptTensor;
+
 std::tuple<at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                           bool causal, double scale) {
-  return fastattn::cpu::softmax_attention_fwd_cpu(q, k, v, at::Tensor(), causal, scale);
+                                           bool causal, double scale, const OptTensor& key_padding_mask,
+                                           const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k, int64_t,
+                                           int64_t) {
+  return fastattn::cpu::softmax_attention_fwd_cpu(q, k, v, at::Tensor(), causal, scale,
+                                                  {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cpu(const at::Tensor& dout, const at::Tensor& q,
                                                        const at::Tensor& k, const at::Tensor& v,
                                                        const at::Tensor& out, const at::Tensor& lse, bool causal,
-                                                       double scale) {
-  return fastattn::cpu::softmax_attention_bwd_cpu(dout, q, k, v, out, lse, at::Tensor(), causal, scale);
+                                                       double scale, const OptTensor& key_padding_mask,
+                                                       const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
+                                                       int64_t, int64_t) {
+  return fastattn::cpu::softmax_attention_bwd_cpu(dout, q, k, v, out, lse, at::Tensor(), causal, scale,
+                                                  {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
 }
 
 std::tuple<at::Tensor, at::Tensor> fwd_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -42,8 +50,8 @@ TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
-  m.impl("softmax_attention_fwd", fastattn::with_ragged<&fwd_cpu>);
-  m.impl("softmax_attention_bwd", fastattn::with_ragged<&bwd_cpu>);
+  m.impl("softmax_attention_fwd", &fwd_cpu);
+  m.impl("softmax_attention_bwd", &bwd_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {

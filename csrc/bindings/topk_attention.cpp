@@ -11,14 +11,33 @@
 
 namespace {
 
-using fastattn::cpu::softmax_attention_bwd_cpu;
-using fastattn::cpu::topk_attention_threshold_cpu;
+using fastattn::OptTensor;
 
+at::Tensor threshold_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& gamma,
+                         const at::Tensor& alibi_slopes, bool causal, double scale, int64_t topk,
+                         const OptTensor& key_padding_mask, const OptTensor& cu_seqlens_q,
+                         const OptTensor& cu_seqlens_k, int64_t, int64_t) {
+  return fastattn::cpu::topk_attention_threshold_cpu(q, k, gamma, alibi_slopes, causal, scale, topk,
+                                                     {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       int64_t topk, bool causal, double scale,
+                                                       const OptTensor& key_padding_mask, const OptTensor& cu_seqlens_q,
+                                                       const OptTensor& cu_seqlens_k, int64_t, int64_t) {
+  return fastattn::cpu::topk_attention_fwd_cpu(q, k, v, topk, causal, scale,
+                                               {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
+}
+
+// The backward is the softmax kernel's, masked to s >= tau.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cpu(const at::Tensor& dout, const at::Tensor& q,
                                                        const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                                                        const at::Tensor& lse, const at::Tensor& tau, bool causal,
-                                                       double scale) {
-  return softmax_attention_bwd_cpu(dout, q, k, v, out, lse, tau, causal, scale);
+                                                       double scale, const OptTensor& key_padding_mask,
+                                                       const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
+                                                       int64_t, int64_t) {
+  return fastattn::cpu::softmax_attention_bwd_cpu(dout, q, k, v, out, lse, tau, causal, scale,
+                                                  {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
 }
 
 at::Tensor threshold_meta(const at::Tensor& q, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double,
@@ -50,9 +69,9 @@ TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {
-  m.impl("topk_attention_threshold", fastattn::with_ragged<&topk_attention_threshold_cpu>);
-  m.impl("topk_attention_fwd", fastattn::with_ragged<&fastattn::cpu::topk_attention_fwd_cpu>);
-  m.impl("topk_attention_bwd", fastattn::with_ragged<&bwd_cpu>);
+  m.impl("topk_attention_threshold", &threshold_cpu);
+  m.impl("topk_attention_fwd", &fwd_cpu);
+  m.impl("topk_attention_bwd", &bwd_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, Meta, m) {

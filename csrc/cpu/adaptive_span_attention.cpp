@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cpu/attention_common.h"
+#include "cpu/varlen.h"
 
 namespace fastattn::cpu {
 namespace {
@@ -52,8 +53,7 @@ inline float ramp_raw(float A, float R, int64_t x) { return (A - static_cast<flo
 // Largest distance x in [-1, Nq + Nk] with pred(ramp_raw(x)) (pred is monotone: true up to some x).
 // Found from floor(A) by stepping, so fp32 rounding at the boundary is decided by the formula itself.
 template <typename Pred>
-int64_t last_distance(float A, float R, const Dims& d, Pred pred) {
-  const int64_t cap = d.Nq + d.Nk;
+int64_t last_distance(float A, float R, int64_t cap, Pred pred) {
   int64_t x = std::clamp<int64_t>(static_cast<int64_t>(std::floor(std::min(A, static_cast<float>(cap)))), 0, cap);
   while (x >= 0 && !pred(ramp_raw(A, R, x))) --x;
   while (x < cap && pred(ramp_raw(A, R, x + 1))) ++x;
@@ -71,13 +71,15 @@ struct HeadPlan {
   std::vector<int32_t> rank;   // rank[i] = number of active rows < i (size Nq + 1)
 };
 
+// Plans per sequence shape (nq, nk): every batch element of a dense or padded batch shares one.
 struct Plan {
   Dims d;
   bool causal;
   float R;
-  std::vector<HeadPlan> heads;
-  int64_t bm;                       // forward: compacted rows per task
-  std::vector<int64_t> tile_start;  // forward: first task of head h within a batch element (size Hq + 1)
+  std::vector<std::vector<HeadPlan>> shapes;  // per distinct (nq, nk): one HeadPlan per query head
+  std::vector<int32_t> shape_of;              // per sequence
+  int64_t bm;                                 // forward: compacted rows per task
+  const HeadPlan& head(int64_t s, int64_t h) const { return shapes[shape_of[s]][h]; }
 };
 
 // Forward rows per task: a tile's key band is (positions its rows cover) + reach, so with a gate
@@ -85,33 +87,46 @@ struct Plan {
 // when f <= 3/4 keeps the band, and the work per active row, near the ungated kernel's.
 inline int64_t forward_rows(int64_t active, int64_t total) { return 4 * active > 3 * total ? kBM : kBM / 2; }
 
-Plan make_plan(const Dims& d, const float* span, const float* period, const float* phase, double ramp, double duty,
-               bool causal) {
-  Plan p{d, causal, static_cast<float>(ramp), std::vector<HeadPlan>(d.Hq), kBM, std::vector<int64_t>(d.Hq + 1, 0)};
-  for (int64_t h = 0; h < d.Hq; ++h) {
-    HeadPlan& hp = p.heads[h];
-    hp.A = static_cast<float>(ramp) + span[h];
-    const float r = std::min(hp.A, static_cast<float>(d.Nq + d.Nk + 1));
-    hp.reach = static_cast<int64_t>(std::floor(r));
-    hp.x_keep = last_distance(hp.A, p.R, d, [](float mm) { return mm > 0.0f; });
-    hp.x_flat = last_distance(hp.A, p.R, d, [](float mm) { return mm >= 1.0f; });
-    hp.x_flat_strict = last_distance(hp.A, p.R, d, [](float mm) { return mm > 1.0f; });
-    hp.g.assign(d.Nq, 1.0f);
-    hp.rank.assign(d.Nq + 1, 0);
-    hp.idx.reserve(d.Nq);
-    for (int64_t i = 0; i < d.Nq; ++i) {
-      if (period) hp.g[i] = gate_at(i + d.offset(), phase[h], period[h], duty).g;
-      hp.rank[i + 1] = hp.rank[i] + (hp.g[i] > 0.0f);
-      if (hp.g[i] > 0.0f) hp.idx.push_back(static_cast<int32_t>(i));
+HeadPlan head_plan(int64_t nq, int64_t nk, int64_t h, const float* span, const float* period, const float* phase,
+                   float R, double duty) {
+  HeadPlan hp;
+  hp.A = R + span[h];
+  const float r = std::min(hp.A, static_cast<float>(nq + nk + 1));
+  hp.reach = static_cast<int64_t>(std::floor(r));
+  hp.x_keep = last_distance(hp.A, R, nq + nk, [](float mm) { return mm > 0.0f; });
+  hp.x_flat = last_distance(hp.A, R, nq + nk, [](float mm) { return mm >= 1.0f; });
+  hp.x_flat_strict = last_distance(hp.A, R, nq + nk, [](float mm) { return mm > 1.0f; });
+  hp.g.assign(nq, 1.0f);
+  hp.rank.assign(nq + 1, 0);
+  hp.idx.reserve(nq);
+  for (int64_t i = 0; i < nq; ++i) {
+    if (period) hp.g[i] = gate_at(i + nk - nq, phase[h], period[h], duty).g;  // i' local to the sequence
+    hp.rank[i + 1] = hp.rank[i] + (hp.g[i] > 0.0f);
+    if (hp.g[i] > 0.0f) hp.idx.push_back(static_cast<int32_t>(i));
+  }
+  return hp;
+}
+
+Plan make_plan(const Dims& d, const Ragged& rg, const float* span, const float* period, const float* phase,
+               double ramp, double duty, bool causal) {
+  Plan p{d, causal, static_cast<float>(ramp), {}, {}, kBM};
+  std::vector<std::pair<int64_t, int64_t>> made;
+  int64_t active = 0, total = 0;
+  for (const Seq& sq : rg.seqs) {
+    const auto key = std::pair{sq.nq, sq.nk};
+    auto it = std::find(made.begin(), made.end(), key);
+    if (it == made.end()) {
+      made.push_back(key);
+      p.shapes.emplace_back();
+      for (int64_t h = 0; h < d.Hq; ++h)
+        p.shapes.back().push_back(head_plan(sq.nq, sq.nk, h, span, period, phase, p.R, duty));
+      it = made.end() - 1;
     }
+    p.shape_of.push_back(static_cast<int32_t>(it - made.begin()));
+    for (const HeadPlan& hp : p.shapes[p.shape_of.back()]) active += static_cast<int64_t>(hp.idx.size());
+    total += d.Hq * sq.nq;
   }
-  int64_t active = 0;
-  for (const HeadPlan& hp : p.heads) active += static_cast<int64_t>(hp.idx.size());
-  p.bm = forward_rows(active, d.Hq * d.Nq);
-  for (int64_t h = 0; h < d.Hq; ++h) {
-    const int64_t n = static_cast<int64_t>(p.heads[h].idx.size());
-    p.tile_start[h + 1] = p.tile_start[h] + (n + p.bm - 1) / p.bm;
-  }
+  p.bm = forward_rows(active, total);
   return p;
 }
 
@@ -142,50 +157,95 @@ inline Segments row_segments(int64_t x_keep, int64_t x_flat, bool causal, int64_
   return sg;
 }
 
+// The keys [k0, k1) of a forward score row that have m > 0: padded ones (keep false) -> -inf;
+// poison |= a remaining score is not finite, or a key with a non-finite v (`bad`) is among them.
+// Returns the row max over them (-inf when all are padding).
+inline float mask_segment(float* s, const Segments& sg, const bool* keep, const std::vector<int32_t>& bad,
+                          uint8_t& poison) {
+  float* x = s + sg.k0;
+  const int64_t n = sg.k1 - sg.k0;
+  if (keep != nullptr) {
+    poison |= !mask_row(x, 0, n, n, nullptr, keep + sg.k0);
+  } else {
+    poison |= !all_finite(x, n);
+  }
+  for (const int32_t c : bad) poison |= c >= sg.k0 && c < sg.k1 && s[c] != -kInf;
+  return row_max(x, n);
+}
+
 template <typename T>
 void gather_rows(const T* base, const int32_t* rows_idx, int64_t rows, int64_t width, float* dst) {
   for (int64_t r = 0; r < rows; ++r) load_tile(base + static_cast<int64_t>(rows_idx[r]) * width, width, 1, width,
                                                dst + r * width, width);
 }
 
+// Tasks: forward (sequence, query head, tile of compacted rows), backward (sequence, kv head, key
+// tile). Costs for the balanced schedule: rows times the keys their band spans.
+struct Task {
+  int32_t s, h;
+  int64_t c0;  // first compacted row (forward) or local key (backward)
+};
+
 template <typename T>
-void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* lse, const Plan& P, float scale) {
+void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* lse, const Plan& P, const Ragged& rg,
+                float scale) {
   const Dims& d = P.d;
-  const int64_t per_batch = P.tile_start[d.Hq];
-  at::parallel_for(0, d.B * per_batch, 1, [&](int64_t begin, int64_t end) {
+  std::vector<Task> tasks;
+  std::vector<int64_t> cost;
+  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s)
+    for (int32_t h = 0; h < d.Hq; ++h) {
+      const HeadPlan& hp = P.head(s, h);
+      for (int64_t c0 = 0; c0 < static_cast<int64_t>(hp.idx.size()); c0 += P.bm) {
+        tasks.push_back({s, h, c0});
+        cost.push_back(P.bm * (std::min(rg.seqs[s].nk, hp.reach + 2 * P.bm) + 16));
+      }
+    }
+  run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
     std::vector<float> S(kBM * kBN), acc(kBM * d.Dv), mx(kBM), l(kBM), Q(kBM * d.D);
     std::vector<float> kbuf(std::is_same_v<T, float> ? 0 : kBN * d.D);
-    std::vector<float> vbuf(std::is_same_v<T, float> ? 0 : kBN * d.Dv);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / per_batch, rem = task % per_batch;
-      const int64_t h = std::upper_bound(P.tile_start.begin(), P.tile_start.end(), rem) - P.tile_start.begin() - 1;
-      const HeadPlan& hp = P.heads[h];
-      const int64_t c0 = (rem - P.tile_start[h]) * P.bm;
+    std::vector<float> vbuf(std::is_same_v<T, float> ? 0 : kBN * d.Dv), vclean;
+    std::vector<uint8_t> poison(kBM);
+    std::vector<int32_t> bad;
+    for (const int64_t task : mine) {
+      const Seq& sq = rg.seqs[tasks[task].s];
+      const int64_t h = tasks[task].h, c0 = tasks[task].c0, b = sq.b;
+      const HeadPlan& hp = P.head(tasks[task].s, h);
       const int64_t rows = std::min<int64_t>(P.bm, static_cast<int64_t>(hp.idx.size()) - c0);
-      const int32_t* rid = hp.idx.data() + c0;
-      const int64_t hk = h / d.group(), row0 = (b * d.Hq + h) * d.Nq;
+      const int32_t* rid = hp.idx.data() + c0;  // local query rows
+      const int64_t hk = h / d.group(), row0 = rg.row0(d, sq, h);
       gather_rows(q + row0 * d.D, rid, rows, d.D, Q.data());
-      const int64_t ip_first = rid[0] + d.offset(), ip_last = rid[rows - 1] + d.offset();
-      const int64_t lo = std::clamp<int64_t>(ip_first - hp.reach, 0, d.Nk);
-      const int64_t hi = std::min<int64_t>(P.causal ? ip_last + 1 : ip_last + hp.reach + 1, d.Nk);
-      const T* kh = k + d.k_off(b, hk);
-      const T* vh = v + d.v_off(b, hk);
+      const int64_t ip_first = rid[0] + sq.offset(), ip_last = rid[rows - 1] + sq.offset();
+      const int64_t lo = std::clamp<int64_t>(ip_first - hp.reach, 0, sq.nk);
+      const int64_t hi = std::min<int64_t>(P.causal ? ip_last + 1 : ip_last + hp.reach + 1, sq.nk);
+      const T* kh = k + d.k_off(b, hk) + sq.k0 * d.D;
+      const T* vh = v + d.v_off(b, hk) + sq.k0 * d.Dv;
       std::fill(mx.begin(), mx.end(), -kInf);
       std::fill(l.begin(), l.end(), 0.0f);
       std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(poison.begin(), poison.end(), 0);
       for (int64_t j0 = lo; j0 < hi; j0 += kBN) {
         const int64_t cols = std::min(kBN, hi - j0);
+        if (rg.allowed(b, sq.k0 + j0, cols) == 0) continue;  // padding only
+        const bool* keep = rg.keep(b, sq.k0 + j0, cols);
         const float* K = tile_ptr(kh + j0 * d.D, cols, d.D, kbuf.data());
         gemm_nt(rows, cols, d.D, scale, Q.data(), d.D, K, d.D, 0.0f, S.data(), kBN);
+        // Keys with a non-finite v are zeroed for the P V product (most rows see only part of a
+        // tile); the rows that reach them are poisoned (see attention_common.h).
+        const float* V = tile_ptr(vh + j0 * d.Dv, cols, d.Dv, vbuf.data());
+        nonfinite_rows(V, cols, d.Dv, d.Dv, bad);
+        if (!bad.empty()) {
+          vclean.resize(kBN * d.Dv);
+          V = zero_rows(V, cols, d.Dv, bad, vclean.data());
+        }
         for (int64_t r = 0; r < rows; ++r) {
           float* s = S.data() + r * kBN;
-          const int64_t ip = rid[r] + d.offset();
+          const int64_t ip = rid[r] + sq.offset();
           const Segments sg = row_segments(hp.x_keep, hp.x_flat, P.causal, ip, j0, cols);
-          if (sg.k0 >= sg.k1) {  // no key of this tile reaches the row: its P row is zero
+          const float m_new = sg.k0 < sg.k1 ? std::max(mx[r], mask_segment(s, sg, keep, bad, poison[r])) : -kInf;
+          if (m_new == -kInf) {  // no key of this tile reaches the row (or all are padding): P row zero
             std::fill(s, s + cols, 0.0f);
             continue;
           }
-          const float m_new = std::max(mx[r], row_max(s + sg.k0, sg.k1 - sg.k0));
           std::fill(s, s + sg.k0, 0.0f);
           std::fill(s + sg.k1, s + cols, 0.0f);
           const float sum = exp_shift_sum(s + sg.f0, sg.f1 - sg.f0, m_new) +
@@ -196,12 +256,16 @@ void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* lse, const Pl
           l[r] = l[r] * alpha + sum;
           mx[r] = m_new;
         }
-        const float* V = tile_ptr(vh + j0 * d.Dv, cols, d.Dv, vbuf.data());
         gemm_nn(rows, d.Dv, cols, 1.0f, S.data(), kBN, V, d.Dv, 1.0f, acc.data(), d.Dv);
       }
       for (int64_t r = 0; r < rows; ++r) {
         float* a = acc.data() + r * d.Dv;
         const int64_t i = rid[r];
+        if (poison[r] || !all_finite(a, d.Dv)) {  // a non-finite q, or k / v of a key with m > 0
+          fill_nan(out + (row0 + i) * d.Dv, d.Dv);
+          lse[row0 + i] = kNaN;
+          continue;
+        }
         const float mult = l[r] > 0.0f ? hp.g[i] / l[r] : 0.0f;
         for (int64_t c = 0; c < d.Dv; ++c) a[c] *= mult;
         store_row(a, d.Dv, out + (row0 + i) * d.Dv);
@@ -220,38 +284,53 @@ struct BwdAcc {
 
 template <typename T>
 void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-                const std::vector<BwdAcc>& accs, T* dk, T* dv, const Plan& P, float scale) {
+                const std::vector<BwdAcc>& accs, T* dk, T* dv, const Plan& P, const Ragged& rg, float scale) {
   const Dims& d = P.d;
-  const int64_t n_kt = (d.Nk + kBNB - 1) / kBNB;
-  at::parallel_for(0, d.B * d.Hk * n_kt, 1, [&](int64_t begin, int64_t end) {
-    const int64_t tid = at::get_thread_num();
-    TORCH_CHECK(tid >= 0 && tid < static_cast<int64_t>(accs.size()), "adaptive_span_attention_bwd: thread ", tid,
-                " has no accumulator (", accs.size(), ")");
-    const BwdAcc& mine = accs[tid];
+  std::vector<Task> tasks;
+  std::vector<int64_t> cost;
+  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s) {
+    const Seq& sq = rg.seqs[s];
+    int64_t reach = 0;
+    for (int64_t h = 0; h < d.Hq; ++h) reach = std::max(reach, P.head(s, h).reach);
+    for (int64_t j0 = 0; j0 < sq.nk; j0 += kBNB) {
+      const int64_t cols = std::min(kBNB, sq.nk - j0);
+      if (rg.allowed(sq.b, sq.k0 + j0, cols) == 0) continue;  // padding only: dk, dv stay 0
+      for (int32_t hk = 0; hk < d.Hk; ++hk) {
+        tasks.push_back({s, hk, j0});
+        cost.push_back(cols * (std::min(sq.nq, reach + cols) * d.group() + 16));
+      }
+    }
+  }
+  run_balanced(balance(cost, static_cast<int64_t>(accs.size())), [&](int64_t l, const std::vector<int64_t>& list) {
+    const BwdAcc& mine = accs[l];
     std::vector<float> Pm(kBMB * kBNB), dP(kBMB * kBNB), dgv(kBNB), spv(kBNB);
     std::vector<float> dK(kBNB * d.D), dV(kBNB * d.Dv), dQt(kBMB * d.D);
     std::vector<float> Q(kBMB * d.D), dO(kBMB * d.Dv), kbuf(kBNB * d.D), vbuf(kBNB * d.Dv);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t jt = task % n_kt, bhk = task / n_kt, hk = bhk % d.Hk, b = bhk / d.Hk;
-      const int64_t j0 = jt * kBNB, cols = std::min(kBNB, d.Nk - j0);
-      const float* K = tile_ptr(k + ((b * d.Hk + hk) * d.Nk + j0) * d.D, cols, d.D, kbuf.data());
-      const float* V = tile_ptr(v + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv, cols, d.Dv, vbuf.data());
+    Sanitizer clean;
+    for (const int64_t task : list) {
+      const int32_t si = tasks[task].s;
+      const Seq& sq = rg.seqs[si];
+      const int64_t hk = tasks[task].h, b = sq.b, j0 = tasks[task].c0, cols = std::min(kBNB, sq.nk - j0);
+      const int64_t krow = (b * d.Hk + hk) * d.Nk + sq.k0 + j0;
+      const bool* keep = rg.keep(b, sq.k0 + j0, cols);
+      const float* K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
+      const float* V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
       std::fill(dK.begin(), dK.end(), 0.0f);
       std::fill(dV.begin(), dV.end(), 0.0f);
       for (int64_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
-        const HeadPlan& hp = P.heads[h];
+        const HeadPlan& hp = P.head(si, h);
         // Query rows i that can see a key of this tile: 0 <= i' - j <= reach (|.| bidirectional).
-        const int64_t q_lo = std::clamp<int64_t>((P.causal ? j0 : j0 - hp.reach) - d.offset(), 0, d.Nq);
-        const int64_t q_hi = std::clamp<int64_t>(j0 + cols - 1 + hp.reach - d.offset() + 1, 0, d.Nq);
+        const int64_t q_lo = std::clamp<int64_t>((P.causal ? j0 : j0 - hp.reach) - sq.offset(), 0, sq.nq);
+        const int64_t q_hi = std::clamp<int64_t>(j0 + cols - 1 + hp.reach - sq.offset() + 1, 0, sq.nq);
         const int64_t c_lo = hp.rank[q_lo], c_hi = std::max<int64_t>(hp.rank[q_hi], c_lo);
-        const int64_t row0 = (b * d.Hq + h) * d.Nq;
+        const int64_t row0 = rg.row0(d, sq, h);
         double span_sum = 0.0;
         for (int64_t c0 = c_lo; c0 < c_hi; c0 += kBMB) {
           const int64_t rows = std::min(kBMB, c_hi - c0);
           const int32_t* rid = hp.idx.data() + c0;
           // Only the keys of this tile within reach of the chunk's first..last row (as in the
           // forward): keys no row can see are never loaded into a product.
-          const int64_t ip_first = rid[0] + d.offset(), ip_last = rid[rows - 1] + d.offset();
+          const int64_t ip_first = rid[0] + sq.offset(), ip_last = rid[rows - 1] + sq.offset();
           const int64_t jl = std::max(j0, ip_first - hp.reach);
           const int64_t jh = std::min(j0 + cols, P.causal ? ip_last + 1 : ip_last + hp.reach + 1);
           if (jh <= jl) continue;
@@ -260,14 +339,25 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
           const float* Vs = V + kc * d.Dv;
           gather_rows(q + row0 * d.D, rid, rows, d.D, Q.data());
           gather_rows(dout + row0 * d.Dv, rid, rows, d.Dv, dO.data());
-          gemm_nt(rows, n, d.D, scale, Q.data(), d.D, Ks, d.D, 0.0f, Pm.data(), kBNB);
+          const float* Qs = clean.q(Q.data(), rows, d.D);
+          gemm_nt(rows, n, d.D, scale, Qs, d.D, Ks, d.D, 0.0f, Pm.data(), kBNB);
           gemm_nt(rows, n, d.Dv, 1.0f, dO.data(), d.Dv, Vs, d.Dv, 0.0f, dP.data(), kBNB);
           for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = rid[r], ip = i + d.offset();
+            const int64_t i = rid[r], ip = i + sq.offset();
             float* p = Pm.data() + r * kBNB;
             float* dp = dP.data() + r * kBNB;
             const float L = lse[row0 + i], dl = delta[row0 + i], g = hp.g[i];
             const Segments sg = row_segments(hp.x_keep, hp.x_flat_strict, P.causal, ip, jl, n);
+            if (std::isnan(L)) {  // a NaN row of the forward: NaN gradients through every key with m > 0
+              std::fill(p, p + sg.k0, 0.0f);
+              std::fill(dp, dp + sg.k0, 0.0f);
+              nan_row_grad(p + sg.k0, dp + sg.k0, n - sg.k0, sg.k1 - sg.k0, keep ? keep + kc + sg.k0 : nullptr);
+              if (sg.k0 < sg.k1) mine.dg[row0 + i] = kNaN;
+              if (sg.k0 < sg.f0 || sg.f1 < sg.k1) span_sum = kNaN;
+              continue;
+            }
+            if (keep != nullptr)  // padded keys: P~ = exp(-inf) = 0
+              for (int64_t c = sg.k0; c < sg.k1; ++c) p[c] = keep[kc + c] ? p[c] : -kInf;
             std::fill(p, p + sg.k0, 0.0f);
             std::fill(p + sg.k1, p + n, 0.0f);
             std::fill(dp, dp + sg.k0, 0.0f);
@@ -295,7 +385,7 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
             mine.dg[row0 + i] += row_sum(dgv.data() + sg.k0, sg.k1 - sg.k0);
           }
           gemm_tn(n, d.Dv, rows, 1.0f, Pm.data(), kBNB, dO.data(), d.Dv, 1.0f, dV.data() + kc * d.Dv, d.Dv);
-          gemm_tn(n, d.D, rows, scale, dP.data(), kBNB, Q.data(), d.D, 1.0f, dK.data() + kc * d.D, d.D);
+          gemm_tn(n, d.D, rows, scale, dP.data(), kBNB, Qs, d.D, 1.0f, dK.data() + kc * d.D, d.D);
           gemm_nn(rows, d.D, n, scale, dP.data(), kBNB, Ks, d.D, 0.0f, dQt.data(), d.D);
           for (int64_t r = 0; r < rows; ++r) {
             float* dst = mine.dq + (row0 + rid[r]) * d.D;
@@ -305,11 +395,9 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
         }
         mine.dspan[h] += static_cast<float>(span_sum);
       }
-      T* dkt = dk + ((b * d.Hk + hk) * d.Nk + j0) * d.D;
-      T* dvt = dv + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv;
       for (int64_t c = 0; c < cols; ++c) {
-        store_row(dK.data() + c * d.D, d.D, dkt + c * d.D);
-        store_row(dV.data() + c * d.Dv, d.Dv, dvt + c * d.Dv);
+        store_row(dK.data() + c * d.D, d.D, dk + (krow + c) * d.D);
+        store_row(dV.data() + c * d.Dv, d.Dv, dv + (krow + c) * d.Dv);
       }
     }
   });
@@ -344,10 +432,11 @@ std::tuple<at::Tensor, at::Tensor> adaptive_span_attention_fwd_cpu(const at::Ten
                                                                    const at::Tensor& v, const at::Tensor& span,
                                                                    const at::Tensor& period, const at::Tensor& phase,
                                                                    double ramp, double duty, bool causal,
-                                                                   double scale) {
+                                                                   double scale, const RaggedArgs& ra) {
   constexpr const char* op = "adaptive_span_attention_fwd";
   const Dims d = check_kv_view_inputs(op, q, k, v);  // k, v may be KV-cache views
   const Params prm = check_params(op, q, span, period, phase, ramp, duty);
+  const Ragged rg = make_ragged(op, d, ra);
   if (q.numel() == 0 || d.Nk == 0 || d.Dv == 0) {
     return {at::zeros({d.B, d.Hq, d.Nq, d.Dv}, q.options()),
             at::full({d.B, d.Hq, d.Nq}, kInf, q.options().dtype(at::kFloat))};
@@ -355,23 +444,26 @@ std::tuple<at::Tensor, at::Tensor> adaptive_span_attention_fwd_cpu(const at::Ten
   // Active rows are all written by the kernel; only gated-off rows need their zeros / +inf here.
   auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
   auto lse = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
-  const Plan plan = make_plan(d, prm.span, prm.period, prm.phase, ramp, duty, causal);
+  const Plan plan = make_plan(d, rg, prm.span, prm.period, prm.phase, ramp, duty, causal);
   dispatch_float_types(q.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     scalar_t* o = out.data_ptr<scalar_t>();
     float* ls = lse.data_ptr<float>();
-    at::parallel_for(0, d.B * d.Hq, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const HeadPlan& hp = plan.heads[bh % d.Hq];
-        for (int64_t i = 0; i < d.Nq; ++i) {
+    const int64_t S = static_cast<int64_t>(rg.seqs.size());
+    at::parallel_for(0, S * d.Hq, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t sh = begin; sh < end; ++sh) {
+        const Seq& sq = rg.seqs[sh / d.Hq];
+        const HeadPlan& hp = plan.head(sh / d.Hq, sh % d.Hq);
+        const int64_t row0 = rg.row0(d, sq, sh % d.Hq);
+        for (int64_t i = 0; i < sq.nq; ++i) {
           if (hp.g[i] > 0.0f) continue;
-          std::fill(o + (bh * d.Nq + i) * d.Dv, o + (bh * d.Nq + i + 1) * d.Dv, scalar_t(0));
-          ls[bh * d.Nq + i] = kInf;
+          std::fill(o + (row0 + i) * d.Dv, o + (row0 + i + 1) * d.Dv, scalar_t(0));
+          ls[row0 + i] = kInf;
         }
       }
     });
     fwd_kernel<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                         out.data_ptr<scalar_t>(), lse.data_ptr<float>(), plan, static_cast<float>(scale));
+                         out.data_ptr<scalar_t>(), lse.data_ptr<float>(), plan, rg, static_cast<float>(scale));
   });
   return {out, lse};
 }
@@ -379,11 +471,12 @@ std::tuple<at::Tensor, at::Tensor> adaptive_span_attention_fwd_cpu(const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaptive_span_attention_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const at::Tensor& span, const at::Tensor& period, const at::Tensor& phase, double ramp,
-    double duty, bool causal, double scale) {
+    double duty, bool causal, double scale, const RaggedArgs& ra) {
   constexpr const char* op = "adaptive_span_attention_bwd";
   check_attention_inputs(op, q, k, v);
   const Params prm = check_params(op, q, span, period, phase, ramp, duty);
   const Dims d = dims_of(q, k, v);
+  const Ragged rg = make_ragged(op, d, ra);
   TORCH_CHECK(dout.sizes() == out.sizes() && out.dim() == 4 && out.size(0) == d.B && out.size(1) == d.Hq &&
                   out.size(2) == d.Nq && out.size(3) == d.Dv && dout.scalar_type() == q.scalar_type() &&
                   out.scalar_type() == q.scalar_type() && dout.is_contiguous() && out.is_contiguous(),
@@ -395,7 +488,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto dk = at::zeros_like(k), dv = at::zeros_like(v);
   auto dspan = at::zeros({d.Hq}, f32), dperiod = at::zeros({n_gate}, f32), dphase = at::zeros({n_gate}, f32);
   if (q.numel() == 0 || d.Nk == 0) return {at::zeros_like(q), dk, dv, dspan, dperiod, dphase};
-  const Plan plan = make_plan(d, prm.span, prm.period, prm.phase, ramp, duty, causal);
+  const Plan plan = make_plan(d, rg, prm.span, prm.period, prm.phase, ramp, duty, causal);
   // delta_i = dout_i . out_i (fp32) = do~_i . o~_i.
   const auto delta = (dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
   const int64_t n_threads = at::get_num_threads();
@@ -410,26 +503,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     using scalar_t = decltype(tag);
     bwd_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                          v.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(), accs,
-                         dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), plan, static_cast<float>(scale));
+                         dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), plan, rg, static_cast<float>(scale));
   });
   const auto total = acc.sum(0);
   auto dq = total.narrow(0, 0, n_dq).view(q.sizes()).to(q.scalar_type());
   dspan.copy_(total.narrow(0, n_dq + n_row, d.Hq) / ramp);
   if (prm.period) {
-    // dperiod_h = sum_{b,i} dg_i dg/dt (-t_i / period_h); dphase_h = sum_{b,i} dg_i dg/dt / period_h.
+    // dperiod_h = sum_{s,i} dg_i dg/dt (-t_i / period_h); dphase_h = sum_{s,i} dg_i dg/dt / period_h
+    // (i' local to each sequence).
     const float* dg = total.data_ptr<float>() + n_dq;
     float* dper = dperiod.data_ptr<float>();
     float* dpha = dphase.data_ptr<float>();
     for (int64_t h = 0; h < d.Hq; ++h) {
       double sp = 0.0, sh = 0.0;
-      for (int64_t i = 0; i < d.Nq; ++i) {
-        const Gate gt = gate_at(i + d.offset(), prm.phase[h], prm.period[h], duty);
-        if (gt.slope == 0.0) continue;
-        double dgi = 0.0;
-        for (int64_t b = 0; b < d.B; ++b) dgi += dg[(b * d.Hq + h) * d.Nq + i];
-        sh += dgi * gt.slope / prm.period[h];
-        sp += dgi * gt.slope * (-gt.t / prm.period[h]);
-      }
+      for (const Seq& sq : rg.seqs)
+        for (int64_t i = 0; i < sq.nq; ++i) {
+          const Gate gt = gate_at(i + sq.offset(), prm.phase[h], prm.period[h], duty);
+          if (gt.slope == 0.0) continue;
+          const double dgi = dg[rg.row0(d, sq, h) + i];
+          sh += dgi * gt.slope / prm.period[h];
+          sp += dgi * gt.slope * (-gt.t / prm.period[h]);
+        }
       dper[h] = static_cast<float>(sp);
       dpha[h] = static_cast<float>(sh);
     }

@@ -9,7 +9,8 @@ void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tenso
                             c10::DeviceType device, bool kv_rows_only) {
   for (const auto* t : {&q, &k, &v}) {
     TORCH_CHECK(t->dim() == 4, op, ": q, k, v must be 4-D (B, H, N, D), got ", t->sizes());
-    if (kv_rows_only && t != &q) {  // (N, D) row-major within each (batch, head); any batch/head strides
+    if (t->numel() == 0) {  // nothing is read: any strides (e.g. an empty cache as a transposed view)
+    } else if (kv_rows_only && t != &q) {  // (N, D) row-major within each (batch, head); any batch/head strides
       TORCH_CHECK((t->size(3) <= 1 || t->stride(3) == 1) && (t->size(2) <= 1 || t->stride(2) == t->size(3)), op,
                   ": k and v must have contiguous (N, D) blocks per batch and head, got strides ", t->strides());
     } else {

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -24,6 +25,7 @@
 #include "common/relu.h"
 #include "cpu/attention_common.h"
 #include "cpu/relu_engines.h"
+#include "cpu/varlen.h"
 
 namespace fastattn::cpu {
 namespace {
@@ -35,6 +37,7 @@ constexpr int64_t kBNB = 128;  // keys per task (backward)
 
 struct Relu {
   Dims d;
+  Ragged rg;
   bool causal;
   float scale;
   int norm, bits;
@@ -42,20 +45,41 @@ struct Relu {
 };
 
 // In place: G (= scale * q.k, times gamma when `gamma_folded`) -> s = gamma G - slope |i'-j|, and
-// disallowed keys (causal, below tau) -> -inf. Rows are query i0.., keys j0..j0+cols.
-inline void finish_scores(float* S, int64_t ldS, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t bh,
-                          int64_t h, const Relu& P, bool gamma_folded) {
+// disallowed keys (causal, padding, below tau) -> -inf. Rows are local queries i0.. of sequence sq
+// (their first row in (B, Hq, Nq) order is row0), keys j0..j0+cols of it. poison[r] is set where an
+// allowed score is not finite (see attention_common.h).
+inline void finish_scores(float* S, int64_t ldS, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t row0,
+                          int64_t h, const Seq& sq, const bool* keep, const Relu& P, bool gamma_folded,
+                          uint8_t* poison) {
   const float gamma = gamma_folded ? 1.0f : P.gamma[h];
   const float slope = P.slopes ? P.slopes[h] : 0.0f;
   for (int64_t r = 0; r < rows; ++r) {
     float* s = S + r * ldS;
-    const int64_t i = i0 + r, i_abs = i + P.d.offset();
+    const int64_t i = i0 + r, i_abs = i + sq.offset();
     if (P.slopes || gamma != 1.0f)
       for (int64_t c = 0; c < cols; ++c) s[c] = relu_score(s[c], gamma, slope, i_abs, j0 + c);
-    const int64_t limit = key_limit(P.d, P.causal, i);
-    const float* tau_row = P.tau ? P.tau + bh * P.d.Nq + i : nullptr;
-    if (limit < j0 + cols || tau_row) mask_row(s, j0, cols, limit, tau_row);
+    poison[r] |= !mask_row(s, j0, cols, sq.limit(P.causal, i), P.tau ? P.tau + row0 + r : nullptr, keep);
   }
+}
+
+// Forward and dden tasks: (sequence, query head, query tile); backward tasks: (sequence, kv head, key
+// tile). Costs for the balanced schedule as in softmax_attention.cpp.
+struct Task {
+  int32_t s, h;
+  int64_t i0;  // first local query (forward) or key (backward)
+};
+
+std::vector<Task> query_tasks(const Relu& P, std::vector<int64_t>& cost) {
+  std::vector<Task> tasks;
+  for (int32_t s = 0; s < static_cast<int32_t>(P.rg.seqs.size()); ++s) {
+    const Seq& sq = P.rg.seqs[s];
+    for (int64_t i0 = 0; i0 < sq.nq; i0 += kBM)
+      for (int32_t h = 0; h < P.d.Hq; ++h) {
+        tasks.push_back({s, h, i0});
+        cost.push_back(std::min(kBM, sq.nq - i0) * (sq.limit(P.causal, std::min(sq.nq, i0 + kBM) - 1) + 16));
+      }
+  }
+  return tasks;
 }
 
 inline void relu_row(float* s, int64_t cols) {
@@ -148,53 +172,76 @@ inline void weight_levels(float* s, int64_t cols, float den, int bits) {
 template <typename T, class Engine>
 void fwd_driver(const Engine& E, T* out, float* den_out, int32_t* arg_out, const Relu& P) {
   const Dims& d = P.d;
-  const int64_t n_qt = (d.Nq + kBM - 1) / kBM, ldA = E.acc_ld();
+  const int64_t ldA = E.acc_ld();
   const float L = P.bits ? static_cast<float>((1 << P.bits) - 1) : 1.0f;
-  at::parallel_for(0, d.B * d.Hq * n_qt, 1, [&](int64_t begin, int64_t end) {
+  std::vector<int64_t> cost;
+  const std::vector<Task> tasks = query_tasks(P, cost);
+  run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
     typename Engine::Local loc(d);
     std::vector<float> S(kBM * kBN), acc(kBM * ldA), den(kBM), cache;
     std::vector<RowStat> st(kBM);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq, bhk = b * d.Hk + h / d.group();
-      const int64_t i0 = t * kBM, rows = std::min(kBM, d.Nq - i0);
-      E.begin(loc, bh, i0, rows);
+    std::vector<uint8_t> poison(kBM);
+    std::vector<int32_t> bad;
+    for (const int64_t task : mine) {
+      const Seq& sq = P.rg.seqs[tasks[task].s];
+      const int64_t h = tasks[task].h, i0 = tasks[task].i0, b = sq.b, bh = b * d.Hq + h;
+      const int64_t kv = KvSegs::index(P.rg, b * d.Hk + h / d.group(), tasks[task].s);
+      const int64_t rows = std::min(kBM, sq.nq - i0), row0 = P.rg.row0(d, sq, h) + i0;
+      E.begin(loc, bh, sq.q0 + i0, rows);
       std::fill(acc.begin(), acc.end(), 0.0f);
       std::fill(st.begin(), st.end(), RowStat{});
+      std::fill(poison.begin(), poison.end(), 0);
       const float alpha = P.gamma[h] * P.scale;
-      const int64_t kend = key_limit(d, P.causal, i0 + rows - 1), ldc = round_up(kend, 16);
+      const int64_t kend = sq.limit(P.causal, i0 + rows - 1), ldc = round_up(kend, 16);
       const bool cached = P.bits != 0 && rows * ldc * static_cast<int64_t>(sizeof(float)) <= kCacheBytes;
       if (cached && static_cast<int64_t>(cache.size()) < rows * ldc) cache.resize(rows * ldc);
       auto tile = [&](int64_t j0, int64_t cols, bool fresh) -> std::pair<float*, int64_t> {
         float* Sp = cached ? cache.data() + j0 : S.data();
         const int64_t ld = cached ? ldc : kBN;
+        const bool* keep = P.rg.keep(b, sq.k0 + j0, cols);
         if (fresh) {
-          E.scores(loc, bhk, bh, i0, rows, j0, cols, alpha, Sp, ld);
-          finish_scores(Sp, ld, rows, cols, i0, j0, bh, h, P, true);
+          E.scores(loc, kv, bh, sq.q0 + i0, rows, j0, cols, alpha, Sp, ld);
+          finish_scores(Sp, ld, rows, cols, i0, j0, row0, h, sq, keep, P, true, poison.data());
         }
+        // Keys with a non-finite v that pv leaves out (some row masks a key of this tile, or the
+        // engine packed v): the rows that may still read them are poisoned.
+        E.bad_values(loc, kv, j0, cols, P.tau || keep || sq.limit(P.causal, i0) < j0 + cols, bad);
+        if (fresh && !bad.empty()) poison_rows(Sp, ld, rows, bad, poison.data());
         return {Sp, ld};
       };
       for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
         const int64_t cols = std::min(kBN, kend - j0);
+        if (P.rg.allowed(b, sq.k0 + j0, cols) == 0) continue;  // padding only
         auto [Sp, ld] = tile(j0, cols, true);
         for (int64_t r = 0; r < rows; ++r) st[r].update(Sp + r * ld, cols, j0, P.norm, P.bits == 0);
-        if (P.bits == 0) E.pv(loc, Sp, ld, bhk, rows, j0, cols, false, acc.data(), ldA);
+        if (P.bits == 0) E.pv(loc, Sp, ld, kv, rows, j0, cols, false, acc.data(), ldA);
       }
       for (int64_t r = 0; r < rows; ++r) den[r] = P.sink[h] + st[r].stat;
       if (P.bits != 0) {
         for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
           const int64_t cols = std::min(kBN, kend - j0);
+          if (P.rg.allowed(b, sq.k0 + j0, cols) == 0) continue;
           auto [Sp, ld] = tile(j0, cols, !cached);
-          for (int64_t r = 0; r < rows; ++r) weight_levels(Sp + r * ld, cols, den[r] > 0.0f ? den[r] : kInf, P.bits);
-          E.pv(loc, Sp, ld, bhk, rows, j0, cols, true, acc.data(), ldA);
+          for (int64_t r = 0; r < rows; ++r) {
+            if (poison[r]) std::fill(Sp + r * ld, Sp + r * ld + cols, 0.0f);  // no level from a NaN
+            weight_levels(Sp + r * ld, cols, den[r] > 0.0f ? den[r] : kInf, P.bits);
+          }
+          E.pv(loc, Sp, ld, kv, rows, j0, cols, true, acc.data(), ldA);
         }
       }
-      T* ot = out + (bh * d.Nq + i0) * d.Dv;
+      T* ot = out + row0 * d.Dv;
       for (int64_t r = 0; r < rows; ++r) {
         float* a = acc.data() + r * ldA;
+        if (poison[r] || !all_finite(a, d.Dv)) {  // a non-finite q, allowed k or supporting v
+          fill_nan(ot + r * d.Dv, d.Dv);
+          den_out[row0 + r] = kNaN;
+          arg_out[row0 + r] = -1;
+          continue;
+        }
         scale_row(a, d.Dv, P.bits ? 1.0f / L : (den[r] > 0.0f ? 1.0f / den[r] : 0.0f));
         store_row(a, d.Dv, ot + r * d.Dv);
-        den_out[bh * d.Nq + i0 + r] = den[r];
-        arg_out[bh * d.Nq + i0 + r] = P.norm == kNormMax ? st[r].arg : -1;
+        den_out[row0 + r] = den[r];
+        arg_out[row0 + r] = P.norm == kNormMax ? st[r].arg : -1;  // a key index local to the sequence
       }
     }
   });
@@ -204,16 +251,16 @@ template <typename T>
 void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* den_out, int32_t* arg_out, const Relu& P,
                 bool int8_qkv) {
   if (int8_qkv) {
-    fwd_driver<T>(Int8Engine<T>(q, k, v, P.d, P.bits != 0), out, den_out, arg_out, P);
+    fwd_driver<T>(Int8Engine<T>(q, k, v, P.d, P.rg, P.bits != 0), out, den_out, arg_out, P);
     return;
   }
 #ifdef FASTATTN_AVX512_BF16
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    fwd_driver<T>(Bf16Engine(q, k, v, P.d), out, den_out, arg_out, P);
+    fwd_driver<T>(Bf16Engine(q, k, v, P.d, P.rg), out, den_out, arg_out, P);
     return;
   }
 #endif
-  fwd_driver<T>(FloatEngine<T>(q, k, v, P.d), out, den_out, arg_out, P);
+  fwd_driver<T>(FloatEngine<T>(q, k, v, P.d, P.rg), out, den_out, arg_out, P);
 }
 
 // dden_i = -(sum_j a_ij (do_i . v_j)) / den_i^2 = -(do_i . sum_j a_ij v_j) / den_i^2 (0 where den = 0).
@@ -221,34 +268,42 @@ template <typename T>
 void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const T* out, const float* den, float* dden,
                  const Relu& P, bool recompute) {
   const Dims& d = P.d;
-  const int64_t n_qt = (d.Nq + kBM - 1) / kBM;
-  at::parallel_for(0, d.B * d.Hq * n_qt, 1, [&](int64_t begin, int64_t end) {
+  std::vector<int64_t> cost;
+  const std::vector<Task> tasks = query_tasks(P, cost);
+  run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
     std::vector<float> S(kBM * kBN), acc(kBM * d.Dv);
+    std::vector<uint8_t> poison(kBM);  // rows poisoned in the forward have den = NaN: unused here
+    std::vector<int32_t> bad;
     Tiles<T> tl(d.D, d.Dv, kBM, kBN);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task % n_qt, bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq, hk = h / d.group();
-      const int64_t i0 = t * kBM, rows = std::min(kBM, d.Nq - i0);
+    for (const int64_t task : mine) {
+      const Seq& sq = P.rg.seqs[tasks[task].s];
+      const int64_t h = tasks[task].h, i0 = tasks[task].i0, b = sq.b, hk = h / d.group();
+      const int64_t rows = std::min(kBM, sq.nq - i0), row0 = P.rg.row0(d, sq, h) + i0;
       if (recompute) {  // sum_j a_ij v_j from scratch (the saved out was quantized)
         std::fill(acc.begin(), acc.end(), 0.0f);
-        tl.set_q(q + (bh * d.Nq + i0) * d.D, rows, d.D);
-        const int64_t kend = key_limit(d, P.causal, i0 + rows - 1);
+        tl.set_q(q + row0 * d.D, rows, d.D);
+        const int64_t kend = sq.limit(P.causal, i0 + rows - 1), krow = (b * d.Hk + hk) * d.Nk + sq.k0;
         for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
           const int64_t cols = std::min(kBN, kend - j0);
-          tl.qk(k + ((b * d.Hk + hk) * d.Nk + j0) * d.D, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
-          finish_scores(S.data(), kBN, rows, cols, i0, j0, bh, h, P, true);
+          if (P.rg.allowed(b, sq.k0 + j0, cols) == 0) continue;
+          tl.qk(k + (krow + j0) * d.D, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
+          finish_scores(S.data(), kBN, rows, cols, i0, j0, row0, h, sq, P.rg.keep(b, sq.k0 + j0, cols), P, true,
+                        poison.data());
           for (int64_t r = 0; r < rows; ++r) relu_row(S.data() + r * kBN, cols);
-          tl.pv(S.data(), kBN, v + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv, rows, cols, d.Dv, acc.data(), d.Dv);
+          const T* vt = v + (krow + j0) * d.Dv;
+          nonfinite_rows(vt, cols, d.Dv, d.Dv, bad);
+          tl.pv(S.data(), kBN, vt, rows, cols, d.Dv, acc.data(), d.Dv, bad);
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t row = bh * d.Nq + i0 + r;
+        const int64_t row = row0 + r;
         const float dn = den[row];
         double dot = 0.0;
         for (int64_t c = 0; c < d.Dv; ++c) {
           const double o = recompute ? acc[r * d.Dv + c] : static_cast<double>(out[row * d.Dv + c]) * dn;
           dot += static_cast<double>(dout[row * d.Dv + c]) * o;
         }
-        dden[row] = dn > 0.0f ? static_cast<float>(-dot / (static_cast<double>(dn) * dn)) : 0.0f;
+        dden[row] = std::isnan(dn) ? kNaN : (dn > 0.0f ? static_cast<float>(-dot / (static_cast<double>(dn) * dn)) : 0.0f);
       }
     }
   });
@@ -296,27 +351,43 @@ inline void row_grad(float* s, float* dp, const float* g, int64_t cols, float in
 
 template <typename T>
 void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* den, const int32_t* argmax,
-                const float* dden, float* dq_acc, float* dgamma_acc, T* dk, T* dv, const Relu& P) {
+                const float* dden, float* dq_acc, float* dgamma_acc, int64_t n_acc, T* dk, T* dv, const Relu& P) {
   const Dims& d = P.d;
-  const int64_t n_kt = (d.Nk + kBNB - 1) / kBNB;
   const int64_t q_numel = d.B * d.Hq * d.Nq * d.D;
-  at::parallel_for(0, d.B * d.Hk * n_kt, 1, [&](int64_t begin, int64_t end) {
-    const int tid = at::get_thread_num();
-    float* dq_mine = dq_acc + tid * q_numel;
-    float* dg_mine = dgamma_acc + tid * d.Hq;
+  std::vector<Task> tasks;
+  std::vector<int64_t> cost;
+  for (int32_t s = 0; s < static_cast<int32_t>(P.rg.seqs.size()); ++s) {
+    const Seq& sq = P.rg.seqs[s];
+    for (int64_t j0 = 0; j0 < sq.nk; j0 += kBNB) {
+      const int64_t cols = std::min(kBNB, sq.nk - j0);
+      if (P.rg.allowed(sq.b, sq.k0 + j0, cols) == 0) continue;  // padding only: dk, dv stay 0
+      const int64_t i_first = P.causal ? std::clamp<int64_t>(j0 - sq.offset(), 0, sq.nq) : 0;
+      for (int32_t hk = 0; hk < d.Hk; ++hk) {
+        tasks.push_back({s, hk, j0});
+        cost.push_back(cols * ((sq.nq - i_first) * d.group() + 16));
+      }
+    }
+  }
+  run_balanced(balance(cost, n_acc), [&](int64_t l, const std::vector<int64_t>& mine) {
+    float* dq_mine = dq_acc + l * q_numel;
+    float* dg_mine = dgamma_acc + l * d.Hq;
     std::vector<float> G(kBM * kBNB), S(kBM * kBNB), dP(kBM * kBNB);
     std::vector<float> dK(kBNB * d.D), dV(kBNB * d.Dv);
     std::vector<float> qbuf(kBM * d.D), obuf(kBM * d.Dv), kbuf(kBNB * d.D), vbuf(kBNB * d.Dv);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t jt = task % n_kt, bhk = task / n_kt, hk = bhk % d.Hk, b = bhk / d.Hk;
-      const int64_t j0 = jt * kBNB, cols = std::min(kBNB, d.Nk - j0);
-      const float* K = tile_ptr(k + (bhk * d.Nk + j0) * d.D, cols, d.D, kbuf.data());
-      const float* V = tile_ptr(v + (bhk * d.Nk + j0) * d.Dv, cols, d.Dv, vbuf.data());
+    std::vector<uint8_t> poison(kBM);  // unused: the inputs are sanitized, NaN rows have den = NaN
+    Sanitizer clean;
+    for (const int64_t task : mine) {
+      const Seq& sq = P.rg.seqs[tasks[task].s];
+      const int64_t hk = tasks[task].h, b = sq.b, j0 = tasks[task].i0, cols = std::min(kBNB, sq.nk - j0);
+      const int64_t krow = (b * d.Hk + hk) * d.Nk + sq.k0 + j0;
+      const bool* keep = P.rg.keep(b, sq.k0 + j0, cols);
+      const float* K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
+      const float* V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
       std::fill(dK.begin(), dK.end(), 0.0f);
       std::fill(dV.begin(), dV.end(), 0.0f);
-      const int64_t i_first = P.causal ? std::clamp<int64_t>(j0 - d.offset(), 0, d.Nq) : 0;
+      const int64_t i_first = P.causal ? std::clamp<int64_t>(j0 - sq.offset(), 0, sq.nq) : 0;
       for (int64_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
-        const int64_t bh = b * d.Hq + h;
+        const int64_t row0 = P.rg.row0(d, sq, h);
         const float gs = P.gamma[h] * P.scale;
         // dgamma_h = sum_ij ds_ij G_ij cancels almost exactly (the op is homogeneous in gamma but
         // for sink and ALiBi), so for gamma != 0 use the identity sum_j ds_ij a_ij = -dden_i * sink
@@ -325,27 +396,33 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
         const bool identity = P.gamma[h] != 0.0f;
         const float slope = P.slopes ? P.slopes[h] : 0.0f;
         double dgamma = 0.0;
-        for (int64_t i0 = (i_first / kBM) * kBM; i0 < d.Nq; i0 += kBM) {
-          const int64_t rows = std::min(kBM, d.Nq - i0);
-          const float* Q = tile_ptr(q + (bh * d.Nq + i0) * d.D, rows, d.D, qbuf.data());
-          const float* dO = tile_ptr(dout + (bh * d.Nq + i0) * d.Dv, rows, d.Dv, obuf.data());
+        for (int64_t i0 = (i_first / kBM) * kBM; i0 < sq.nq; i0 += kBM) {
+          const int64_t rows = std::min(kBM, sq.nq - i0);
+          const float* Q = clean.q(tile_ptr(q + (row0 + i0) * d.D, rows, d.D, qbuf.data()), rows, d.D);
+          const float* dO = tile_ptr(dout + (row0 + i0) * d.Dv, rows, d.Dv, obuf.data());
           gemm_nt(rows, cols, d.D, P.scale, Q, d.D, K, d.D, 0.0f, G.data(), kBNB);  // G = scale q.k
           std::copy(G.begin(), G.begin() + rows * kBNB, S.begin());
-          finish_scores(S.data(), kBNB, rows, cols, i0, j0, bh, h, P, false);
+          finish_scores(S.data(), kBNB, rows, cols, i0, j0, row0 + i0, h, sq, keep, P, false, poison.data());
           gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, V, d.Dv, 0.0f, dP.data(), kBNB);
           for (int64_t r = 0; r < rows; ++r) {
-            const int64_t row = bh * d.Nq + i0 + r;
+            const int64_t row = row0 + i0 + r;
             const float dn = den[row], inv = dn > 0.0f ? 1.0f / dn : 0.0f, dd = dden[row];
             const int32_t am = P.norm == kNormMax ? argmax[row] : -1;
             float* s = S.data() + r * kBNB;
             float* dp = dP.data() + r * kBNB;
+            if (std::isnan(dn)) {  // a NaN row of the forward: NaN gradients through every allowed key
+              const int64_t allowed = sq.limit(P.causal, i0 + r) - j0;
+              nan_row_grad(s, dp, cols, allowed, keep);
+              if (allowed > 0) dgamma = kNaN;
+              continue;
+            }
             const float* g = G.data() + r * kBNB;
             const float dd_all = P.norm == kNormSum ? dd : 0.0f;
             double part[kLanes] = {};  // dgamma sums many terms that cancel: accumulate in double
-            row_grad(s, dp, g, cols, inv, dd_all, static_cast<float>(i0 + r + d.offset() - j0), identity,
+            row_grad(s, dp, g, cols, inv, dd_all, static_cast<float>(i0 + r + sq.offset() - j0), identity,
                      !identity || slope != 0.0f, part);
             if (am >= j0 && am < j0 + cols && S[r * kBNB + (am - j0)] > 0.0f) {  // max norm: d den / d a
-              const int64_t x = i0 + r + d.offset() - am;
+              const int64_t x = i0 + r + sq.offset() - am;
               dp[am - j0] += dd;
               part[0] += static_cast<double>(dd) * (identity ? static_cast<float>(x < 0 ? -x : x) : g[am - j0]);
             }
@@ -353,13 +430,13 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
           }
           gemm_tn(cols, d.Dv, rows, 1.0f, S.data(), kBNB, dO, d.Dv, 1.0f, dV.data(), d.Dv);
           gemm_tn(cols, d.D, rows, gs, dP.data(), kBNB, Q, d.D, 1.0f, dK.data(), d.D);
-          gemm_nn(rows, d.D, cols, gs, dP.data(), kBNB, K, d.D, 1.0f, dq_mine + (bh * d.Nq + i0) * d.D, d.D);
+          gemm_nn(rows, d.D, cols, gs, dP.data(), kBNB, K, d.D, 1.0f, dq_mine + (row0 + i0) * d.D, d.D);
         }
         dg_mine[h] += static_cast<float>(identity ? dgamma * slope / P.gamma[h] : dgamma);
       }
       for (int64_t c = 0; c < cols; ++c) {
-        store_row(dK.data() + c * d.D, d.D, dk + (bhk * d.Nk + j0 + c) * d.D);
-        store_row(dV.data() + c * d.Dv, d.Dv, dv + (bhk * d.Nk + j0 + c) * d.Dv);
+        store_row(dK.data() + c * d.D, d.D, dk + (krow + c) * d.D);
+        store_row(dV.data() + c * d.Dv, d.Dv, dv + (krow + c) * d.Dv);
       }
     }
   });
@@ -367,7 +444,8 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
 
 Relu make_problem(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& gamma, const at::Tensor& sink, const at::Tensor& alibi, const at::Tensor& tau,
-                  bool causal, double scale, int64_t norm, int64_t quant, bool kv_views = false) {
+                  bool causal, double scale, int64_t norm, int64_t quant, const RaggedArgs& ra,
+                  bool kv_views = false) {
   Dims d;
   if (kv_views) {
     d = check_kv_view_inputs(op, q, k, v);
@@ -382,7 +460,7 @@ Relu make_problem(const char* op, const at::Tensor& q, const at::Tensor& k, cons
   TORCH_CHECK(norm >= 0 && norm <= 2, op, ": norm must be 0 (max), 1 (sum) or 2 (len), got ", norm);
   TORCH_CHECK(quant == 0 || quant == 7 || quant == 8, op, ": quant must be 0, 7 or 8 bits, got ", quant);
   TORCH_CHECK(quant == 0 || norm != kNormLen, op, ": quant needs norm max or sum");
-  return Relu{d, causal, static_cast<float>(scale), static_cast<int>(norm), static_cast<int>(quant),
+  return Relu{d, make_ragged(op, d, ra), causal, static_cast<float>(scale), static_cast<int>(norm), static_cast<int>(quant),
               gamma.data_ptr<float>(), sink.data_ptr<float>(), alibi.numel() ? alibi.data_ptr<float>() : nullptr,
               tau.numel() ? tau.data_ptr<float>() : nullptr};
 }
@@ -392,9 +470,9 @@ Relu make_problem(const char* op, const at::Tensor& q, const at::Tensor& k, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& gamma, const at::Tensor& sink,
     const at::Tensor& alibi_slopes, const at::Tensor& tau, bool causal, double scale, int64_t norm, int64_t quant,
-    bool int8_qkv) {
+    bool int8_qkv, const RaggedArgs& ra) {
   const Relu P = make_problem("relu_attention_fwd", q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm,
-                              quant, /*kv_views=*/true);  // the engines read k, v through Dims::k_off_bh
+                              quant, ra, /*kv_views=*/true);  // the engines read k, v through Dims::k_off_bh
   const Dims& d = P.d;
   auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
   auto den = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
@@ -411,9 +489,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_attention_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_attention_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& den, const at::Tensor& argmax, const at::Tensor& gamma, const at::Tensor& sink,
-    const at::Tensor& alibi_slopes, const at::Tensor& tau, bool causal, double scale, int64_t norm, int64_t quant) {
+    const at::Tensor& alibi_slopes, const at::Tensor& tau, bool causal, double scale, int64_t norm, int64_t quant,
+    const RaggedArgs& ra) {
   const Relu P = make_problem("relu_attention_bwd", q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm,
-                              quant);
+                              quant, ra);
   const Dims& d = P.d;
   TORCH_CHECK(dout.sizes() == out.sizes() && out.size(3) == d.Dv && dout.scalar_type() == q.scalar_type() &&
                   out.scalar_type() == q.scalar_type() && dout.is_contiguous() && out.is_contiguous(),
@@ -426,15 +505,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_atte
   auto dgamma = at::zeros({d.Hq}, gamma.options()), dsink = at::zeros({d.Hq}, sink.options());
   if (q.numel() == 0 || k.numel() == 0) return {at::zeros_like(q), dk, dv, dgamma, dsink};
   auto dden = at::empty({d.B, d.Hq, d.Nq}, den.options());
-  auto dq_acc = at::zeros({at::get_num_threads(), d.B, d.Hq, d.Nq, d.D}, q.options().dtype(at::kFloat));
-  auto dg_acc = at::zeros({at::get_num_threads(), d.Hq}, gamma.options());
+  const int64_t n_acc = at::get_num_threads();  // per-thread accumulators of dq and dgamma
+  auto dq_acc = at::zeros({n_acc, d.B, d.Hq, d.Nq, d.D}, q.options().dtype(at::kFloat));
+  auto dg_acc = at::zeros({n_acc, d.Hq}, gamma.options());
   dispatch_float_types(q.scalar_type(), "relu_attention_bwd", [&](auto tag) {
     using T = decltype(tag);
     dden_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<T>(),
                    den.data_ptr<float>(), dden.data_ptr<float>(), P, quant != 0);
     bwd_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), den.data_ptr<float>(),
                   argmax.data_ptr<int32_t>(), dden.data_ptr<float>(), dq_acc.data_ptr<float>(),
-                  dg_acc.data_ptr<float>(), dk.data_ptr<T>(), dv.data_ptr<T>(), P);
+                  dg_acc.data_ptr<float>(), n_acc, dk.data_ptr<T>(), dv.data_ptr<T>(), P);
   });
   dsink = dden.sum({0, 2});
   // The row part of dgamma (see bwd_kernel): sum_i c_i / gamma_h where gamma_h != 0.

@@ -6,9 +6,15 @@
 //                   vpdpbusd; with quant the integer weight levels (u8) multiply int8 V on vpdpbusd,
 //                   else p (as a bf16 hi + lo pair) multiplies the v levels on vdpbf16ps (without
 //                   AVX512-BF16: fp32 GEMM against the dequantized v).
+// Keys come in segments (KvSegs): kv = bhk * G + g, the keys [k0, k0 + nk) of (batch, kv head) bhk;
+// one segment per packed sequence with cu_seqlens, else one holding every key. Query rows i0 are
+// indices along Nq, key indices j0 are relative to the segment.
 // Interface (all const, per-thread state in Local):
-//   Local(dims); begin(L, bh, i0, rows); scores(L, bhk, bh, i0, rows, j0, cols, alpha, S, ldS);
-//   pv(L, P, ldP, bhk, rows, j0, cols, levels, acc, ldA); acc_ld().
+//   Local(dims); begin(L, bh, i0, rows); scores(L, kv, bh, i0, rows, j0, cols, alpha, S, ldS);
+//   bad_values(L, kv, j0, cols, partial, bad); pv(L, P, ldP, kv, rows, j0, cols, levels, acc, ldA); acc_ld().
+// bad_values lists the keys of a tile whose non-finite v the next pv calls leave out (CONTRACTS §2):
+// engines that pack v drop them always; FloatEngine only where some row masks a key (`partial`),
+// elsewhere the NaN reaches acc and the driver sees it there.
 // `scores` may write up to the next multiple of 16 columns (ldS must allow it). `levels`: P holds
 // integer weight levels 0..2^bits-1 (as floats) rather than unquantized weights.
 #pragma once
@@ -20,6 +26,7 @@
 
 #include "cpu/attention_common.h"
 #include "cpu/int8_quant.h"
+#include "cpu/varlen.h"
 #include "cpu/vnni_tile.h"
 
 namespace fastattn::cpu {
@@ -34,7 +41,7 @@ template <typename T>
 struct Tiles {
   static constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
   static constexpr bool kCopy = !kBf16 && !std::is_same_v<T, float>;
-  std::vector<float> qbuf, kbuf, vbuf;
+  std::vector<float> qbuf, kbuf, vbuf, vclean;
   std::vector<c10::BFloat16> pbuf;
   Tiles(int64_t D, int64_t Dv, int64_t bm, int64_t bn)
       : qbuf(kCopy ? bm * D : 0), kbuf(kCopy ? bn * D : 0), vbuf(kCopy ? bn * Dv : 0), pbuf(kBf16 ? bm * bn : 0) {}
@@ -48,9 +55,16 @@ struct Tiles {
     if constexpr (kBf16) gemm_bf16(false, true, rows, cols, D, alpha, q_raw, D, k, D, 0.0f, S, ldS);
     else gemm_nt(rows, cols, D, alpha, q_f, D, tile_ptr(k, cols, D, kbuf.data()), D, 0.0f, S, ldS);
   }
-  // acc[rows x Dv] (row stride ldA) += P V
-  void pv(const float* P, int64_t ldP, const T* v, int64_t rows, int64_t cols, int64_t Dv, float* acc, int64_t ldA) {
-    if constexpr (kBf16) {
+  // acc[rows x Dv] (row stride ldA) += P V, leaving out the keys in `bad` (tile rows of v holding a
+  // non-finite value: a zero weight must not turn them into NaN)
+  void pv(const float* P, int64_t ldP, const T* v, int64_t rows, int64_t cols, int64_t Dv, float* acc, int64_t ldA,
+          const std::vector<int32_t>& bad) {
+    if (!bad.empty()) {
+      vclean.resize(cols * Dv);
+      load_tile(v, Dv, cols, Dv, vclean.data(), Dv);
+      for (const int32_t c : bad) std::fill(vclean.begin() + c * Dv, vclean.begin() + (c + 1) * Dv, 0.0f);
+      gemm_nn(rows, Dv, cols, 1.0f, P, ldP, vclean.data(), Dv, 1.0f, acc, ldA);
+    } else if constexpr (kBf16) {
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c) pbuf[r * cols + c] = c10::BFloat16(P[r * ldP + c]);
       gemm_bf16(false, false, rows, Dv, cols, 1.0f, pbuf.data(), cols, v, Dv, 1.0f, acc, ldA);
@@ -60,24 +74,70 @@ struct Tiles {
   }
 };
 
+struct KvSegs {
+  int64_t G = 1, n = 0;          // segments per (batch, kv head), and in all
+  std::vector<int64_t> k0, nk;  // per g
+  KvSegs(const Dims& d, const Ragged& rg) {
+    if (rg.varlen) {
+      G = static_cast<int64_t>(rg.seqs.size());
+      for (const Seq& sq : rg.seqs) k0.push_back(sq.k0), nk.push_back(sq.nk);
+    } else {
+      k0 = {0};
+      nk = {d.Nk};
+    }
+    n = d.B * d.Hk * G;
+  }
+  // The segment of sequence s of (batch, kv head) bhk.
+  static int64_t index(const Ragged& rg, int64_t bhk, int64_t s) {
+    return rg.varlen ? bhk * static_cast<int64_t>(rg.seqs.size()) + s : bhk;
+  }
+  int64_t bhk(int64_t kv) const { return kv / G; }
+  int64_t first(int64_t kv) const { return k0[kv % G]; }
+  int64_t len(int64_t kv) const { return nk[kv % G]; }
+};
+
+// The keys of one segment whose v holds a non-finite value, increasing (segment-relative); engines
+// that pack v zero them in the pack and report them per tile.
+struct BadKeys {
+  std::vector<std::vector<int32_t>> keys;  // per kv segment
+  // bad <- the keys of [j0, j0 + cols) in keys[bhk], tile-relative.
+  void tile(int64_t bhk, int64_t j0, int64_t cols, std::vector<int32_t>& bad) const {
+    bad.clear();
+    const auto& ks = keys[bhk];
+    for (auto it = std::lower_bound(ks.begin(), ks.end(), j0); it != ks.end() && *it < j0 + cols; ++it)
+      bad.push_back(static_cast<int32_t>(*it - j0));
+  }
+  bool is_bad(int64_t bhk, int64_t j) const { return std::binary_search(keys[bhk].begin(), keys[bhk].end(), j); }
+};
+
 template <typename T>
 struct FloatEngine {
   const T *q, *k, *v;
   Dims d;
-  FloatEngine(const T* q, const T* k, const T* v, const Dims& d) : q(q), k(k), v(v), d(d) {}
+  KvSegs seg;
+  FloatEngine(const T* q, const T* k, const T* v, const Dims& d, const Ragged& rg)
+      : q(q), k(k), v(v), d(d), seg(d, rg) {}
+  const T* krow(int64_t kv, int64_t j) const { return k + d.k_off_bh(seg.bhk(kv)) + (seg.first(kv) + j) * d.D; }
+  const T* vrow(int64_t kv, int64_t j) const { return v + d.v_off_bh(seg.bhk(kv)) + (seg.first(kv) + j) * d.Dv; }
   struct Local {
     Tiles<T> tl;
+    std::vector<int32_t> bad;
     explicit Local(const Dims& d) : tl(d.D, d.Dv, kRowsPerTask, kKeysPerTile) {}
   };
   int64_t acc_ld() const { return d.Dv; }
   void begin(Local& L, int64_t bh, int64_t i0, int64_t rows) const { L.tl.set_q(q + (bh * d.Nq + i0) * d.D, rows, d.D); }
-  void scores(Local& L, int64_t bhk, int64_t, int64_t, int64_t rows, int64_t j0, int64_t cols, float alpha, float* S,
-              int64_t ldS) const {
-    L.tl.qk(k + d.k_off_bh(bhk) + j0 * d.D, rows, cols, d.D, alpha, S, ldS);
+  void bad_values(Local& L, int64_t kv, int64_t j0, int64_t cols, bool partial, std::vector<int32_t>& bad) const {
+    L.bad.clear();
+    if (partial) nonfinite_rows(vrow(kv, j0), cols, d.Dv, d.Dv, L.bad);
+    bad = L.bad;
   }
-  void pv(Local& L, const float* P, int64_t ldP, int64_t bhk, int64_t rows, int64_t j0, int64_t cols, bool,
+  void scores(Local& L, int64_t kv, int64_t, int64_t, int64_t rows, int64_t j0, int64_t cols, float alpha, float* S,
+              int64_t ldS) const {
+    L.tl.qk(krow(kv, j0), rows, cols, d.D, alpha, S, ldS);
+  }
+  void pv(Local& L, const float* P, int64_t ldP, int64_t kv, int64_t rows, int64_t j0, int64_t cols, bool,
           float* acc, int64_t ldA) const {
-    L.tl.pv(P, ldP, v + d.v_off_bh(bhk) + j0 * d.Dv, rows, cols, d.Dv, acc, ldA);
+    L.tl.pv(P, ldP, vrow(kv, j0), rows, cols, d.Dv, acc, ldA, L.bad);
   }
 };
 
@@ -87,15 +147,23 @@ struct Bf16Engine {
   const T* q;
   Dims d;
   int64_t Du;  // q row length in 32-bit units (bf16 pairs)
-  std::vector<Packed16<T>> kp, vp;  // per (batch, kv head): K (keys x D), V^T (channels x keys)
-  Bf16Engine(const T* q, const T* k, const T* v, const Dims& d)
-      : q(q), d(d), Du((d.D + 1) / 2), kp(d.B * d.Hk), vp(d.B * d.Hk) {
-    at::parallel_for(0, d.B * d.Hk, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t bhk = b0; bhk < b1; ++bhk) {
-        const T* kh = k + d.k_off_bh(bhk);
-        const T* vh = v + d.v_off_bh(bhk);
-        kp[bhk].pack(d.Nk, d.D, [&](int64_t j, int64_t c) { return kh[j * d.D + c]; });
-        vp[bhk].pack(d.Dv, d.Nk, [&](int64_t c, int64_t j) { return vh[j * d.Dv + c]; });
+  KvSegs seg;
+  std::vector<Packed16<T>> kp, vp;  // per kv segment: K (keys x D), V^T (channels x keys, bad keys zeroed)
+  BadKeys vbad;
+  Bf16Engine(const T* q, const T* k, const T* v, const Dims& d, const Ragged& rg)
+      : q(q), d(d), Du((d.D + 1) / 2), seg(d, rg), kp(seg.n), vp(seg.n) {
+    vbad.keys.resize(seg.n);
+    at::parallel_for(0, seg.n, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t kv = s0; kv < s1; ++kv) {
+        const int64_t nk = seg.len(kv);
+        const T* kh = k + d.k_off_bh(seg.bhk(kv)) + seg.first(kv) * d.D;
+        const T* vh = v + d.v_off_bh(seg.bhk(kv)) + seg.first(kv) * d.Dv;
+        nonfinite_rows(vh, nk, d.Dv, d.Dv, vbad.keys[kv]);
+        kp[kv].pack(nk, d.D, [&](int64_t j, int64_t c) { return kh[j * d.D + c]; });
+        if (vbad.keys[kv].empty())
+          vp[kv].pack(d.Dv, nk, [&](int64_t c, int64_t j) { return vh[j * d.Dv + c]; });
+        else
+          vp[kv].pack(d.Dv, nk, [&](int64_t c, int64_t j) { return vbad.is_bad(kv, j) ? T(0.0f) : vh[j * d.Dv + c]; });
       }
     });
   }
@@ -104,19 +172,22 @@ struct Bf16Engine {
     explicit Local(const Dims& d) : qa(kRowsPerTask * ((d.D + 1) / 2)), pa(kRowsPerTask * kKeysPerTile / 2) {}
   };
   int64_t acc_ld() const { return round_up(d.Dv, 16); }
+  void bad_values(Local&, int64_t kv, int64_t j0, int64_t cols, bool, std::vector<int32_t>& bad) const {
+    vbad.tile(kv, j0, cols, bad);
+  }
   void begin(Local& L, int64_t bh, int64_t i0, int64_t rows) const {
     std::fill(L.qa.begin(), L.qa.end(), 0u);
     for (int64_t r = 0; r < rows; ++r)
       std::memcpy(L.qa.data() + r * Du, q + (bh * d.Nq + i0 + r) * d.D, d.D * sizeof(T));
   }
-  void scores(Local& L, int64_t bhk, int64_t, int64_t, int64_t rows, int64_t j0, int64_t cols, float alpha, float* S,
+  void scores(Local& L, int64_t kv, int64_t, int64_t, int64_t rows, int64_t j0, int64_t cols, float alpha, float* S,
               int64_t ldS) const {
-    const Packed16<T>& K = kp[bhk];
+    const Packed16<T>& K = kp[kv];
     const __m512 a = _mm512_set1_ps(alpha);
     tile_product<Bf16Dot>(rows, L.qa.data(), Du, K.at(j0 / 16, 0), K.block_stride(), (cols + 15) / 16, K.n_groups,
                           [&](int64_t r, int64_t blk, __m512 x) { _mm512_storeu_ps(S + r * ldS + 16 * blk, _mm512_mul_ps(x, a)); });
   }
-  void pv(Local& L, const float* P, int64_t ldP, int64_t bhk, int64_t rows, int64_t j0, int64_t cols, bool,
+  void pv(Local& L, const float* P, int64_t ldP, int64_t kv, int64_t rows, int64_t j0, int64_t cols, bool,
           float* acc, int64_t ldA) const {
     const int64_t cu = (cols + 1) / 2;  // key pairs
     auto* pb = reinterpret_cast<T*>(L.pa.data());
@@ -124,7 +195,7 @@ struct Bf16Engine {
       to_bf16(P + r * ldP, cols, pb + r * 2 * cu);
       if (cols % 2) pb[r * 2 * cu + cols] = T(0.0f);
     }
-    const Packed16<T>& V = vp[bhk];
+    const Packed16<T>& V = vp[kv];
     tile_product<Bf16Dot>(rows, L.pa.data(), cu, V.at(0, j0 / 2), V.block_stride(), V.n_blocks, cu,
                           [&](int64_t r, int64_t blk, __m512 x) {
                             float* o = acc + r * ldA + 16 * blk;
@@ -137,30 +208,38 @@ struct Bf16Engine {
 template <typename T>
 struct Int8Engine {
   Dims d;
+  KvSegs seg;
   int64_t Du;      // q row length in 32-bit units (4 int8)
   std::vector<int8_t> q8, k8;
-  std::vector<float> qs, ks, vs, vf;  // scales (ks padded to blocks of 16); dequantized v without quant
-  std::vector<int32_t> ksum;          // sum_d k8[j][d], padded to blocks of 16
-  std::vector<int8_t> v8;             // v levels (B, Hk, Nk, Dv)
+  // Scales: ks per key (B, Hk, Nkp + 16: padded so a block of 16 from any key stays inside), vs per
+  // channel and kv segment; vf: dequantized v without quant (B, Hk, Nk, Dv)
+  std::vector<float> qs, ks, vs, vf;
+  std::vector<int32_t> ksum;          // sum_d k8[j][d], laid out as ks
+  std::vector<int8_t> v8;             // v levels (B, Hk, Nk, Dv); 0 for the keys in vbad
+  BadKeys vbad;
 #ifdef FASTATTN_VNNI
-  std::vector<Packed16<int8_t>> kp, vp;
+  std::vector<Packed16<int8_t>> kp, vp;  // per kv segment
 #endif
 #ifdef FASTATTN_AVX512_BF16
   std::vector<Packed16<c10::BFloat16>> vpb;  // without quant: each key's v levels twice, for (hi, lo) pairs of p
 #endif
-  Int8Engine(const T* q, const T* k, const T* v, const Dims& d, bool levels)
-      : d(d), Du((d.D + 3) / 4), q8(d.B * d.Hq * d.Nq * d.D), k8(d.B * d.Hk * d.Nk * d.D),
-        qs(d.B * d.Hq * d.Nq), ks(d.B * d.Hk * round_up(d.Nk, 16), 0.0f), vs(d.B * d.Hk * round_up(d.Dv, 16), 0.0f),
-        ksum(d.B * d.Hk * round_up(d.Nk, 16), 0), v8(d.B * d.Hk * d.Nk * d.Dv) {
-    const int64_t BHk = d.B * d.Hk, Nkp = round_up(d.Nk, 16), Dvp = round_up(d.Dv, 16);
+  int64_t kst() const { return round_up(d.Nk, 16) + 16; }  // ks / ksum stride per (batch, kv head)
+  // The v scale of each channel is the max over the segment's keys, or its allowed keys with a
+  // key_padding_mask (CONTRACTS §1: garbage in padding cannot change real rows).
+  Int8Engine(const T* q, const T* k, const T* v, const Dims& d, const Ragged& rg, bool levels)
+      : d(d), seg(d, rg), Du((d.D + 3) / 4), q8(d.B * d.Hq * d.Nq * d.D), k8(d.B * d.Hk * d.Nk * d.D),
+        qs(d.B * d.Hq * d.Nq), ks(d.B * d.Hk * kst(), 0.0f), vs(seg.n * round_up(d.Dv, 16), 0.0f),
+        ksum(d.B * d.Hk * kst(), 0), v8(d.B * d.Hk * d.Nk * d.Dv) {
+    const int64_t BHk = d.B * d.Hk, Dvp = round_up(d.Dv, 16);
+    vbad.keys.resize(seg.n);
 #ifdef FASTATTN_AVX512_BF16
-    if (!levels) vpb.resize(BHk);
+    if (!levels) vpb.resize(seg.n);
 #else
     if (!levels) vf.resize(BHk * d.Nk * d.Dv);
 #endif
 #ifdef FASTATTN_VNNI
-    kp.resize(BHk);
-    if (levels) vp.resize(BHk);
+    kp.resize(seg.n);
+    if (levels) vp.resize(seg.n);
 #endif
     at::parallel_for(0, d.B * d.Hq, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t bh = b0; bh < b1; ++bh)
@@ -169,27 +248,34 @@ struct Int8Engine {
     at::parallel_for(0, BHk, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t bhk = b0; bhk < b1; ++bhk) {
         int8_t* kq = k8.data() + bhk * d.Nk * d.D;
-        quantize_rows(k + d.k_off_bh(bhk), d.Nk, d.D, kq, ks.data() + bhk * Nkp);
+        quantize_rows(k + d.k_off_bh(bhk), d.Nk, d.D, kq, ks.data() + bhk * kst());
         for (int64_t j = 0; j < d.Nk; ++j) {
           int32_t s = 0;
           for (int64_t c = 0; c < d.D; ++c) s += kq[j * d.D + c];
-          ksum[bhk * Nkp + j] = s;
+          ksum[bhk * kst() + j] = s;
         }
-        int8_t* vq = v8.data() + bhk * d.Nk * d.Dv;
-        const float* vsc = vs.data() + bhk * Dvp;
-        quantize_cols(v + d.v_off_bh(bhk), d.Nk, d.Dv, vq, vs.data() + bhk * Dvp);
+      }
+    });
+    at::parallel_for(0, seg.n, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t kv = s0; kv < s1; ++kv) {
+        const int64_t bhk = seg.bhk(kv), k0 = seg.first(kv), nk = seg.len(kv);
+        const int8_t* kq = k8.data() + (bhk * d.Nk + k0) * d.D;
+        int8_t* vq = v8.data() + (bhk * d.Nk + k0) * d.Dv;
+        float* vsc = vs.data() + kv * Dvp;
+        const bool* allowed = rg.kpm ? rg.kpm + (bhk / d.Hk) * d.Nk + k0 : nullptr;
+        quantize_cols(v + d.v_off_bh(bhk) + k0 * d.Dv, nk, d.Dv, vq, vsc, vbad.keys[kv], allowed);
 #ifdef FASTATTN_AVX512_BF16
         if (!levels)  // levels are integers in [-127, 127]: exact in bf16
-          vpb[bhk].pack(d.Dv, 2 * d.Nk,
-                        [&](int64_t c, int64_t r) { return c10::BFloat16(static_cast<float>(vq[(r / 2) * d.Dv + c])); });
+          vpb[kv].pack(d.Dv, 2 * nk,
+                       [&](int64_t c, int64_t r) { return c10::BFloat16(static_cast<float>(vq[(r / 2) * d.Dv + c])); });
 #else
         if (!levels)
-          for (int64_t j = 0; j < d.Nk; ++j)
-            for (int64_t c = 0; c < d.Dv; ++c) vf[(bhk * d.Nk + j) * d.Dv + c] = vq[j * d.Dv + c] * vsc[c];
+          for (int64_t j = 0; j < nk; ++j)
+            for (int64_t c = 0; c < d.Dv; ++c) vf[(bhk * d.Nk + k0 + j) * d.Dv + c] = vq[j * d.Dv + c] * vsc[c];
 #endif
 #ifdef FASTATTN_VNNI
-        kp[bhk].pack(d.Nk, d.D, [&](int64_t j, int64_t c) { return kq[j * d.D + c]; });
-        if (levels) vp[bhk].pack(d.Dv, d.Nk, [&](int64_t c, int64_t j) { return vq[j * d.Dv + c]; });
+        kp[kv].pack(nk, d.D, [&](int64_t j, int64_t c) { return kq[j * d.D + c]; });
+        if (levels) vp[kv].pack(d.Dv, nk, [&](int64_t c, int64_t j) { return vq[j * d.Dv + c]; });
 #endif
       }
     });
@@ -200,6 +286,9 @@ struct Int8Engine {
         : qa(kRowsPerTask * ((d.D + 3) / 4)), la(kRowsPerTask * kKeysPerTile / 4), pa(kRowsPerTask * kKeysPerTile) {}
   };
   int64_t acc_ld() const { return round_up(d.Dv, 16); }
+  void bad_values(Local&, int64_t kv, int64_t j0, int64_t cols, bool, std::vector<int32_t>& bad) const {
+    vbad.tile(kv, j0, cols, bad);
+  }
   void begin(Local& L, int64_t bh, int64_t i0, int64_t rows) const {
     auto* qu = reinterpret_cast<uint8_t*>(L.qa.data());
     std::fill(qu, qu + L.qa.size() * 4, uint8_t{128});  // pad: (128 - 128) * 0
@@ -208,14 +297,14 @@ struct Int8Engine {
         qu[r * Du * 4 + c] = static_cast<uint8_t>(q8[(bh * d.Nq + i0 + r) * d.D + c] + 128);
   }
   // S = alpha * qs_i * ks_j * (sum_d (q + 128) k - 128 sum_d k)
-  void scores(Local& L, int64_t bhk, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t cols, float alpha,
+  void scores(Local& L, int64_t kv, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t cols, float alpha,
               float* S, int64_t ldS) const {
-    const int64_t Nkp = round_up(d.Nk, 16);
-    const float* ksc = ks.data() + bhk * Nkp + j0;
-    const int32_t* kss = ksum.data() + bhk * Nkp + j0;
+    const int64_t bhk = seg.bhk(kv), jg = seg.first(kv) + j0;  // jg: the key index along Nk
+    const float* ksc = ks.data() + bhk * kst() + jg;
+    const int32_t* kss = ksum.data() + bhk * kst() + jg;
     const float* qsc = qs.data() + bh * d.Nq + i0;
 #ifdef FASTATTN_VNNI
-    const Packed16<int8_t>& K = kp[bhk];
+    const Packed16<int8_t>& K = kp[kv];
     tile_product<Int8Dot>(rows, L.qa.data(), Du, K.at(j0 / 16, 0), K.block_stride(), (cols + 15) / 16, K.n_groups,
                           [&](int64_t r, int64_t blk, __m512i x) {
                             const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(kss + 16 * blk), 7);
@@ -224,7 +313,7 @@ struct Int8Engine {
                             _mm512_storeu_ps(S + r * ldS + 16 * blk, _mm512_mul_ps(f, sc));
                           });
 #else
-    const int8_t* kq = k8.data() + (bhk * d.Nk + j0) * d.D;
+    const int8_t* kq = k8.data() + (bhk * d.Nk + jg) * d.D;
     for (int64_t r = 0; r < rows; ++r) {
       const int8_t* qq = q8.data() + (bh * d.Nq + i0 + r) * d.D;
       for (int64_t c = 0; c < cols; ++c) {
@@ -235,9 +324,10 @@ struct Int8Engine {
     }
 #endif
   }
-  void pv(Local& L, const float* P, int64_t ldP, int64_t bhk, int64_t rows, int64_t j0, int64_t cols, bool levels,
+  void pv(Local& L, const float* P, int64_t ldP, int64_t kv, int64_t rows, int64_t j0, int64_t cols, bool levels,
           float* acc, int64_t ldA) const {
-    const float* vsc = vs.data() + bhk * round_up(d.Dv, 16);
+    const float* vsc = vs.data() + kv * round_up(d.Dv, 16);
+    const int64_t jg = seg.first(kv) + j0, bhk = seg.bhk(kv);  // jg: the key index along Nk
     if (!levels) {
 #ifdef FASTATTN_AVX512_BF16
       // Unquantized p against integer v levels on vdpbf16ps: p = hi + lo with hi = bf16(p) and
@@ -260,14 +350,14 @@ struct Int8Engine {
           dst[c] = static_cast<uint32_t>(hi.x) | (static_cast<uint32_t>(lo.x) << 16);
         }
       }
-      const Packed16<c10::BFloat16>& V = vpb[bhk];
+      const Packed16<c10::BFloat16>& V = vpb[kv];
       tile_product<Bf16Dot>(rows, pa, kKeysPerTile, V.at(0, j0), V.block_stride(), V.n_blocks, cols,
                             [&](int64_t r, int64_t blk, __m512 x) {
                               float* o = acc + r * ldA + 16 * blk;
                               _mm512_storeu_ps(o, _mm512_fmadd_ps(x, _mm512_loadu_ps(vsc + 16 * blk), _mm512_loadu_ps(o)));
                             });
 #else
-      gemm_nn(rows, d.Dv, cols, 1.0f, P, ldP, vf.data() + (bhk * d.Nk + j0) * d.Dv, d.Dv, 1.0f, acc, ldA);
+      gemm_nn(rows, d.Dv, cols, 1.0f, P, ldP, vf.data() + (bhk * d.Nk + jg) * d.Dv, d.Dv, 1.0f, acc, ldA);
 #endif
       return;
     }
@@ -283,7 +373,7 @@ struct Int8Engine {
       for (; c < cols; ++c) dst[c] = static_cast<uint8_t>(src[c]);
       for (; c < 4 * cu; ++c) dst[c] = 0;
     }
-    const Packed16<int8_t>& V = vp[bhk];
+    const Packed16<int8_t>& V = vp[kv];
     tile_product<Int8Dot>(rows, L.la.data(), cu, V.at(0, j0 / 4), V.block_stride(), V.n_blocks, cu,
                           [&](int64_t r, int64_t blk, __m512i x) {
                             float* o = acc + r * ldA + 16 * blk;
@@ -291,7 +381,7 @@ struct Int8Engine {
                                                                 _mm512_loadu_ps(o)));
                           });
 #else
-    const int8_t* vq = v8.data() + (bhk * d.Nk + j0) * d.Dv;
+    const int8_t* vq = v8.data() + (bhk * d.Nk + jg) * d.Dv;
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < d.Dv; ++c) {
         int32_t s = 0;

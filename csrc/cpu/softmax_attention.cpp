@@ -17,9 +17,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "cpu/attention_common.h"
+#include "cpu/varlen.h"
 
 namespace fastattn::cpu {
 namespace {
@@ -32,42 +34,64 @@ constexpr int64_t kBlockN = 512;  // keys per tile (fwd)
 constexpr int64_t kBlockMB = 128; // query rows per inner step (bwd)
 constexpr int64_t kBlockNB = 128; // keys per task (bwd)
 
-// Causal work grows along the query tiles (forward) and shrinks along the key tiles (backward), and
-// at::parallel_for hands each thread one contiguous range of task indices. Visiting tiles in the
-// order 0, n-1, 1, n-2, ... puts heavy and light tiles in every range, so the two threads stay
-// balanced even when B * H is 1. A bijection of [0, n).
-inline int64_t zigzag(int64_t idx, int64_t n) { return (idx % 2 == 0) ? idx / 2 : n - 1 - idx / 2; }
+// One forward task: (sequence, query head, query tile). Its cost, for the balanced schedule: rows times
+// the keys its last row sees (plus a constant, so rows without keys still get their zeros).
+struct FwdTask {
+  int32_t s, h;
+  int64_t i0;
+};
 
 template <typename T>
 void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, float* lse, const Dims& d,
-                bool causal, float scale) {
-  const int64_t n_qt = (d.Nq + kBlockM - 1) / kBlockM;
-  at::parallel_for(0, d.B * d.Hq * n_qt, 1, [&](int64_t begin, int64_t end) {
+                const Ragged& rg, bool causal, float scale) {
+  std::vector<FwdTask> tasks;
+  std::vector<int64_t> cost;
+  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s) {
+    const Seq& sq = rg.seqs[s];
+    for (int64_t i0 = 0; i0 < sq.nq; i0 += kBlockM)
+      for (int32_t h = 0; h < d.Hq; ++h) {
+        tasks.push_back({s, h, i0});
+        cost.push_back(std::min(kBlockM, sq.nq - i0) * (sq.limit(causal, std::min(sq.nq, i0 + kBlockM) - 1) + 16));
+      }
+  }
+  run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
     std::vector<float> S(kBlockM * kBlockN), acc(kBlockM * d.Dv), m(kBlockM), l(kBlockM);
     std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : kBlockM * d.D);
     std::vector<float> kbuf(std::is_same_v<T, float> ? 0 : kBlockN * d.D);
-    std::vector<float> vbuf(std::is_same_v<T, float> ? 0 : kBlockN * d.Dv);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = zigzag(task % n_qt, n_qt), bh = task / n_qt, h = bh % d.Hq, b = bh / d.Hq;
-      const int64_t hk = h / d.group();
-      const int64_t i0 = t * kBlockM, rows = std::min(kBlockM, d.Nq - i0);
-      const T* qt = q + ((b * d.Hq + h) * d.Nq + i0) * d.D;
-      const T* kh = k + d.k_off(b, hk);
-      const T* vh = v + d.v_off(b, hk);
-      const float* tau_t = tau ? tau + (b * d.Hq + h) * d.Nq + i0 : nullptr;
+    std::vector<float> vbuf(std::is_same_v<T, float> ? 0 : kBlockN * d.Dv), vclean;
+    std::vector<uint8_t> poison(kBlockM);
+    std::vector<int32_t> bad;
+    for (const int64_t task : mine) {
+      const Seq& sq = rg.seqs[tasks[task].s];
+      const int64_t h = tasks[task].h, b = sq.b, hk = h / d.group(), i0 = tasks[task].i0;
+      const int64_t rows = std::min(kBlockM, sq.nq - i0), row0 = rg.row0(d, sq, h) + i0;
+      const T* qt = q + row0 * d.D;
+      const T* kh = k + d.k_off(b, hk) + sq.k0 * d.D;
+      const T* vh = v + d.v_off(b, hk) + sq.k0 * d.Dv;
+      const float* tau_t = tau ? tau + row0 : nullptr;
       const float* Q = tile_ptr(qt, rows, d.D, qbuf.data());
       std::fill(m.begin(), m.end(), -kInf);
       std::fill(l.begin(), l.end(), 0.0f);
       std::fill(acc.begin(), acc.end(), 0.0f);
-      const int64_t kend = key_limit(d, causal, i0 + rows - 1);  // last row sees the most keys
+      std::fill(poison.begin(), poison.end(), 0);
+      const int64_t kend = sq.limit(causal, i0 + rows - 1);  // last row sees the most keys
       for (int64_t j0 = 0; j0 < kend; j0 += kBlockN) {
         const int64_t cols = std::min(kBlockN, kend - j0);
+        if (rg.allowed(b, sq.k0 + j0, cols) == 0) continue;  // padding only
+        const bool* keep = rg.keep(b, sq.k0 + j0, cols);
         const float* K = tile_ptr(kh + j0 * d.D, cols, d.D, kbuf.data());
         gemm_nt(rows, cols, d.D, scale, Q, d.D, K, d.D, 0.0f, S.data(), kBlockN);
+        const float* V = tile_ptr(vh + j0 * d.Dv, cols, d.Dv, vbuf.data());
+        bad.clear();  // in a tile where some row masks a key: the keys with a non-finite v (zeroed)
+        if (tau_t || keep || sq.limit(causal, i0) < j0 + cols) nonfinite_rows(V, cols, d.Dv, d.Dv, bad);
+        if (!bad.empty()) {
+          vclean.resize(kBlockN * d.Dv);
+          V = zero_rows(V, cols, d.Dv, bad, vclean.data());
+        }
         for (int64_t r = 0; r < rows; ++r) {
           float* s = S.data() + r * kBlockN;
-          const int64_t limit = key_limit(d, causal, i0 + r);
-          if (limit < j0 + cols || tau_t) mask_row(s, j0, cols, limit, tau_t ? tau_t + r : nullptr);
+          poison[r] |= !mask_row(s, j0, cols, sq.limit(causal, i0 + r), tau_t ? tau_t + r : nullptr, keep);
+          if (!bad.empty()) poison_rows(s, kBlockN, 1, bad, &poison[r]);
           const float m_new = std::max(m[r], row_max(s, cols));
           if (m_new == -kInf) {  // nothing allowed yet in this row: P row is all zero
             std::fill(s, s + cols, 0.0f);
@@ -79,13 +103,17 @@ void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, fl
           l[r] = l[r] * alpha + sum;
           m[r] = m_new;
         }
-        const float* V = tile_ptr(vh + j0 * d.Dv, cols, d.Dv, vbuf.data());
         gemm_nn(rows, d.Dv, cols, 1.0f, S.data(), kBlockN, V, d.Dv, 1.0f, acc.data(), d.Dv);
       }
-      T* ot = out + ((b * d.Hq + h) * d.Nq + i0) * d.Dv;
-      float* lt = lse + (b * d.Hq + h) * d.Nq + i0;
+      T* ot = out + row0 * d.Dv;
+      float* lt = lse + row0;
       for (int64_t r = 0; r < rows; ++r) {
         float* a = acc.data() + r * d.Dv;
+        if (poison[r] || !all_finite(a, d.Dv)) {  // a non-finite q, allowed k or supporting v
+          fill_nan(ot + r * d.Dv, d.Dv);
+          lt[r] = kNaN;
+          continue;
+        }
         const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
         for (int64_t c = 0; c < d.Dv; ++c) a[c] *= inv;
         store_row(a, d.Dv, ot + r * d.Dv);
@@ -95,32 +123,53 @@ void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, fl
   });
 }
 
+// One backward task: (sequence, kv head, key tile); it walks the query tiles of its sequence. Cost:
+// keys times the query rows that can see them, over the GQA group.
+struct BwdTask {
+  int32_t s, hk;
+  int64_t j0;
+};
+
 template <typename T>
 void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-                const float* tau, float* const* dq_acc, int64_t n_acc, T* dk, T* dv, const Dims& d, bool causal,
-                float scale) {
-  const int64_t n_kt = (d.Nk + kBlockNB - 1) / kBlockNB;
-  at::parallel_for(0, d.B * d.Hk * n_kt, 1, [&](int64_t begin, int64_t end) {
-    const int64_t tid = at::get_thread_num();
-    TORCH_CHECK(tid >= 0 && tid < n_acc, "softmax_attention_bwd: thread ", tid, " has no dq buffer (", n_acc, ")");
-    float* dq_mine = dq_acc[tid];
+                const float* tau, float* const* dq_acc, int64_t n_acc, T* dk, T* dv, const Dims& d, const Ragged& rg,
+                bool causal, float scale) {
+  std::vector<BwdTask> tasks;
+  std::vector<int64_t> cost;
+  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s) {
+    const Seq& sq = rg.seqs[s];
+    for (int64_t j0 = 0; j0 < sq.nk; j0 += kBlockNB) {
+      const int64_t cols = std::min(kBlockNB, sq.nk - j0);
+      if (rg.allowed(sq.b, sq.k0 + j0, cols) == 0) continue;  // padding only: dk, dv stay 0
+      const int64_t i_first = causal ? std::clamp<int64_t>(j0 - sq.offset(), 0, sq.nq) : 0;
+      for (int32_t hk = 0; hk < d.Hk; ++hk) {
+        tasks.push_back({s, hk, j0});
+        cost.push_back(cols * ((sq.nq - i_first) * d.group() + 16));
+      }
+    }
+  }
+  run_balanced(balance(cost, n_acc), [&](int64_t l, const std::vector<int64_t>& mine) {
+    float* dq_mine = dq_acc[l];
     std::vector<float> P(kBlockMB * kBlockNB), dP(kBlockMB * kBlockNB);
     std::vector<float> dK(kBlockNB * d.D), dV(kBlockNB * d.Dv);
     std::vector<float> qbuf(kBlockMB * d.D), obuf(kBlockMB * d.Dv), kbuf(kBlockNB * d.D), vbuf(kBlockNB * d.Dv);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t jt = zigzag(task % n_kt, n_kt), bhk = task / n_kt, hk = bhk % d.Hk, b = bhk / d.Hk;
-      const int64_t j0 = jt * kBlockNB, cols = std::min(kBlockNB, d.Nk - j0);
-      const float* K = tile_ptr(k + ((b * d.Hk + hk) * d.Nk + j0) * d.D, cols, d.D, kbuf.data());
-      const float* V = tile_ptr(v + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv, cols, d.Dv, vbuf.data());
+    Sanitizer clean;
+    for (const int64_t task : mine) {
+      const Seq& sq = rg.seqs[tasks[task].s];
+      const int64_t hk = tasks[task].hk, b = sq.b, j0 = tasks[task].j0, cols = std::min(kBlockNB, sq.nk - j0);
+      const int64_t krow = (b * d.Hk + hk) * d.Nk + sq.k0 + j0;
+      const bool* keep = rg.keep(b, sq.k0 + j0, cols);
+      const float* K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
+      const float* V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
       std::fill(dK.begin(), dK.end(), 0.0f);
       std::fill(dV.begin(), dV.end(), 0.0f);
       // Causal: query i sees key j0 iff i + offset >= j0.
-      const int64_t i_first = causal ? std::clamp<int64_t>(j0 - d.offset(), 0, d.Nq) : 0;
+      const int64_t i_first = causal ? std::clamp<int64_t>(j0 - sq.offset(), 0, sq.nq) : 0;
       for (int64_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
-        const int64_t row0 = (b * d.Hq + h) * d.Nq;
-        for (int64_t i0 = (i_first / kBlockMB) * kBlockMB; i0 < d.Nq; i0 += kBlockMB) {
-          const int64_t rows = std::min(kBlockMB, d.Nq - i0);
-          const float* Q = tile_ptr(q + (row0 + i0) * d.D, rows, d.D, qbuf.data());
+        const int64_t row0 = rg.row0(d, sq, h);
+        for (int64_t i0 = (i_first / kBlockMB) * kBlockMB; i0 < sq.nq; i0 += kBlockMB) {
+          const int64_t rows = std::min(kBlockMB, sq.nq - i0);
+          const float* Q = clean.q(tile_ptr(q + (row0 + i0) * d.D, rows, d.D, qbuf.data()), rows, d.D);
           const float* dO = tile_ptr(dout + (row0 + i0) * d.Dv, rows, d.Dv, obuf.data());
           gemm_nt(rows, cols, d.D, scale, Q, d.D, K, d.D, 0.0f, P.data(), kBlockNB);
           gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, V, d.Dv, 0.0f, dP.data(), kBlockNB);
@@ -128,8 +177,12 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
             float* p = P.data() + r * kBlockNB;
             float* dp = dP.data() + r * kBlockNB;
             const int64_t i = i0 + r;
-            mask_row(p, j0, cols, key_limit(d, causal, i), tau ? tau + row0 + i : nullptr);
             const float L = lse[row0 + i], dl = delta[row0 + i];
+            if (std::isnan(L)) {  // a NaN row of the forward: NaN gradients through every allowed key
+              nan_row_grad(p, dp, cols, sq.limit(causal, i) - j0, keep);
+              continue;
+            }
+            mask_row(p, j0, cols, sq.limit(causal, i), tau ? tau + row0 + i : nullptr, keep);
             for (int64_t c = 0; c < cols; ++c) {
               const float pv = fast_exp(p[c] - L);  // L = +inf on empty rows -> 0
               p[c] = pv;
@@ -141,11 +194,9 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
           gemm_nn(rows, d.D, cols, scale, dP.data(), kBlockNB, K, d.D, 1.0f, dq_mine + (row0 + i0) * d.D, d.D);
         }
       }
-      T* dkt = dk + ((b * d.Hk + hk) * d.Nk + j0) * d.D;
-      T* dvt = dv + ((b * d.Hk + hk) * d.Nk + j0) * d.Dv;
       for (int64_t c = 0; c < cols; ++c) {
-        store_row(dK.data() + c * d.D, d.D, dkt + c * d.D);
-        store_row(dV.data() + c * d.Dv, d.Dv, dvt + c * d.Dv);
+        store_row(dK.data() + c * d.D, d.D, dk + (krow + c) * d.D);
+        store_row(dV.data() + c * d.Dv, d.Dv, dv + (krow + c) * d.Dv);
       }
     }
   });
@@ -155,9 +206,10 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
 
 std::tuple<at::Tensor, at::Tensor> softmax_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
                                                              const at::Tensor& v, const at::Tensor& tau,
-                                                             bool causal, double scale) {
+                                                             bool causal, double scale, const RaggedArgs& ra) {
   const Dims d = check_kv_view_inputs("softmax_attention_fwd", q, k, v);  // k, v may be KV-cache views
   check_tau("softmax_attention_fwd", tau, q);
+  const Ragged rg = make_ragged("softmax_attention_fwd", d, ra);
   auto out = at::empty({d.B, d.Hq, d.Nq, d.Dv}, q.options());
   auto lse = at::empty({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};
@@ -165,23 +217,26 @@ std::tuple<at::Tensor, at::Tensor> softmax_attention_fwd_cpu(const at::Tensor& q
   dispatch_float_types(q.scalar_type(), "softmax_attention_fwd", [&](auto tag) {
     using scalar_t = decltype(tag);
     fwd_kernel<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), tau_p,
-                         out.data_ptr<scalar_t>(), lse.data_ptr<float>(), d, causal, static_cast<float>(scale));
+                         out.data_ptr<scalar_t>(), lse.data_ptr<float>(), d, rg, causal, static_cast<float>(scale));
   });
   return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& tau, bool causal, double scale) {
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& tau, bool causal, double scale,
+    const RaggedArgs& ra) {
   check_attention_inputs("softmax_attention_bwd", q, k, v);
   check_tau("softmax_attention_bwd", tau, q);
   const Dims d = dims_of(q, k, v);
+  const Ragged rg = make_ragged("softmax_attention_bwd", d, ra);
   TORCH_CHECK(dout.sizes() == out.sizes() && out.size(3) == d.Dv && dout.scalar_type() == q.scalar_type() &&
                   dout.is_contiguous() && out.is_contiguous(),
               "softmax_attention_bwd: dout and out must be contiguous (B, Hq, Nq, Dv) in q's dtype");
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous() && lse.numel() == d.B * d.Hq * d.Nq,
               "softmax_attention_bwd: lse must be a contiguous float32 (B, Hq, Nq) tensor");
-  auto dk = at::empty_like(k), dv = at::empty_like(v);
+  // Key tiles that are all padding are skipped: their dk, dv are zeros.
+  auto dk = ra.dense() ? at::empty_like(k) : at::zeros_like(k), dv = ra.dense() ? at::empty_like(v) : at::zeros_like(v);
   if (q.numel() == 0 || k.numel() == 0) {
     return {at::zeros_like(q), dk.zero_(), dv.zero_()};
   }
@@ -199,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_bwd_cpu(
     using scalar_t = decltype(tag);
     bwd_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                          v.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(), tau_p,
-                         dq_acc.data(), n_threads, dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), d, causal,
+                         dq_acc.data(), n_threads, dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), d, rg, causal,
                          static_cast<float>(scale));
   });
   for (int64_t t = 0; t + 1 < n_threads; ++t) dq32.add_(dq_extra[t]);

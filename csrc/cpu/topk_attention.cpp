@@ -26,6 +26,7 @@
 #include "common/relu.h"
 #include "cpu/attention_common.h"
 #include "cpu/gemv.h"
+#include "cpu/varlen.h"
 
 namespace fastattn::cpu {
 namespace {
@@ -99,6 +100,7 @@ struct RowTopK {
   float t = -kInf;           // K-th largest seen (-inf until the first shrink)
   float adm = -kMaxFinite;   // admission: s >= adm (-FLT_MAX admits every allowed key, never -inf)
   int64_t allowed = 0, n = 0, trigger;
+  bool poisoned = false;     // an allowed score was not finite: the row is NaN (CONTRACTS §2)
   std::vector<float> val;
   std::vector<int32_t> idx;
   explicit RowTopK(int64_t k) : K(k), trigger(2 * k) {}  // storage is allocated on first use
@@ -109,6 +111,7 @@ struct RowTopK {
     adm = -kMaxFinite;
     allowed = n = 0;
     trigger = 2 * K;
+    poisoned = false;
   }
   void reserve_for_append() {
     if (n + 16 > static_cast<int64_t>(val.size())) {
@@ -164,8 +167,10 @@ struct RowTopK {
       }
     }
   }
-  // Final selection: tau (-inf when fewer than K keys are allowed: all of them are kept).
+  // Final selection: tau (-inf when fewer than K keys are allowed: all of them are kept; NaN for a
+  // poisoned row).
   float finish() {
+    if (poisoned) return kNaN;
     if (allowed < K) return -kInf;
     if (n > K || t == -kInf) shrink();
     return adm;
@@ -177,6 +182,10 @@ struct RowTopK {
 template <typename T>
 float attend_row(const RowTopK& rs, const T* vh, int64_t Dv, float* acc, T* out) {
   std::fill(acc, acc + Dv, 0.0f);
+  if (rs.poisoned) {
+    fill_nan(out, Dv);
+    return kNaN;
+  }
   if (rs.n == 0) {
     store_row(acc, Dv, out);
     return kInf;
@@ -189,6 +198,10 @@ float attend_row(const RowTopK& rs, const T* vh, int64_t Dv, float* acc, T* out)
     const T* vr = vh + static_cast<int64_t>(rs.idx[e]) * Dv;
     for (int64_t c = 0; c < Dv; ++c) acc[c] += p * static_cast<float>(vr[c]);
   }
+  if (!all_finite(acc, Dv)) {  // a selected key's v is not finite
+    fill_nan(out, Dv);
+    return kNaN;
+  }
   const float inv = 1.0f / l;
   for (int64_t c = 0; c < Dv; ++c) acc[c] *= inv;
   store_row(acc, Dv, out);
@@ -196,36 +209,42 @@ float attend_row(const RowTopK& rs, const T* vh, int64_t Dv, float* acc, T* out)
 }
 
 // The query rows one task owns: `rows` consecutive rows of q / out / tau (in (B, Hq, Nq) order)
-// from row `base`; row r is query i0 + r % per_head of head h0 + r / per_head.
+// from row `base`; row r is query i0 + r % per_head (local to sequence s) of head h0 + r / per_head.
 struct TaskRows {
-  int64_t b, h0, hk, i0, rows, per_head, base;
+  int64_t s, b, h0, hk, i0, rows, per_head, base;
   int64_t head(int64_t r) const { return h0 + r / per_head; }
   int64_t query(int64_t r) const { return i0 + r % per_head; }
 };
 
-// Tasks are (batch, head, block of kBM queries), except for grouped-query decode steps: there the G
-// query heads that share a kv head (G * Nq <= kGemvMaxRows) form one task, so K is read once for
-// all of them rather than once per head. Their rows are consecutive in q, so no copy is needed.
+// Tasks are (sequence, head, block of kBM queries), except for grouped-query decode steps of dense or
+// padded batches: there the G query heads that share a kv head (G * Nq <= kGemvMaxRows) form one
+// task, so K is read once for all of them rather than once per head. Their rows are consecutive in
+// q, so no copy is needed.
 struct Tiling {
-  int64_t G = 1, n_qt, tasks, tile;
-  explicit Tiling(const Dims& d) {
-    for (int64_t g = d.Nq <= kGemvMaxRows ? kGemvMaxRows / d.Nq : 1; g > 1 && G == 1; --g)
-      if (d.group() % g == 0) G = g;
-    n_qt = G > 1 ? 1 : (d.Nq + kBM - 1) / kBM;
-    tasks = d.B * (d.Hq / G) * n_qt;
-    tile = G > 1 ? G * d.Nq : std::min(kBM, d.Nq);  // the most rows a task has
-  }
-  TaskRows operator()(int64_t task, const Dims& d) const {
-    const int64_t t = task % n_qt, hg = task / n_qt, groups = d.Hq / G;
-    TaskRows tr;
-    tr.b = hg / groups;
-    tr.h0 = (hg % groups) * G;
-    tr.hk = tr.h0 / d.group();
-    tr.i0 = t * kBM;
-    tr.rows = G > 1 ? G * d.Nq : std::min(kBM, d.Nq - tr.i0);
-    tr.per_head = G > 1 ? d.Nq : tr.rows;
-    tr.base = (tr.b * d.Hq + tr.h0) * d.Nq + tr.i0;
-    return tr;
+  int64_t G = 1, tile;
+  std::vector<TaskRows> tasks;
+  Tiling(const Dims& d, const Ragged& rg) {
+    if (!rg.varlen)
+      for (int64_t g = d.Nq <= kGemvMaxRows ? kGemvMaxRows / std::max<int64_t>(d.Nq, 1) : 1; g > 1 && G == 1; --g)
+        if (d.group() % g == 0) G = g;
+    tile = 0;
+    for (int64_t s = 0; s < static_cast<int64_t>(rg.seqs.size()); ++s) {
+      const Seq& sq = rg.seqs[s];
+      for (int64_t h0 = 0; h0 < d.Hq; h0 += G)
+        for (int64_t i0 = 0; i0 < sq.nq; i0 += (G > 1 ? sq.nq : kBM)) {
+          TaskRows tr;
+          tr.s = s;
+          tr.b = sq.b;
+          tr.h0 = h0;
+          tr.hk = h0 / d.group();
+          tr.i0 = i0;
+          tr.rows = G > 1 ? G * sq.nq : std::min(kBM, sq.nq - i0);
+          tr.per_head = G > 1 ? sq.nq : tr.rows;
+          tr.base = rg.row0(d, sq, h0) + i0;
+          tasks.push_back(tr);
+          tile = std::max(tile, tr.rows);  // the most rows a task has
+        }
+    }
   }
 };
 
@@ -233,35 +252,48 @@ struct Tiling {
 // gamma (Hq,) or nullptr for all ones; slopes (Hq,) or nullptr for no ALiBi.
 template <typename T>
 void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const float* slopes, float* tau, T* out,
-                   float* lse, const Dims& d, bool causal, float scale, int64_t K) {
-  const Tiling tiling(d);
-  const int64_t tasks = tiling.tasks, tile = tiling.tile;
+                   float* lse, const Dims& d, const Ragged& rg, bool causal, float scale, int64_t K) {
+  const Tiling tiling(d, rg);
+  const int64_t tasks = static_cast<int64_t>(tiling.tasks.size()), tile = tiling.tile;
   const int64_t threads = at::get_num_threads();
+  int64_t max_nk = 0;
+  for (const Seq& sq : rg.seqs) max_nk = std::max(max_nk, sq.nk);
   // Split keys when the rows are long (decoding) and the tasks do not divide evenly over the
   // threads: the fewest splits that make tasks * splits a multiple of the thread count (one task on
   // two threads: two halves; more splits only add merge work and GEMV calls).
   // FASTATTN_TOPK_SPLITS=1 turns splitting off (the benchmark's "without key splitting" baseline).
   const char* env = std::getenv("FASTATTN_TOPK_SPLITS");
   int64_t splits = 1;
-  if (tasks < 4 * threads && d.Nk >= 4 * kBN)
-    splits = std::clamp<int64_t>(threads / std::gcd(tasks, threads), 1, d.Nk / kBN);
-  if (env != nullptr && std::atoi(env) >= 1) splits = std::min<int64_t>(std::atoi(env), std::max<int64_t>(1, d.Nk / kBN));
-  const int64_t span = (d.Nk + splits - 1) / splits;
+  if (tasks > 0 && tasks < 4 * threads && max_nk >= 4 * kBN)
+    splits = std::clamp<int64_t>(threads / std::gcd(tasks, threads), 1, max_nk / kBN);
+  if (env != nullptr && std::atoi(env) >= 1) splits = std::min<int64_t>(std::atoi(env), std::max<int64_t>(1, max_nk / kBN));
+  auto key_range = [&](const TaskRows& tr, int64_t split) {  // the keys [lo, hi) of one split of a task
+    const Seq& sq = rg.seqs[tr.s];
+    const int64_t span = (sq.nk + splits - 1) / splits, lo = split * span;
+    return std::pair{lo, std::min(sq.limit(causal, tr.query(tr.rows - 1)), std::min(sq.nk, lo + span))};
+  };
+  std::vector<int64_t> cost(tasks * splits);
+  for (int64_t job = 0; job < tasks * splits; ++job) {
+    const TaskRows& tr = tiling.tasks[job / splits];
+    const auto [lo, hi] = key_range(tr, job % splits);
+    cost[job] = tr.rows * (std::max<int64_t>(hi - lo, 0) + 16);
+  }
   // With splits, each (task, split) keeps its rows' candidates here for the merge, at stride `tile`.
   std::vector<RowTopK> parts(splits > 1 ? tasks * splits * tile : 0, RowTopK(K));
-  at::parallel_for(0, tasks * splits, 1, [&](int64_t begin, int64_t end) {
+  run_balanced(balance(cost, threads), [&](int64_t, const std::vector<int64_t>& mine) {
     // Score scratch, uninitialized (every element is written before it is read) and kept per
     // thread across calls: allocating, zeroing or freeing 64 KB per call shows in a ~30 us decode step.
     thread_local const std::unique_ptr<float[]> S(new float[kBM * kBN]);
-    std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : kBM * d.D), kbuf, acc(d.Dv), qpad(kGemvMaxRows * d.D);
+    std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : tile * d.D), kbuf, acc(d.Dv), qpad(kGemvMaxRows * d.D);
     std::vector<float> qscaled(tiling.G > 1 && gamma ? tile * d.D : 0);
     std::vector<RowTopK> local(splits > 1 ? 0 : tile, RowTopK(K));  // a task has at most `tile` rows
-    for (int64_t job = begin; job < end; ++job) {
+    for (const int64_t job : mine) {
       const int64_t split = job % splits, task = job / splits;
-      const TaskRows tr = tiling(task, d);
+      const TaskRows& tr = tiling.tasks[task];
+      const Seq& sq = rg.seqs[tr.s];
       const int64_t rows = tr.rows;
       const float* Q = tile_ptr(q + tr.base * d.D, rows, d.D, qbuf.data());
-      const T* kh = k + d.k_off(tr.b, tr.hk);
+      const T* kh = k + d.k_off(tr.b, tr.hk) + sq.k0 * d.D;
       float alpha = (gamma ? gamma[tr.h0] : 1.0f) * scale;
       if (!qscaled.empty()) {  // heads with their own gamma in one product: gamma goes into q
         for (int64_t r = 0; r < rows; ++r)
@@ -271,8 +303,7 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
       }
       RowTopK* sel = splits > 1 ? parts.data() + (task * splits + split) * tile : local.data();
       for (int64_t r = 0; r < rows; ++r) sel[r].reset();
-      const int64_t lo = split * span;
-      const int64_t hi = std::min(key_limit(d, causal, tr.query(rows - 1)), std::min(d.Nk, lo + span));
+      const auto [lo, hi] = key_range(tr, split);
       // Decode-sized blocks (up to kGemvMaxRows rows) take their scores from gemv_small, which
       // reads K once in its own dtype, 2048 keys at a time; longer blocks take proportionally
       // wider key tiles than kBN: the same S scratch, one GEMM call instead of dozens of tiny ones.
@@ -281,6 +312,8 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
       if (!small && !std::is_same_v<T, float>) kbuf.resize(bn * d.D);
       for (int64_t j0 = lo; j0 < hi; j0 += bn) {
         const int64_t cols = std::min(bn, hi - j0);
+        if (rg.allowed(tr.b, sq.k0 + j0, cols) == 0) continue;  // padding only
+        const bool* keep = rg.keep(tr.b, sq.k0 + j0, cols);
         if (small)
           gemv_small(rows, cols, d.D, alpha, Q, kh + j0 * d.D, S.get(), bn, qpad.data());
         else
@@ -288,18 +321,18 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
                   d.D, 0.0f, S.get(), bn);
         for (int64_t r = 0; r < rows; ++r) {
           float* s = S.get() + r * bn;
-          const int64_t i = tr.query(r), i_abs = i + d.offset();
+          const int64_t i = tr.query(r), i_abs = i + sq.offset();
           if (slopes) {
             const float slope = slopes[tr.head(r)];
             for (int64_t c = 0; c < cols; ++c) s[c] = relu_score(s[c], 1.0f, slope, i_abs, j0 + c);
           }
-          const int64_t limit = key_limit(d, causal, i);
-          mask_row(s, j0, cols, limit, nullptr);
-          sel[r].push_row(s, cols, std::clamp<int64_t>(limit - j0, 0, cols), j0);
+          const int64_t limit = sq.limit(causal, i), lim = std::clamp<int64_t>(limit - j0, 0, cols);
+          sel[r].poisoned |= !mask_row(s, j0, cols, limit, nullptr, keep);
+          sel[r].push_row(s, cols, rg.allowed(tr.b, sq.k0 + j0, lim), j0);
         }
       }
       if (splits > 1) continue;
-      const T* vh = v ? v + d.v_off(tr.b, tr.hk) : nullptr;
+      const T* vh = v ? v + d.v_off(tr.b, tr.hk) + sq.k0 * d.Dv : nullptr;
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t row = tr.base + r;
         tau[row] = sel[r].finish();
@@ -313,17 +346,19 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(d.Dv);
     for (int64_t task = begin; task < end; ++task) {
-      const TaskRows tr = tiling(task, d);
+      const TaskRows& tr = tiling.tasks[task];
+      const Seq& sq = rg.seqs[tr.s];
       for (int64_t r = 0; r < tr.rows; ++r) {
         RowTopK all(K);
         for (int64_t sp = 0; sp < splits; ++sp) {
           const RowTopK& part = parts[(task * splits + sp) * tile + r];
           all.allowed += part.allowed;
+          all.poisoned |= part.poisoned;
           for (int64_t e = 0; e < part.n; ++e) all.add(part.val[e], part.idx[e]);
         }
         const int64_t row = tr.base + r;
         tau[row] = all.finish();
-        if (v) lse[row] = attend_row(all, v + d.v_off(tr.b, tr.hk), d.Dv, acc.data(), out + row * d.Dv);
+        if (v) lse[row] = attend_row(all, v + d.v_off(tr.b, tr.hk) + sq.k0 * d.Dv, d.Dv, acc.data(), out + row * d.Dv);
       }
     }
   });
@@ -332,9 +367,11 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
 }  // namespace
 
 at::Tensor topk_attention_threshold_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& gamma,
-                                        const at::Tensor& alibi_slopes, bool causal, double scale, int64_t topk) {
+                                        const at::Tensor& alibi_slopes, bool causal, double scale, int64_t topk,
+                                        const RaggedArgs& ra) {
   const char* op = "topk_attention_threshold";
   const Dims d = check_kv_view_inputs(op, q, k, k);  // k may be a KV-cache view
+  const Ragged rg = make_ragged(op, d, ra);
   check_head_param(op, "gamma", gamma, q.size(1), false);
   check_head_param(op, "alibi_slopes", alibi_slopes, q.size(1), true);
   TORCH_CHECK(topk >= 1 && topk <= 4096, op, ": topk must be in [1, 4096] on the cpu backend, got ", topk);
@@ -345,7 +382,7 @@ at::Tensor topk_attention_threshold_cpu(const at::Tensor& q, const at::Tensor& k
     using T = decltype(tag);
     select_kernel<T>(q.data_ptr<T>(), k.data_ptr<T>(), nullptr, gamma.data_ptr<float>(),
                      alibi_slopes.numel() ? alibi_slopes.data_ptr<float>() : nullptr, tau.data_ptr<float>(), nullptr,
-                     nullptr, d, causal, static_cast<float>(scale), topk);
+                     nullptr, d, rg, causal, static_cast<float>(scale), topk);
   });
   return tau;
 }
@@ -356,9 +393,10 @@ namespace fastattn::cpu {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
                                                                       const at::Tensor& v, int64_t topk, bool causal,
-                                                                      double scale) {
+                                                                      double scale, const RaggedArgs& ra) {
   const char* op = "topk_attention_fwd";
   const Dims d = check_kv_view_inputs(op, q, k, v);  // k, v may be KV-cache views
+  const Ragged rg = make_ragged(op, d, ra);
   TORCH_CHECK(topk >= 1 && topk <= 4096, op, ": topk must be in [1, 4096] on the cpu backend, got ", topk);
   auto f32 = q.options().dtype(at::kFloat);
   auto tau = at::empty({d.B, d.Hq, d.Nq}, f32), lse = at::empty({d.B, d.Hq, d.Nq}, f32);
@@ -368,7 +406,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_fwd_cpu(const at::
   dispatch_float_types(q.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     select_kernel<T>(q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), nullptr, nullptr,
-                     tau.data_ptr<float>(), out.data_ptr<T>(), lse.data_ptr<float>(), d, causal,
+                     tau.data_ptr<float>(), out.data_ptr<T>(), lse.data_ptr<float>(), d, rg, causal,
                      static_cast<float>(scale), topk);
   });
   return {out, lse, tau};
