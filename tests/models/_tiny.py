@@ -1,8 +1,6 @@
 """Tiny models and data shared by the model/train tests."""
-import pytest
 import torch
 
-from fastattn import dispatch
 from fastattn.models import TransformerConfig, TransformerLM
 
 # Kind-specific kwargs for the tiny test models (small spans / K so the kinds differ from softmax).
@@ -11,13 +9,6 @@ KIND_KWARGS = {"softmax": {}, "relu": {"quant": None}, "topk": {"topk": 8, "late
 # The op each kind runs on.
 KIND_OP = {"softmax": "softmax_attention", "relu": "relu_attention", "topk": "topk_attention",
            "span": "adaptive_span_attention"}
-
-
-# Model tests of padded/packed batches need the op layer's key_padding_mask / cu_seqlens (issue 14,
-# ops); until main has them (the reference is the first backend to take them) they are skipped.
-needs_ragged_ops = pytest.mark.skipif(
-    not {"padding", "varlen"} <= dispatch.TABLE["softmax_attention"]["reference"].features,
-    reason="the ops take no key_padding_mask / cu_seqlens yet (issue 14, op layer)")
 
 
 def kind_backend(kind):

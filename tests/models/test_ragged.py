@@ -11,7 +11,7 @@ from fastattn.models.generate import generate, generate_batch
 from fastattn.nn import RotaryEmbedding, SparseLatentAttention
 from fastattn.nn.rope import positions_from_cu_seqlens, positions_from_padding_mask
 
-from ._tiny import needs_ragged_ops, tiny_config
+from ._tiny import tiny_config
 
 # "auto": the backend the op layer picks for masked calls (fused where it implements them).
 KINDS = {"softmax": {}, "relu": {}, "topk": {}, "span": {},
@@ -54,7 +54,6 @@ def test_positions_for_packed_and_padded_batches():
 
 
 # ---- packed documents ---------------------------------------------------------------------------
-@needs_ragged_ops
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_packed_documents_equal_separate_calls(kind):
     m = model(kind)
@@ -74,7 +73,6 @@ def test_packed_documents_equal_separate_calls(kind):
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
-@needs_ragged_ops
 def test_packed_rope_positions_restart_and_can_be_given():
     m = model("softmax")
     docs = _docs([5, 7])
@@ -102,7 +100,6 @@ def _padded(docs, side):
     return idx, mask
 
 
-@needs_ragged_ops
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_padded_batch_equals_rows_alone(kind, side):
@@ -116,7 +113,6 @@ def test_padded_batch_equals_rows_alone(kind, side):
         torch.testing.assert_close(out[b][mask[b]], m(d[None])[0], **TOL)
 
 
-@needs_ragged_ops
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_left_padded_cache_decoding_equals_each_row_alone(kind):
     """Prefill a left-padded batch into the caches, then decode 3 steps without passing any mask:
@@ -136,7 +132,6 @@ def test_left_padded_cache_decoding_equals_each_row_alone(kind):
         torch.testing.assert_close(torch.stack([g[b] for g in got]), want, **TOL)
 
 
-@needs_ragged_ops
 @pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_generate_left_padded_batch_equals_each_prompt_alone(kind, use_cache):
@@ -153,7 +148,6 @@ def test_generate_left_padded_batch_equals_each_prompt_alone(kind, use_cache):
     assert batch == alone and len({tuple(b) for b in batch}) > 1
 
 
-@needs_ragged_ops
 @pytest.mark.parametrize("mode", [dict(rope=True), dict(rope=True, rope_dim=6), dict(rope=False)],
                          ids=["rope", "decoupled", "none"])
 def test_msla_left_padded_cache_in_every_rope_mode(mode):

@@ -8,7 +8,7 @@ from fastattn.data import ByteTokenizer, DataConfig, PackedBatches, TextData, ev
 from fastattn.data.packed import document_batch
 from fastattn.train import Trainer
 
-from ..models._tiny import needs_ragged_ops, pattern_text
+from ..models._tiny import pattern_text
 from ._helpers import tiny_data, tiny_run
 
 QUIET = dict(log=lambda *a: None)
@@ -92,7 +92,7 @@ def _run(tmp_path, backend="auto", **data):
     return cfg
 
 
-@pytest.mark.parametrize("document_mask", [pytest.param(True, marks=needs_ragged_ops), False])
+@pytest.mark.parametrize("document_mask", [True, False])
 def test_validation_never_conditions_on_the_previous_document(tmp_path, document_mask):
     """Rows of 48 tokens holding the end of document A and the start of document B: B's per-token
     losses do not change when A's text does (with document_mask), and do without it."""
@@ -118,7 +118,6 @@ def test_validation_never_conditions_on_the_previous_document(tmp_path, document
         assert not torch.allclose(losses[0], losses[1])
 
 
-@needs_ragged_ops
 def test_trainer_feeds_cu_seqlens_when_the_corpus_has_documents(tmp_path):
     data = _doc_data([pattern_text(500, seed=s) for s in (40, 41, 42)])
     seen = []
@@ -134,7 +133,6 @@ def test_trainer_feeds_cu_seqlens_when_the_corpus_has_documents(tmp_path):
     assert not off.document_mask and seen == [None]
 
 
-@needs_ragged_ops
 def test_document_masked_step_equals_per_document_losses(tmp_path):
     """The loss of a packed, document-masked batch is the token-weighted mean of each segment's
     loss computed alone (every segment a separate sequence from position 0), and its gradient too."""
