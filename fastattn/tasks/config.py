@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import yaml
-
-from .. import configs
 from ..models.transformer import PRESETS, TransformerConfig
-from ..train.config import ConfigError, apply_overrides, build_dataclass
+from ..train.config import ConfigError, apply_overrides, build_dataclass, read_config
 from .finetune import FinetuneConfig
 from .kinds import check_kinds
 from .pretrain import PretrainConfig
@@ -68,12 +65,4 @@ def parse_task_config(raw: dict, task: str, data_cls, eval_cls) -> TaskConfig:
 
 def load_task_config(name_or_path, overrides, task: str, data_cls, eval_cls) -> TaskConfig:
     """Read, apply `--set section.key=value` overrides, validate."""
-    try:
-        path = configs.resolve(name_or_path)
-    except FileNotFoundError as exc:
-        raise ConfigError(str(exc)) from exc
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_task_config(apply_overrides(raw, overrides), task, data_cls, eval_cls)
+    return parse_task_config(apply_overrides(read_config(name_or_path), overrides), task, data_cls, eval_cls)

@@ -208,16 +208,20 @@ def apply_overrides(raw: dict, overrides) -> dict:
     return raw
 
 
+def read_config(name_or_path: str | Path) -> dict:
+    """The raw mapping of a YAML file, or of a bundled config by name (fastattn/configs/, e.g. "tiny");
+    a missing file or invalid YAML is a ConfigError."""
+    try:
+        path = configs.resolve(name_or_path)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+
+
 def load_config(path: str | Path | None, overrides=()) -> RunConfig:
     """`path`: a YAML file, or the name of a bundled config (fastattn/configs/, e.g. "tiny")."""
-    raw = {}
-    if path is not None:
-        try:
-            path = configs.resolve(path)
-        except FileNotFoundError as exc:
-            raise ConfigError(str(exc)) from None
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    raw = {} if path is None else read_config(path)
     return parse_config(apply_overrides(raw, overrides))
