@@ -7,9 +7,10 @@
    PyPI's default (CUDA) build of the given torch version, plus the build tools. Reused while its
    torch is that version with CUDA; rebuilt otherwise (a ~2.2 GB download, once).
 2. The README's install command for a GPU user, `pip install --no-build-isolation -e .` with
-   CUDA_HOME set, run in a copy of the checkout under build/cuda (sources only: build/cuda/build
-   keeps the objects, so ninja recompiles only what changed), for sm_80 and sm_90, and sm_100
-   where this nvcc supports it. A compile error fails the check with the end of the log.
+   CUDA_HOME set, run in a copy of the checkout under build/cuda ($FASTATTN_CUDA_BUILD_DIR; sources
+   only: build/cuda/build keeps the objects, so ninja recompiles only what changed), for sm_80 and
+   sm_90, and sm_100 where this nvcc supports it. A compile error fails the check with the end of
+   the log. A cold run: both variables pointing at new folders (and PIP_NO_CACHE_DIR=1).
 3. In that venv, without a GPU: fastattn's extension loads and says it holds the CUDA kernels;
    every stage the dispatch table lets the cuda backend run (forward, backward where the table
    says so, the top-K threshold where an op takes `topk`) has a CUDA kernel whose signature is its
@@ -34,7 +35,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD_DIR = os.path.join(REPO, "build", "cuda")
+BUILD_DIR = os.path.abspath(os.environ.get("FASTATTN_CUDA_BUILD_DIR") or os.path.join(REPO, "build", "cuda"))
 BUILD_TOOLS = ["numpy", "ninja", "setuptools", "wheel"]
 BASE_ARCHS = ("80", "90")
 NEWER_ARCHS = ("100",)  # built where this nvcc knows them
