@@ -81,9 +81,10 @@ def ensure_venv(venv: str, torch_version: str) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", venv], check=True)
-    # PyPI's default torch wheel is the CUDA one; a local wheel folder (PIP_FIND_LINKS) may hold the
-    # +cpu build of the same version, which pip would prefer: keep it out of this one install.
-    env = dict(os.environ, PIP_FIND_LINKS="")
+    # PyPI's default torch wheel is the CUDA one; a local wheel folder (PIP_FIND_LINKS, or find-links
+    # in a pip config file) may hold the +cpu build of the same version, which pip would prefer: keep
+    # both out of this one install (an empty PIP_FIND_LINKS does not clear a config file's).
+    env = dict(os.environ, PIP_FIND_LINKS="", PIP_CONFIG_FILE=os.devnull)
     subprocess.run([venv_python(venv), "-m", "pip", "install", "-q", f"torch=={torch_version}", *BUILD_TOOLS],
                    check=True, env=env)
     have = venv_torch(venv)
