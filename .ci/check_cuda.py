@@ -179,8 +179,9 @@ def build(venv: str, cuda_home: str, archs: str, stamp: str) -> None:
     env.pop("FASTATTN_SKIP_CUDA_BUILD", None)
     env.pop("FASTATTN_SKIP_EXT", None)
     log = os.path.join(BUILD_DIR, "build.log")
-    say(f"building in {os.path.relpath(BUILD_DIR, REPO)}: CUDA_HOME={cuda_home} FASTATTN_CUDA_ARCHS={archs} "
-        f"pip install --no-build-isolation -e .  (log: {os.path.relpath(log, REPO)})")
+    where = os.path.relpath(BUILD_DIR, REPO) if BUILD_DIR.startswith(REPO + os.sep) else BUILD_DIR
+    say(f"building in {where}: CUDA_HOME={cuda_home} FASTATTN_CUDA_ARCHS={archs} "
+        f"pip install --no-build-isolation -e .  (log: {os.path.join(where, 'build.log')})")
     with open(log, "w") as f:
         res = subprocess.run([venv_python(venv), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e",
                               "."], cwd=BUILD_DIR, env=env, stdout=f, stderr=subprocess.STDOUT)
