@@ -81,9 +81,10 @@ def ensure_venv(venv: str, torch_version: str) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", venv], check=True)
-    # PyPI's default torch wheel is the CUDA one; a local wheel folder (PIP_FIND_LINKS) may hold the
-    # +cpu build of the same version, which pip would prefer: keep it out of this one install.
-    env = dict(os.environ, PIP_FIND_LINKS="")
+    # PyPI's default torch wheel is the CUDA one; a local wheel folder (PIP_FIND_LINKS, or find-links
+    # in a pip config file) may hold the +cpu build of the same version, which pip would prefer: keep
+    # both out of this one install (an empty PIP_FIND_LINKS does not clear a config file's).
+    env = dict(os.environ, PIP_FIND_LINKS="", PIP_CONFIG_FILE=os.devnull)
     subprocess.run([venv_python(venv), "-m", "pip", "install", "-q", f"torch=={torch_version}", *BUILD_TOOLS],
                    check=True, env=env)
     have = venv_torch(venv)
@@ -178,8 +179,9 @@ def build(venv: str, cuda_home: str, archs: str, stamp: str) -> None:
     env.pop("FASTATTN_SKIP_CUDA_BUILD", None)
     env.pop("FASTATTN_SKIP_EXT", None)
     log = os.path.join(BUILD_DIR, "build.log")
-    say(f"building in {os.path.relpath(BUILD_DIR, REPO)}: CUDA_HOME={cuda_home} FASTATTN_CUDA_ARCHS={archs} "
-        f"pip install --no-build-isolation -e .  (log: {os.path.relpath(log, REPO)})")
+    where = os.path.relpath(BUILD_DIR, REPO) if BUILD_DIR.startswith(REPO + os.sep) else BUILD_DIR
+    say(f"building in {where}: CUDA_HOME={cuda_home} FASTATTN_CUDA_ARCHS={archs} "
+        f"pip install --no-build-isolation -e .  (log: {os.path.join(where, 'build.log')})")
     with open(log, "w") as f:
         res = subprocess.run([venv_python(venv), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e",
                               "."], cwd=BUILD_DIR, env=env, stdout=f, stderr=subprocess.STDOUT)
