@@ -214,21 +214,51 @@ def test_reference_packed_equals_each_sequence_alone(op, i, causal):
     torch.testing.assert_close(out, per_sequence(op, q, k, v, cu_q, cu_k, **_ref_opts(op, opts)))
 
 
-def test_reference_quant_auto_counts_each_sequences_keys(monkeypatch):
-    """7 bits for the sequences of <= 64 keys, 8 for the longer one, in the same packed call; a fused
-    backend refuses such a call rather than pick one level set for all."""
+def test_reference_quant_auto_counts_each_sequences_keys():
+    """7 bits for the sequences of <= 64 keys, 8 for the longer one, in the same packed call."""
     q, k, v, cu_q, cu_k = _packed(seed=5)
     opts = dict(norm="sum", quant="auto", causal=True)
     out = call("relu_attention", q, k, v, backend="reference", cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, **opts)
     torch.testing.assert_close(out, per_sequence("relu_attention", q, k, v, cu_q, cu_k, **opts))
-    cpu = dispatch.TABLE["relu_attention"]["cpu"]
-    monkeypatch.setitem(dispatch.TABLE["relu_attention"], "cpu",
-                        dataclasses.replace(cpu, features=cpu.features | {"varlen"}))
-    monkeypatch.setattr(dispatch, "_RESOLVED", {})
-    monkeypatch.setattr(dispatch, "kernel", lambda *a: pytest.fail(f"fused kernel {a} called"))
-    with pytest.raises(ValueError, match="pass quant=7 or quant=8"):
-        fastattn.relu_attention(q.float(), k.float(), v.float(), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                                backend="cpu", **opts)
+
+
+def _grads(out, *xs):
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+    return torch.autograd.grad(out, xs, cot)
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_fused_quant_auto_with_both_widths_runs_each_sequence_at_its_own(layout):
+    """A fused call whose sequences need both widths (<= 64 keys: 7 bits, longer: 8) gives each
+    sequence (or batch row) what its own call with quant=7 / quant=8 gives, forward and backward."""
+    if "varlen" not in dispatch.TABLE["relu_attention"]["cpu"].features:
+        pytest.skip("cpu relu_attention has no varlen")
+    _skip_unavailable("relu_attention", "cpu")
+    opts = dict(norm="max", causal=True, gamma=torch.tensor([1.5, 0.7], requires_grad=True), sink=0.5,
+                backend="cpu")
+    if layout == "packed":
+        q, k, v, cu_q, cu_k = _packed(seed=5, dtype=torch.float32)
+        ragged = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+        cq, ck = cu_q.tolist(), cu_k.tolist()
+        pieces = [((slice(None), slice(None), slice(cq[s], cq[s + 1])), (slice(None), slice(None),
+                   slice(ck[s], ck[s + 1])), {}, ck[s + 1] - ck[s]) for s in range(len(cq) - 1)]
+        cat_dim = 2
+    else:
+        q, k, v, mask = _padded([70, 9, 66, 3], 70, True, seed=6, dtype=torch.float32)
+        ragged = dict(key_padding_mask=mask)
+        pieces = [((slice(b, b + 1),), (slice(b, b + 1),), {"key_padding_mask": mask[b:b + 1]},
+                   int(mask[b].sum())) for b in range(len(mask))]
+        cat_dim = 0
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = fastattn.relu_attention(q, k, v, quant="auto", **ragged, **opts)
+    got = _grads(out, q, k, v, opts["gamma"])
+    alone = []
+    for qs, ks, kw, n in pieces:
+        alone.append(fastattn.relu_attention(q[qs], k[ks], v[ks], quant=7 if n <= 64 else 8, **kw, **opts))
+    want = torch.cat(alone, dim=cat_dim)
+    torch.testing.assert_close(out, want)
+    for g, w in zip(got, _grads(want, q, k, v, opts["gamma"])):
+        torch.testing.assert_close(g, w)
 
 
 @pytest.mark.parametrize("op, i", VARIANT_CASES)

@@ -122,19 +122,44 @@ def _backward(ctx, dout, _dden, _dargmax):
 relu_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _levels(quant, Nq: int, Nk: int, ragged: Ragged) -> int:
+def _levels(quant, Nq: int, Nk: int, ragged: Ragged) -> int | None:
     """quant -> bits for the kernels. "auto" (7 bits for <= 64 keys, else 8) counts the keys of each
-    sequence (packed) or batch row (padding): a call whose sequences need both is refused."""
+    sequence (packed) or batch row (padding); None when a call's sequences need both widths."""
     if quant != "auto" or not ragged.features:
         return quant_bits(quant, Nk)
     if not concrete(ragged.key_padding_mask, ragged.cu_seqlens_k):
         raise ValueError(f"{OP}: quant='auto' with key_padding_mask / cu_seqlens reads the sequence lengths, which "
                          "a traced call cannot; pass quant=7 or quant=8")
     bits = {quant_bits("auto", n) for n in ragged.keys_per_problem(Nq, Nk)}
-    if len(bits) > 1:
-        raise ValueError(f"{OP}: quant='auto' picks 7 bits for sequences of <= 64 keys and 8 bits for longer ones, "
-                         "and this call has both; pass quant=7 or quant=8 (or split the call)")
-    return bits.pop() if bits else 7
+    return None if len(bits) > 1 else (bits.pop() if bits else 7)
+
+
+def _split_by_width(q: Tensor, k: Tensor, v: Tensor, ragged: Ragged, **kw) -> Tensor:
+    """quant="auto" on a ragged call whose sequences need both widths: one call per width on the batch
+    rows (padding) or packed sequences that need it, the outputs put back in place (autograd flows
+    through the gathers). Each sequence gets exactly what it would get alone."""
+    kpm = ragged.key_padding_mask
+    parts = []  # (query row indices, output rows) per width
+    if kpm is not None:
+        eight = kpm.sum(-1) > 64
+        for bits, rows in ((7, (~eight).nonzero()[:, 0]), (8, eight.nonzero()[:, 0])):
+            out = relu_attention(q[rows], k[rows], v[rows], quant=bits, key_padding_mask=kpm[rows], **kw)
+            parts.append((rows, out))
+        order = torch.cat([rows for rows, _ in parts]).argsort()
+        return torch.cat([out for _, out in parts])[order]
+    cq, ck = ragged.cu_seqlens_q.tolist(), ragged.cu_seqlens_k.tolist()
+    dev = q.device
+    for bits in (7, 8):
+        seqs = [s for s in range(len(cq) - 1) if (ck[s + 1] - ck[s] > 64) == (bits == 8)]
+        qi = torch.tensor([i for s in seqs for i in range(cq[s], cq[s + 1])], dtype=torch.long, device=dev)
+        ki = torch.tensor([j for s in seqs for j in range(ck[s], ck[s + 1])], dtype=torch.long, device=dev)
+        cu = [torch.tensor([0] + [c[s + 1] - c[s] for s in seqs], device=dev).cumsum(0).to(torch.int32)
+              for c in (cq, ck)]
+        out = relu_attention(q[:, :, qi], k[:, :, ki], v[:, :, ki], quant=bits, cu_seqlens_q=cu[0],
+                             cu_seqlens_k=cu[1], **kw)
+        parts.append((qi, out))
+    order = torch.cat([rows for rows, _ in parts]).argsort()
+    return torch.cat([out for _, out in parts], dim=2)[:, :, order]
 
 
 def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: float | None = None,
@@ -157,7 +182,8 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
         norm: "max" | "sum" | "len" — the row statistic in the denominator ("len" counts allowed keys).
         topk: keep only each query's `topk` best allowed keys (ties at the threshold kept).
         quant: None | 7 | 8 | "auto" — round p to 2**bits - 1 levels in-kernel ("auto": 7 bits when
-            the sequence has <= 64 keys, else 8); only with norm "max"/"sum". Straight-through in backward.
+            the sequence has <= 64 keys, else 8, per batch row or packed sequence); only with norm
+            "max"/"sum". Straight-through in backward.
         int8_qkv: quantize q, k per token and v per channel (over the keys that exist, per packed
             sequence) to int8 and use integer products.
         backend: "auto" | "reference" | "triton" | "cpu" | "cuda".
@@ -208,6 +234,9 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
                                   key_padding_mask=ragged.key_padding_mask, cu_seqlens_q=ragged.cu_seqlens_q,
                                   cu_seqlens_k=ragged.cu_seqlens_k)
     bits = _levels(quant, Nq, Nk, ragged)
+    if bits is None:
+        return _split_by_width(q, k, v, ragged, causal=causal, scale=scale, gamma=gamma, alibi_slopes=alibi_slopes,
+                               sink=sink, norm=norm, topk=topk, int8_qkv=int8_qkv, backend=name)
     tau = None
     if topk is not None:
         with torch.no_grad():
