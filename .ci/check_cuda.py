@@ -7,9 +7,10 @@
    PyPI's default (CUDA) build of the given torch version, plus the build tools. Reused while its
    torch is that version with CUDA; rebuilt otherwise (a ~2.2 GB download, once).
 2. The README's install command for a GPU user, `pip install --no-build-isolation -e .` with
-   CUDA_HOME set, run in a copy of the checkout under build/cuda (sources only: build/cuda/build
-   keeps the objects, so ninja recompiles only what changed), for sm_80 and sm_90, and sm_100
-   where this nvcc supports it. A compile error fails the check with the end of the log.
+   CUDA_HOME set, run in a copy of the checkout under build/cuda ($FASTATTN_CUDA_BUILD_DIR; sources
+   only: build/cuda/build keeps the objects, so ninja recompiles only what changed), for sm_80 and
+   sm_90, and sm_100 where this nvcc supports it. A compile error fails the check with the end of
+   the log. A cold run: both variables pointing at new folders (and PIP_NO_CACHE_DIR=1).
 3. In that venv, without a GPU: fastattn's extension loads and says it holds the CUDA kernels;
    every stage the dispatch table lets the cuda backend run (forward, backward where the table
    says so, the top-K threshold where an op takes `topk`) has a CUDA kernel whose signature is its
@@ -34,7 +35,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD_DIR = os.path.join(REPO, "build", "cuda")
+BUILD_DIR = os.path.abspath(os.environ.get("FASTATTN_CUDA_BUILD_DIR") or os.path.join(REPO, "build", "cuda"))
 BUILD_TOOLS = ["numpy", "ninja", "setuptools", "wheel"]
 BASE_ARCHS = ("80", "90")
 NEWER_ARCHS = ("100",)  # built where this nvcc knows them
@@ -80,9 +81,10 @@ def ensure_venv(venv: str, torch_version: str) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", venv], check=True)
-    # PyPI's default torch wheel is the CUDA one; a local wheel folder (PIP_FIND_LINKS) may hold the
-    # +cpu build of the same version, which pip would prefer: keep it out of this one install.
-    env = dict(os.environ, PIP_FIND_LINKS="")
+    # PyPI's default torch wheel is the CUDA one; a local wheel folder (PIP_FIND_LINKS, or find-links
+    # in a pip config file) may hold the +cpu build of the same version, which pip would prefer: keep
+    # both out of this one install (an empty PIP_FIND_LINKS does not clear a config file's).
+    env = dict(os.environ, PIP_FIND_LINKS="", PIP_CONFIG_FILE=os.devnull)
     subprocess.run([venv_python(venv), "-m", "pip", "install", "-q", f"torch=={torch_version}", *BUILD_TOOLS],
                    check=True, env=env)
     have = venv_torch(venv)
@@ -177,8 +179,9 @@ def build(venv: str, cuda_home: str, archs: str, stamp: str) -> None:
     env.pop("FASTATTN_SKIP_CUDA_BUILD", None)
     env.pop("FASTATTN_SKIP_EXT", None)
     log = os.path.join(BUILD_DIR, "build.log")
-    say(f"building in {os.path.relpath(BUILD_DIR, REPO)}: CUDA_HOME={cuda_home} FASTATTN_CUDA_ARCHS={archs} "
-        f"pip install --no-build-isolation -e .  (log: {os.path.relpath(log, REPO)})")
+    where = os.path.relpath(BUILD_DIR, REPO) if BUILD_DIR.startswith(REPO + os.sep) else BUILD_DIR
+    say(f"building in {where}: CUDA_HOME={cuda_home} FASTATTN_CUDA_ARCHS={archs} "
+        f"pip install --no-build-isolation -e .  (log: {os.path.join(where, 'build.log')})")
     with open(log, "w") as f:
         res = subprocess.run([venv_python(venv), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e",
                               "."], cwd=BUILD_DIR, env=env, stdout=f, stderr=subprocess.STDOUT)

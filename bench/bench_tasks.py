@@ -22,7 +22,7 @@ from fastattn.tasks.runner import run_task
 from .common import Row
 
 QUICK = {  # overrides of the bundled configs for the quick variant
-    "text-to-sql": ["pretrain.steps=60", "finetune.steps=40", "finetune.batch_size=16", "data.n_train=2000",
+    "text-to-sql": ["finetune.steps=40", "finetune.batch_size=16", "data.n_train=2000",
                     "data.n_val=0", "data.n_test=60", "eval.max_new_tokens=120"],
     "natural-wonders": ["pretrain.steps=60", "finetune.steps=40", "finetune.batch_size=16",
                         "eval.max_new_tokens=120"],

@@ -179,7 +179,8 @@ def markdown(rows: list[Row]) -> str:
     head = "| op | impl | shape | dtype | mode | median ms | GFLOP/s | peak MB | notes |"
     lines = [head, "|---|---|---|---|---|---:|---:|---:|---|"]
     for r in rows:
-        extra = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items())
+        extra = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items()
+                          if not k.startswith("_"))  # "_" keys: data for plots, in the JSON only
         notes = "; ".join(x for x in (extra, r.note) if x)
         lines.append(f"| {r.op} | {r.impl} | {r.shape} | {r.dtype} | {r.mode} | "
                      f"{'-' if r.ms is None else f'{r.ms:.{2 if r.ms >= 1 else 4}f}'} | {'-' if r.gflops is None else f'{r.gflops:.1f}'} | "

@@ -9,6 +9,7 @@
 - `models_tokens.png`: tokens/s per attention kind from the models suite (bars).
 - `tasks.png`: per attention kind, the tasks suite's quality (execution accuracy, exact match,
   held-out fact accuracy) and the bytes of attention weights per training step (bars).
+- `blt_patches.png`: the blt suite's text with its entropies and patch boundaries (bench_blt.plot).
 
 Rows are `common.Row` objects or their dicts (as in the JSON files). Rows without an N in the
 shape (e.g. decode shapes `Nq1 Nk16384`) or without a time / memory figure are skipped silently.
@@ -80,7 +81,7 @@ def plot_all(rows, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     time_groups: dict[str, list] = defaultdict(list)
-    mem_points, model_rows, task_rows, gpt2_rows = [], [], [], []
+    mem_points, model_rows, task_rows, gpt2_rows, blt_rows = [], [], [], [], []
     for r in rows:
         suite = _get(r, "suite") or ""
         n = row_n(r)
@@ -96,6 +97,9 @@ def plot_all(rows, out_dir: str) -> list[str]:
             continue
         if suite == "gpt2":
             gpt2_rows.append(r)
+            continue
+        if suite == "blt":
+            blt_rows.append(r)
             continue
         if suite == "models":
             if _num((_get(r, "extra") or {}).get("tokens_per_s")) is not None:
@@ -124,6 +128,9 @@ def plot_all(rows, out_dir: str) -> list[str]:
     if gpt2_rows:
         from .bench_gpt2 import plot as gpt2_figure
         attempt(gpt2_figure, gpt2_rows, out_dir)
+    if blt_rows:
+        from .bench_blt import plot as blt_figure
+        attempt(blt_figure, blt_rows, out_dir)
     return paths
 
 

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import time
+import traceback
 
 import torch
 
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
         return 0
 
     names = list(SUITES) if args.op == "all" else [args.op]
-    all_rows, seconds = [], {}
+    all_rows, seconds, failed = [], {}, []
     for name in names:
         t0 = time.perf_counter()
         try:
@@ -73,7 +74,13 @@ def main(argv=None) -> int:
         except ImportError as exc:
             print(f"## {name}: suite unavailable ({exc})\n")
             continue
-        rows = mod.suite(quick=not args.full, device=device, reps=args.reps)
+        try:
+            rows = mod.suite(quick=not args.full, device=device, reps=args.reps)
+        except Exception:  # one broken suite must not cost the others' results; the exit status says it
+            traceback.print_exc()
+            print(f"## {name}: FAILED (traceback above)\n", flush=True)
+            failed.append(name)
+            continue
         for r in rows:
             r.suite = name
         seconds[name] = time.perf_counter() - t0
@@ -91,4 +98,7 @@ def main(argv=None) -> int:
     if seconds:
         print(f"summary: {save_summary(list(SUITES), seconds, info, out)}")
     print(f"results: {out}")
+    if failed:
+        print(f"FAILED suites: {', '.join(failed)}")
+        return 1
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import sys
 
@@ -35,6 +36,17 @@ def _info(args) -> int:
         for b, why in backends.items():
             print(f"  {b:<10} {why}")
     return 0
+
+
+# Subcommands that hand their arguments to a module's main: name -> (module, function).
+COMMANDS = {
+    "train": (".train.cli", "train_main"),
+    "generate": (".train.cli", "generate_main"),
+    "compare-kinds": (".train.compare", "main"),
+    "charlm": (".train.charlm", "main"),
+    "gpt2": (".integrations.gpt2_cli", "main"),
+    "task": (".tasks.cli", "main"),
+}
 
 
 def main(argv=None) -> int:
@@ -73,25 +85,8 @@ def _run(args, rest) -> int:
                   "`python -m fastattn bench` (or `make bench`) in the checkout's root", file=sys.stderr)
             return 2
         return bench_main(rest)
-    if args.cmd == "train":
-        from .train.cli import train_main
-        return train_main(rest)
-    if args.cmd == "generate":
-        from .train.cli import generate_main
-        return generate_main(rest)
-    if args.cmd == "compare-kinds":
-        from .train.compare import main as compare_main
-        return compare_main(rest)
-    if args.cmd == "charlm":
-        from .train.charlm import main as charlm_main
-        return charlm_main(rest)
-    if args.cmd == "gpt2":
-        from .integrations.gpt2_cli import main as gpt2_main
-        return gpt2_main(rest)
-    if args.cmd == "task":
-        from .tasks.cli import main as task_main
-        return task_main(rest)
-    return 2
+    module, func = COMMANDS[args.cmd]
+    return getattr(importlib.import_module(module, __package__), func)(rest)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,17 @@ def test_signatures_are_read(checker):
     sig = checker.kernel_signature("softmax_attention_fwd", "CPU")
     assert sig is not None and sig.startswith("(Tensor _0, Tensor _1, Tensor _2, bool _3, float _4"), sig
     assert checker.kernel_signature("softmax_attention_fwd", "XLA") is None
+
+
+def test_the_cuda_torch_install_ignores_local_wheel_folders(checker, monkeypatch, tmp_path):
+    """The venv's torch comes from PyPI (its CUDA build): a find-links folder holding the +cpu wheel of
+    the same version, set by PIP_FIND_LINKS or in a pip config file, must not take part."""
+    calls = []
+    monkeypatch.setattr(checker.subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw.get("env"))))
+    torch_in_venv = iter([None, "2.13.0 13.0"])
+    monkeypatch.setattr(checker, "venv_torch", lambda venv: next(torch_in_venv))
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
+    checker.ensure_venv(str(tmp_path / "venv"), "2.13.0")
+    (pip_cmd, env), = [(cmd, env) for cmd, env in calls if "pip" in cmd]
+    assert "torch==2.13.0" in pip_cmd
+    assert env["PIP_FIND_LINKS"] == "" and env["PIP_CONFIG_FILE"] == os.devnull

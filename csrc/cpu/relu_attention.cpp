@@ -6,8 +6,8 @@
 // acc = sum_j a_ij v_j is divided at the end. With quantization p must be final before rounding, so
 // pass 1 computes the row statistic (max/sum/count) and pass 2 rounds p = a / den and multiplies by
 // V: results never depend on tile sizes.
-// Backward (gradient of the unquantized op): a row pass computes dden_i = -(sum_j a_ij dP_ij)/den_i^2
-// (from out when unquantized, else by recomputing sum_j a_ij v_j), then one task per (batch, kv
+// Backward (gradient of the unquantized op): a row pass recomputes the scores and computes
+// dden_i = -(sum_j a_ij dP_ij)/den_i^2 and den_i from them (see dden_kernel), then one task per (batch, kv
 // head, key tile) owns dK, dV and walks the query tiles of its GQA group; dQ and dgamma go to
 // per-thread accumulators.
 #include "cpu/relu_attention.h"
@@ -147,10 +147,15 @@ struct RowStat {
   }
 };
 
-// s[c] <- floor(relu(s[c]) / den * L + 0.5), the weight level (docs/semantics.md §2.5). a / den is a division,
-// exactly as docs/semantics.md §2 writes it, so levels flip only at true ties.
+// s[c] <- floor(relu(s[c]) / den * L + 0.5), the weight level (docs/semantics.md §2.5), or with bits = 0 the
+// weight relu(s[c]) / den itself. a / den is a division, exactly as docs/semantics.md §2 writes it, so
+// levels flip only at true ties.
 inline void weight_levels(float* s, int64_t cols, float den, int bits) {
   int64_t c = 0;
+  if (bits == 0) {
+    for (; c < cols; ++c) s[c] = (s[c] > 0.0f ? s[c] : 0.0f) / den;
+    return;
+  }
 #ifdef __AVX512F__  // weight_level (common/relu.h), 16 lanes at a time
   const float L = static_cast<float>((1 << bits) - 1);
   const __m512 vd = _mm512_set1_ps(den), vl = _mm512_set1_ps(L), half = _mm512_set1_ps(0.5f), zero = _mm512_setzero_ps();
@@ -167,13 +172,16 @@ inline void weight_levels(float* s, int64_t cols, float den, int bits) {
 // The forward passes over one engine (relu_engines.h). Pass 1 computes the finished scores of each
 // tile and the row statistic; without quantization it also accumulates a V (den is a per-row
 // constant, applied at the end). With quantization, pass 2 rounds p = a / den to levels and
-// accumulates levels * V (scaled by 1 / L at the end); the scores of pass 1 are kept for it in a
+// accumulates levels * V (scaled by 1 / L at the end); an engine that rounds P to bf16
+// (Engine::kRoundsP) also takes pass 2, with p = a / den: p, not a, is what docs/semantics.md rounds, so
+// a row carried by one key gets p = 1 exactly. The scores of pass 1 are kept for pass 2 in a
 // per-thread row-block cache (kBM x Nk, not Nq x Nk) when that fits kCacheBytes, else recomputed.
 template <typename T, class Engine>
 void fwd_driver(const Engine& E, T* out, float* den_out, int32_t* arg_out, const Relu& P) {
   const Dims& d = P.d;
   const int64_t ldA = E.acc_ld();
   const float L = P.bits ? static_cast<float>((1 << P.bits) - 1) : 1.0f;
+  const bool two_pass = P.bits != 0 || Engine::kRoundsP;
   std::vector<int64_t> cost;
   const std::vector<Task> tasks = query_tasks(P, cost);
   run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
@@ -193,7 +201,7 @@ void fwd_driver(const Engine& E, T* out, float* den_out, int32_t* arg_out, const
       std::fill(poison.begin(), poison.end(), 0);
       const float alpha = P.gamma[h] * P.scale;
       const int64_t kend = sq.limit(P.causal, i0 + rows - 1), ldc = round_up(kend, 16);
-      const bool cached = P.bits != 0 && rows * ldc * static_cast<int64_t>(sizeof(float)) <= kCacheBytes;
+      const bool cached = two_pass && rows * ldc * static_cast<int64_t>(sizeof(float)) <= kCacheBytes;
       if (cached && static_cast<int64_t>(cache.size()) < rows * ldc) cache.resize(rows * ldc);
       auto tile = [&](int64_t j0, int64_t cols, bool fresh) -> std::pair<float*, int64_t> {
         float* Sp = cached ? cache.data() + j0 : S.data();
@@ -213,11 +221,11 @@ void fwd_driver(const Engine& E, T* out, float* den_out, int32_t* arg_out, const
         const int64_t cols = std::min(kBN, kend - j0);
         if (P.rg.allowed(b, sq.k0 + j0, cols) == 0) continue;  // padding only
         auto [Sp, ld] = tile(j0, cols, true);
-        for (int64_t r = 0; r < rows; ++r) st[r].update(Sp + r * ld, cols, j0, P.norm, P.bits == 0);
-        if (P.bits == 0) E.pv(loc, Sp, ld, kv, rows, j0, cols, false, acc.data(), ldA);
+        for (int64_t r = 0; r < rows; ++r) st[r].update(Sp + r * ld, cols, j0, P.norm, !two_pass);
+        if (!two_pass) E.pv(loc, Sp, ld, kv, rows, j0, cols, false, acc.data(), ldA);
       }
       for (int64_t r = 0; r < rows; ++r) den[r] = P.sink[h] + st[r].stat;
-      if (P.bits != 0) {
+      if (two_pass) {
         for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
           const int64_t cols = std::min(kBN, kend - j0);
           if (P.rg.allowed(b, sq.k0 + j0, cols) == 0) continue;
@@ -226,7 +234,7 @@ void fwd_driver(const Engine& E, T* out, float* den_out, int32_t* arg_out, const
             if (poison[r]) std::fill(Sp + r * ld, Sp + r * ld + cols, 0.0f);  // no level from a NaN
             weight_levels(Sp + r * ld, cols, den[r] > 0.0f ? den[r] : kInf, P.bits);
           }
-          E.pv(loc, Sp, ld, kv, rows, j0, cols, true, acc.data(), ldA);
+          E.pv(loc, Sp, ld, kv, rows, j0, cols, P.bits != 0, acc.data(), ldA);
         }
       }
       T* ot = out + row0 * d.Dv;
@@ -238,7 +246,7 @@ void fwd_driver(const Engine& E, T* out, float* den_out, int32_t* arg_out, const
           arg_out[row0 + r] = -1;
           continue;
         }
-        scale_row(a, d.Dv, P.bits ? 1.0f / L : (den[r] > 0.0f ? 1.0f / den[r] : 0.0f));
+        scale_row(a, d.Dv, two_pass ? 1.0f / L : (den[r] > 0.0f ? 1.0f / den[r] : 0.0f));
         store_row(a, d.Dv, ot + r * d.Dv);
         den_out[row0 + r] = den[r];
         arg_out[row0 + r] = P.norm == kNormMax ? st[r].arg : -1;  // a key index local to the sequence
@@ -263,47 +271,56 @@ void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* den_out, int3
   fwd_driver<T>(FloatEngine<T>(q, k, v, P.d, P.rg), out, den_out, arg_out, P);
 }
 
-// dden_i = -(sum_j a_ij (do_i . v_j)) / den_i^2 = -(do_i . sum_j a_ij v_j) / den_i^2 (0 where den = 0).
+// dden_i = -(sum_j a_ij dP_ij) / den_i^2 with dP = dO V^T (0 where den = 0), and den_b_i: den_i
+// recomputed from the same scores a_ij (the row statistic; den itself for norm "len"), which the
+// backward then divides by. Both come from scores recomputed here, never from the saved out and den:
+// those were rounded (out to q's dtype, or quantized) or computed by another engine in another
+// summation order, and where one key carries a row (p = a / den near 1) the exact gradient cancels to
+// ~0 while such a rounding difference survives, amplified by 1 / den.
 template <typename T>
-void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const T* out, const float* den, float* dden,
-                 const Relu& P, bool recompute) {
+void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const float* den, float* den_b, float* dden,
+                 const Relu& P) {
   const Dims& d = P.d;
   std::vector<int64_t> cost;
   const std::vector<Task> tasks = query_tasks(P, cost);
   run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
-    std::vector<float> S(kBM * kBN), acc(kBM * d.Dv);
+    std::vector<float> S(kBM * kBN), dP(kBM * kBN), obuf(kBM * d.Dv), vbuf(kBN * d.Dv);
+    std::vector<RowStat> st(kBM);
+    std::vector<double> dot(kBM);
     std::vector<uint8_t> poison(kBM);  // rows poisoned in the forward have den = NaN: unused here
-    std::vector<int32_t> bad;
     Tiles<T> tl(d.D, d.Dv, kBM, kBN);
     for (const int64_t task : mine) {
       const Seq& sq = P.rg.seqs[tasks[task].s];
       const int64_t h = tasks[task].h, i0 = tasks[task].i0, b = sq.b, hk = h / d.group();
       const int64_t rows = std::min(kBM, sq.nq - i0), row0 = P.rg.row0(d, sq, h) + i0;
-      if (recompute) {  // sum_j a_ij v_j from scratch (the saved out was quantized)
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        tl.set_q(q + row0 * d.D, rows, d.D);
-        const int64_t kend = sq.limit(P.causal, i0 + rows - 1), krow = (b * d.Hk + hk) * d.Nk + sq.k0;
-        for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
-          const int64_t cols = std::min(kBN, kend - j0);
-          if (P.rg.allowed(b, sq.k0 + j0, cols) == 0) continue;
-          tl.qk(k + (krow + j0) * d.D, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
-          finish_scores(S.data(), kBN, rows, cols, i0, j0, row0, h, sq, P.rg.keep(b, sq.k0 + j0, cols), P, true,
-                        poison.data());
-          for (int64_t r = 0; r < rows; ++r) relu_row(S.data() + r * kBN, cols);
-          const T* vt = v + (krow + j0) * d.Dv;
-          nonfinite_rows(vt, cols, d.Dv, d.Dv, bad);
-          tl.pv(S.data(), kBN, vt, rows, cols, d.Dv, acc.data(), d.Dv, bad);
+      std::fill(st.begin(), st.end(), RowStat{});
+      std::fill(dot.begin(), dot.end(), 0.0);
+      tl.set_q(q + row0 * d.D, rows, d.D);
+      const float* dO = tile_ptr(dout + row0 * d.Dv, rows, d.Dv, obuf.data());
+      const int64_t kend = sq.limit(P.causal, i0 + rows - 1), krow = (b * d.Hk + hk) * d.Nk + sq.k0;
+      for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
+        const int64_t cols = std::min(kBN, kend - j0);
+        if (P.rg.allowed(b, sq.k0 + j0, cols) == 0) continue;
+        tl.qk(k + (krow + j0) * d.D, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
+        finish_scores(S.data(), kBN, rows, cols, i0, j0, row0, h, sq, P.rg.keep(b, sq.k0 + j0, cols), P, true,
+                      poison.data());
+        gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, tile_ptr(v + (krow + j0) * d.Dv, cols, d.Dv, vbuf.data()), d.Dv,
+                0.0f, dP.data(), kBN);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* a = S.data() + r * kBN;
+          const float* dp = dP.data() + r * kBN;
+          st[r].update(a, cols, j0, P.norm, /*relu=*/true);
+          double part[kLanes] = {};
+          for (int64_t c = 0; c < cols; ++c)  // keys with a = 0 may hold a non-finite v the row does not read
+            if (a[c] > 0.0f) part[c % kLanes] += static_cast<double>(a[c]) * dp[c];
+          for (int64_t l = 0; l < kLanes; ++l) dot[r] += part[l];
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t row = row0 + r;
-        const float dn = den[row];
-        double dot = 0.0;
-        for (int64_t c = 0; c < d.Dv; ++c) {
-          const double o = recompute ? acc[r * d.Dv + c] : static_cast<double>(out[row * d.Dv + c]) * dn;
-          dot += static_cast<double>(dout[row * d.Dv + c]) * o;
-        }
-        dden[row] = std::isnan(dn) ? kNaN : (dn > 0.0f ? static_cast<float>(-dot / (static_cast<double>(dn) * dn)) : 0.0f);
+        const float dn = den[row], db = P.norm == kNormLen || std::isnan(dn) ? dn : P.sink[h] + st[r].stat;
+        den_b[row] = db;
+        dden[row] = std::isnan(db) ? kNaN : (db > 0.0f ? static_cast<float>(-dot[r] / (static_cast<double>(db) * db)) : 0.0f);
       }
     }
   });
@@ -504,21 +521,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_atte
   auto dk = at::zeros_like(k), dv = at::zeros_like(v);
   auto dgamma = at::zeros({d.Hq}, gamma.options()), dsink = at::zeros({d.Hq}, sink.options());
   if (q.numel() == 0 || k.numel() == 0) return {at::zeros_like(q), dk, dv, dgamma, dsink};
-  auto dden = at::empty({d.B, d.Hq, d.Nq}, den.options());
+  auto dden = at::empty({d.B, d.Hq, d.Nq}, den.options()), den_b = at::empty_like(dden);
   const int64_t n_acc = at::get_num_threads();  // per-thread accumulators of dq and dgamma
   auto dq_acc = at::zeros({n_acc, d.B, d.Hq, d.Nq, d.D}, q.options().dtype(at::kFloat));
   auto dg_acc = at::zeros({n_acc, d.Hq}, gamma.options());
   dispatch_float_types(q.scalar_type(), "relu_attention_bwd", [&](auto tag) {
     using T = decltype(tag);
-    dden_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<T>(),
-                   den.data_ptr<float>(), dden.data_ptr<float>(), P, quant != 0);
-    bwd_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), den.data_ptr<float>(),
+    dden_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), den.data_ptr<float>(),
+                   den_b.data_ptr<float>(), dden.data_ptr<float>(), P);
+    bwd_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), den_b.data_ptr<float>(),
                   argmax.data_ptr<int32_t>(), dden.data_ptr<float>(), dq_acc.data_ptr<float>(),
                   dg_acc.data_ptr<float>(), n_acc, dk.data_ptr<T>(), dv.data_ptr<T>(), P);
   });
   dsink = dden.sum({0, 2});
   // The row part of dgamma (see bwd_kernel): sum_i c_i / gamma_h where gamma_h != 0.
-  const auto c = (norm == kNormLen ? dden.to(at::kDouble) * den.to(at::kDouble)
+  const auto c = (norm == kNormLen ? dden.to(at::kDouble) * den_b.to(at::kDouble)
                                    : dden.to(at::kDouble) * sink.to(at::kDouble).view({1, -1, 1}));
   const auto row_part = at::where(gamma != 0, -c.sum({0, 2}) / gamma.to(at::kDouble), at::zeros_like(c.sum({0, 2})));
   return {dq_acc.sum(0).to(q.scalar_type()), dk, dv, (dg_acc.sum(0).to(at::kDouble) + row_part).to(at::kFloat),

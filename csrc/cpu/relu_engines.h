@@ -9,7 +9,7 @@
 // Keys come in segments (KvSegs): kv = bhk * G + g, the keys [k0, k0 + nk) of (batch, kv head) bhk;
 // one segment per packed sequence with cu_seqlens, else one holding every key. Query rows i0 are
 // indices along Nq, key indices j0 are relative to the segment.
-// Interface (all const, per-thread state in Local):
+// Interface (all const, per-thread state in Local): kRoundsP (pv rounds unquantized P to bf16);
 //   Local(dims); begin(L, bh, i0, rows); scores(L, kv, bh, i0, rows, j0, cols, alpha, S, ldS);
 //   bad_values(L, kv, j0, cols, partial, bad); pv(L, P, ldP, kv, rows, j0, cols, levels, acc, ldA); acc_ld().
 // bad_values lists the keys of a tile whose non-finite v the next pv calls leave out (CONTRACTS §2):
@@ -112,6 +112,7 @@ struct BadKeys {
 
 template <typename T>
 struct FloatEngine {
+  static constexpr bool kRoundsP = Tiles<T>::kBf16;  // pv rounds P to bf16 (see fwd_driver)
   const T *q, *k, *v;
   Dims d;
   KvSegs seg;
@@ -143,6 +144,7 @@ struct FloatEngine {
 
 #ifdef FASTATTN_AVX512_BF16
 struct Bf16Engine {
+  static constexpr bool kRoundsP = true;
   using T = c10::BFloat16;
   const T* q;
   Dims d;
@@ -207,6 +209,7 @@ struct Bf16Engine {
 
 template <typename T>
 struct Int8Engine {
+  static constexpr bool kRoundsP = false;  // p meets v as a (hi, lo) bf16 pair, near fp32
   Dims d;
   KvSegs seg;
   int64_t Du;      // q row length in 32-bit units (4 int8)

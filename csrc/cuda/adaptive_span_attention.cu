@@ -68,30 +68,26 @@ __global__ void __launch_bounds__(kWarps * 32, 4) span_bwd_dq_kernel(SpanBwdPara
 template <typename T, int kSlots>
 __global__ void __launch_bounds__(kWarpsKV * 32, 2) span_bwd_dkdv_kernel(SpanBwdParams p, int64_t n_tiles) {
   enum { kL, kDelta, kGate, kVals };
-  __shared__ RowTile<kSlots, kVals> sm;  // q staged times scale: dk += dS (scale q)
-  const int lane = threadIdx.x & 31;
-  const Shape& d = p.d;
-  key_blocks<T, kSlots, kVals>(
-      sm, d, p.r, p.q, p.k, p.v, p.dout, p.dk, p.dv, p.scale, n_tiles,
+  key_blocks<T, kSlots, kVals>(  // q staged times scale: dk += dS (scale q)
+      p, p.scale, n_tiles,
       [&](const Seq& sq, int64_t h, int64_t j0, int64_t j_end) {  // rows with 0 <= i' - j <= reach (|.| bidirectional)
         const int64_t reach = span_head(p.span, p.ramp, h, sq).reach;
         return RowRange{iclamp((p.causal ? j0 : j0 - reach) - sq.offset(), 0, sq.nq),
                         iclamp(j_end - 1 + reach - sq.offset() + 1, 0, sq.nq)};
       },
-      [&](const Seq& sq, int64_t h, int t, int64_t row, int64_t i) {
-        sm.val[kL][t] = p.lse[row];
-        sm.val[kDelta][t] = p.delta[row];
-        sm.val[kGate][t] = p.period ? span_gate(i + sq.offset(), p.phase[h], p.period[h], p.duty).g : 1.0f;
+      [&](const Seq& sq, int64_t h, int64_t row, int64_t i, float* val) {
+        val[kL] = p.lse[row];
+        val[kDelta] = p.delta[row];
+        val[kGate] = p.period ? span_gate(i + sq.offset(), p.phase[h], p.period[h], p.duty).g : 1.0f;
       },
-      [&](const Seq& sq, int64_t h, int64_t i, int64_t j, int t, const float (&kr)[kSlots], const float (&vr)[kSlots],
-          float& P, float& dS) {
-        const float g = sm.val[kGate][t];
-        const int64_t x = i + sq.offset() - j;
+      [&](const KeyPair<kSlots>& e, float& P, float& dS) {
+        const float g = e.val[kGate];
+        const int64_t x = e.dist();
         if (g <= 0.0f || (p.causal && x < 0)) return false;  // gated-off row (not computed), or a future key
-        const float m = span_head(p.span, p.ramp, h, sq).m(x);
+        const float m = span_head(p.span, p.ramp, e.h, e.sq).m(x);
         if (m <= 0.0f) return false;
-        const float pt = m * __expf(row_dot<kSlots>(kr, sm.q[t], lane) - sm.val[kL][t]);
-        dS = pt * (g * row_dot<kSlots>(vr, sm.dout[t], lane) - sm.val[kDelta][t]);
+        const float pt = m * __expf(e.qk() - e.val[kL]);
+        dS = pt * (g * e.dp() - e.val[kDelta]);
         P = pt * g;
         return true;
       });
@@ -157,17 +153,18 @@ cudaError_t adaptive_span_attention_bwd_cuda(const SpanBwdParams& p, int dtype, 
   if (!valid_span(p) || p.dspan == nullptr || (p.period != nullptr && (!p.dperiod || !p.dphase))) {
     return cudaErrorInvalidValue;
   }
-  if (p.d.Nk == 0) return cudaSuccess;  // zero gradients (the caller's fill)
-  return launch_backward<kWarps>(dtype, p.d, p.r, [&](auto tag, auto slots, const Grid& rows, const Grid& keys) {
-    using T = decltype(tag);
-    constexpr int S = decltype(slots)::value;
-    const cudaError_t err = launch_span_plan(p.d, p.r, p.period, p.phase, p.duty, p.plan, stream);
-    if (err != cudaSuccess) return err;
-    span_bwd_dq_kernel<T, S><<<rows.dim(), kWarps * 32, 0, stream>>>(p, rows.tiles);
-    span_bwd_dkdv_kernel<T, S><<<keys.dim(), kWarpsKV * 32, 0, stream>>>(p, keys.tiles);
-    span_param_grads_kernel<<<static_cast<unsigned>(p.d.Hq), kReduceThreads, 0, stream>>>(p);
-    return cudaSuccess;
-  });
+  if (p.d.Nk == 0 || p.d.Hq == 0) return cudaSuccess;  // zero gradients (the caller's fill)
+  cudaError_t err = launch_span_plan(p.d, p.r, p.period, p.phase, p.duty, p.plan, stream);
+  if (err == cudaSuccess) {
+    err = launch_backward<kWarps>(dtype, p, stream, [](auto tag, auto slots) {
+      using T = decltype(tag);
+      constexpr int S = decltype(slots)::value;
+      return BwdKernels<SpanBwdParams>{span_bwd_dq_kernel<T, S>, span_bwd_dkdv_kernel<T, S>};
+    });
+  }
+  if (err != cudaSuccess) return err;
+  span_param_grads_kernel<<<static_cast<unsigned>(p.d.Hq), kReduceThreads, 0, stream>>>(p);  // (zeros with no rows)
+  return cudaGetLastError();
 }
 
 }  // namespace fastattn::cuda

@@ -17,48 +17,31 @@ struct SpanPlan {
   int32_t* cnt;  // (plan sequences, Hq) scratch: active rows (plan sequences: 1 when dense, else S)
 };
 
-struct SpanParams {
-  const void* q;        // (B, Hq, Nq, D)
-  const void* k;        // (B, Hk, Nk, D)
-  const void* v;        // (B, Hk, Nk, Dv)
-  void* out;            // (B, Hq, Nq, Dv), q's dtype; gated-off rows are NOT written (caller zero-fills)
+// out: gated-off rows are NOT written (the caller zero-fills).
+struct SpanParams : FwdArgs {
   float* lse;           // (B, Hq, Nq) ungated; gated-off rows are NOT written (caller fills +inf)
   const float* span;    // (Hq,)
   const float* period;  // (Hq,) or null (no gate)
   const float* phase;   // (Hq,) or null
   SpanPlan plan;        // used with a gate
-  Shape d;
-  Ragged r;
   float ramp, duty;
-  bool causal;
-  float scale;
 };
 
-struct SpanBwdParams {
-  const void* dout;  // (B, Hq, Nq, Dv)
-  const void* q;
-  const void* k;
-  const void* v;
-  const void* out;
+// dq: gated-off rows are NOT written (the caller zero-fills).
+struct SpanBwdParams : BwdArgs {
+  const void* out;  // the forward's
   const float* lse;
   const float* span;
   const float* period;  // or null
   const float* phase;   // or null
   SpanPlan plan;
-  void* dq;             // like q; gated-off rows are NOT written (caller zero-fills)
-  void* dk;             // like k (every key written)
-  void* dv;             // like v
-  float* delta;         // (B, Hq, Nq) scratch, zero-filled by the caller
-  float* dg;            // (B, Hq, Nq) scratch, zero-filled: dL/dg per active row
-  float* dspan_rows;    // (B, Hq, Nq) scratch, zero-filled: the row's share of dL/dspan, times ramp
-  float* dspan;         // (Hq,) out
-  float* dperiod;       // (Hq,) out, or null without a gate
-  float* dphase;        // (Hq,) out, or null
-  Shape d;
-  Ragged r;
+  float* delta;       // (B, Hq, Nq) scratch, zero-filled by the caller
+  float* dg;          // (B, Hq, Nq) scratch, zero-filled: dL/dg per active row
+  float* dspan_rows;  // (B, Hq, Nq) scratch, zero-filled: the row's share of dL/dspan, times ramp
+  float* dspan;       // (Hq,) out
+  float* dperiod;     // (Hq,) out, or null without a gate
+  float* dphase;      // (Hq,) out, or null
   float ramp, duty;
-  bool causal;
-  float scale;
 };
 
 // dtype: 0 float32, 1 float16, 2 bfloat16. Head dims up to kMaxHeadDim. Returns the launch error.

@@ -24,4 +24,32 @@ struct Ragged {
   int64_t max_seqlen_k;
 };
 
+// What every forward launcher takes first (its op's params struct derives from it).
+struct FwdArgs {
+  const void* q;  // (B, Hq, Nq, D)
+  const void* k;  // (B, Hk, Nk, D)
+  const void* v;  // (B, Hk, Nk, Dv)
+  void* out;      // (B, Hq, Nq, Dv), q's dtype
+  Shape d;
+  Ragged r;
+  bool causal;
+  float scale;
+};
+
+// What every backward launcher takes first: dout and the inputs, the gradients (dq like q, dk like k,
+// dv like v; dk and dv summed over each GQA group, every key written), and the problem.
+struct BwdArgs {
+  const void* dout;  // (B, Hq, Nq, Dv)
+  const void* q;
+  const void* k;
+  const void* v;
+  void* dq;
+  void* dk;
+  void* dv;
+  Shape d;
+  Ragged r;
+  bool causal;
+  float scale;
+};
+
 }  // namespace fastattn::cuda

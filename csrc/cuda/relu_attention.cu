@@ -27,20 +27,24 @@ struct ReluRow {
   __device__ __forceinline__ float score(float dot, int64_t j) const { return relu_score(dot, gs, slope, i_abs, j); }
 };
 
-template <typename P>
-__device__ __forceinline__ ReluRow relu_row(const P& p, const WarpRow& w) {
-  return ReluRow{p.gamma[w.h] * p.scale, p.slopes ? p.slopes[w.h] : 0.0f,
-                 (w.ok && p.tau) ? p.tau[w.row] : -INFINITY, w.i + w.sq.offset()};
+// body(w, rw, q_i) for each warp row of a relu kernel's grid: the row, its constants, q_i in registers.
+template <typename T, int kSlots, typename P, typename Body>
+__device__ __forceinline__ void for_each_relu_row(const P& p, int64_t n_tiles, Body&& body) {
+  for_each_warp_row<kWarps>(p.d, p.r, n_tiles, [&](const WarpRow& w) {
+    float qr[kSlots];
+    load_row<T, kSlots>(qr, row_ptr<T>(p.q, w.row, p.d.D), w.ok ? p.d.D : 0, 1.0f, threadIdx.x & 31);
+    body(w, ReluRow{p.gamma[w.h] * p.scale, p.slopes ? p.slopes[w.h] : 0.0f,
+                    (w.ok && p.tau) ? p.tau[w.row] : -INFINITY, w.i + w.sq.offset()},
+         qr);
+  });
 }
 
 template <typename T, int kSlots, int kTileN = tile_keys<kSlots>()>
 __global__ void __launch_bounds__(kWarps * 32, 4) relu_fwd_kernel(ReluParams p, int64_t n_tiles) {
   __shared__ KVTile<kSlots, kTileN> sm;
   const int lane = threadIdx.x & 31;
-  for_each_warp_row<kWarps>(p.d, p.r, n_tiles, [&](const WarpRow& w) {
-    const ReluRow rw = relu_row(p, w);
-    float qr[kSlots], acc[kSlots];
-    load_row<T, kSlots>(qr, row_ptr<T>(p.q, w.row, p.d.D), w.ok ? p.d.D : 0, 1.0f, lane);
+  for_each_relu_row<T, kSlots>(p, n_tiles, [&](const WarpRow& w, const ReluRow& rw, const float (&qr)[kSlots]) {
+    float acc[kSlots];
     zero_row<kSlots>(acc);
     float stat = 0.0f, den = 0.0f;
     int32_t arg = -1;
@@ -109,10 +113,8 @@ template <typename T, int kSlots, int kTileN = tile_keys<kSlots>()>
 __global__ void __launch_bounds__(kWarps * 32, 4) relu_bwd_dq_kernel(ReluBwdParams p, int64_t n_tiles) {
   __shared__ KVTile<kSlots, kTileN> sm;
   const int lane = threadIdx.x & 31;
-  for_each_warp_row<kWarps>(p.d, p.r, n_tiles, [&](const WarpRow& w) {
-    const ReluRow rw = relu_row(p, w);
-    float qr[kSlots], dor[kSlots], acc[kSlots];
-    load_row<T, kSlots>(qr, row_ptr<T>(p.q, w.row, p.d.D), w.ok ? p.d.D : 0, 1.0f, lane);
+  for_each_relu_row<T, kSlots>(p, n_tiles, [&](const WarpRow& w, const ReluRow& rw, const float (&qr)[kSlots]) {
+    float dor[kSlots], acc[kSlots];
     load_row<T, kSlots>(dor, row_ptr<T>(p.dout, w.row, p.d.Dv), w.ok ? p.d.Dv : 0, 1.0f, lane);
     zero_row<kSlots>(acc);
     ReluGrad g{w.ok ? p.den[w.row] : 0.0f, 0.0f, (w.ok && p.norm == kNormMax) ? p.argmax[w.row] : -1, p.norm};
@@ -147,29 +149,20 @@ __global__ void __launch_bounds__(kWarps * 32, 4) relu_bwd_dq_kernel(ReluBwdPara
 template <typename T, int kSlots>
 __global__ void __launch_bounds__(kWarpsKV * 32, 2) relu_bwd_dkdv_kernel(ReluBwdParams p, int64_t n_tiles) {
   enum { kDen, kDden, kArgmax, kTau, kVals };
-  __shared__ RowTile<kSlots, kVals> sm;  // q staged as is; gamma_h * scale goes into dS
-  const int lane = threadIdx.x & 31;
-  const Shape& d = p.d;
-  key_blocks<T, kSlots, kVals>(
-      sm, d, p.r, p.q, p.k, p.v, p.dout, p.dk, p.dv, 1.0f, n_tiles,
-      [&](const Seq& sq, int64_t, int64_t j0, int64_t) {  // causal: rows with i' >= j0
-        return RowRange{p.causal ? iclamp(j0 - sq.offset(), 0, sq.nq) : 0, sq.nq};
+  key_blocks<T, kSlots, kVals>(  // q staged as is; gamma_h * scale goes into dS
+      p, 1.0f, n_tiles, CausalRows{p.causal},
+      [&](const Seq&, int64_t, int64_t row, int64_t, float* val) {
+        val[kDen] = p.den[row];
+        val[kDden] = p.dden[row];
+        val[kArgmax] = __int_as_float(p.norm == kNormMax ? p.argmax[row] : -1);
+        val[kTau] = p.tau ? p.tau[row] : -INFINITY;
       },
-      [&](const Seq&, int64_t, int t, int64_t row, int64_t) {
-        sm.val[kDen][t] = p.den[row];
-        sm.val[kDden][t] = p.dden[row];
-        sm.val[kArgmax][t] = __int_as_float(p.norm == kNormMax ? p.argmax[row] : -1);
-        sm.val[kTau][t] = p.tau ? p.tau[row] : -INFINITY;
-      },
-      [&](const Seq& sq, int64_t h, int64_t i, int64_t j, int t, const float (&kr)[kSlots],
-          const float (&vr)[kSlots], float& P, float& dS) {
-        if (p.causal && j > i + sq.offset()) return false;
-        const ReluGrad g{sm.val[kDen][t], sm.val[kDden][t], __float_as_int(sm.val[kArgmax][t]), p.norm};
-        const float gs = p.gamma[h] * p.scale, slope = p.slopes ? p.slopes[h] : 0.0f;
-        const float sc = relu_score(row_dot<kSlots>(kr, sm.q[t], lane), gs, slope, i + sq.offset(), j);
-        if (!g.terms(sc, sm.val[kTau][t], j, [&] { return row_dot<kSlots>(vr, sm.dout[t], lane); }, P, dS)) {
-          return false;
-        }
+      [&](const KeyPair<kSlots>& e, float& P, float& dS) {
+        if (p.causal && e.dist() < 0) return false;
+        const ReluGrad g{e.val[kDen], e.val[kDden], __float_as_int(e.val[kArgmax]), p.norm};
+        const float gs = p.gamma[e.h] * p.scale, slope = p.slopes ? p.slopes[e.h] : 0.0f;
+        const float sc = relu_score(e.qk(), gs, slope, e.i + e.sq.offset(), e.j);
+        if (!g.terms(sc, e.val[kTau], e.j, [&] { return e.dp(); }, P, dS)) return false;
         dS *= gs;
         return true;
       });
@@ -187,12 +180,10 @@ cudaError_t relu_attention_fwd_cuda(const ReluParams& p, int dtype, cudaStream_t
 
 cudaError_t relu_attention_bwd_cuda(const ReluBwdParams& p, int dtype, cudaStream_t stream) {
   if (p.norm < 0 || p.norm > 2) return cudaErrorInvalidValue;
-  return launch_backward<kWarps>(dtype, p.d, p.r, [&](auto tag, auto slots, const Grid& rows, const Grid& keys) {
+  return launch_backward<kWarps>(dtype, p, stream, [](auto tag, auto slots) {
     using T = decltype(tag);
     constexpr int S = decltype(slots)::value;
-    relu_bwd_dq_kernel<T, S><<<rows.dim(), kWarps * 32, 0, stream>>>(p, rows.tiles);
-    if (keys.blocks > 0) relu_bwd_dkdv_kernel<T, S><<<keys.dim(), kWarpsKV * 32, 0, stream>>>(p, keys.tiles);
-    return cudaSuccess;
+    return BwdKernels<ReluBwdParams>{relu_bwd_dq_kernel<T, S>, relu_bwd_dkdv_kernel<T, S>};
   });
 }
 

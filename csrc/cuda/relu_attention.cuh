@@ -10,45 +10,27 @@
 
 namespace fastattn::cuda {
 
-struct ReluParams {
-  const void* q;  // (B, Hq, Nq, D)
-  const void* k;  // (B, Hk, Nk, D)
-  const void* v;  // (B, Hk, Nk, Dv)
-  void* out;      // (B, Hq, Nq, Dv), q's dtype
-  float* den;     // (B, Hq, Nq): sink + max | sum | count; NaN on NaN rows
+struct ReluParams : FwdArgs {
+  float* den;       // (B, Hq, Nq): sink + max | sum | count; NaN on NaN rows
   int32_t* argmax;  // (B, Hq, Nq): key index j (local to the row's sequence) of the max weight (norm max), else -1
   const float* gamma;   // (Hq,)
   const float* sink;    // (Hq,)
   const float* slopes;  // (Hq,) or null (no ALiBi)
   const float* tau;     // (B, Hq, Nq) top-K threshold or null
-  Shape d;
-  Ragged r;
-  bool causal;
-  float scale;
   int norm;  // 0 max, 1 sum, 2 len
   int bits;  // 0, 7 or 8
 };
 
-struct ReluBwdParams {
-  const void* dout;  // (B, Hq, Nq, Dv)
-  const void* q;
-  const void* k;
-  const void* v;
-  const float* den;      // the forward's
+// dq: every row written.
+struct ReluBwdParams : BwdArgs {
+  const float* den;  // the forward's
   const int32_t* argmax;
   const float* gamma;
   const float* sink;
-  const float* slopes;   // or null
-  const float* tau;      // or null
-  void* dq;              // like q (every row written)
-  void* dk;              // like k (every key written; summed over each GQA group)
-  void* dv;              // like v
-  float* dden;           // (B, Hq, Nq) out: dL/dden per row (dsink_h is its sum over rows)
-  float* dgamma_part;    // (B, Hq, Nq) out: per row, sum_j ds_ij |i' - j| (gamma_h != 0) or sum_j ds_ij G_ij
-  Shape d;
-  Ragged r;
-  bool causal;
-  float scale;
+  const float* slopes;  // or null
+  const float* tau;     // or null
+  float* dden;          // (B, Hq, Nq) out: dL/dden per row (dsink_h is its sum over rows)
+  float* dgamma_part;   // (B, Hq, Nq) out: per row, sum_j ds_ij |i' - j| (gamma_h != 0) or sum_j ds_ij G_ij
   int norm;
 };
 

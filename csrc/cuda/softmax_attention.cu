@@ -60,26 +60,19 @@ __global__ void __launch_bounds__(kWarps * 32, 4) softmax_bwd_dq_kernel(SoftmaxB
 template <typename T, int kSlots>
 __global__ void __launch_bounds__(kWarpsKV * 32, 2) softmax_bwd_dkdv_kernel(SoftmaxBwdParams p, int64_t n_tiles) {
   enum { kL, kDelta, kTau, kVals };
-  __shared__ RowTile<kSlots, kVals> sm;  // q staged times scale: dk += dS (scale q)
-  const int lane = threadIdx.x & 31;
-  const Shape& d = p.d;
-  key_blocks<T, kSlots, kVals>(
-      sm, d, p.r, p.q, p.k, p.v, p.dout, p.dk, p.dv, p.scale, n_tiles,
-      [&](const Seq& sq, int64_t, int64_t j0, int64_t) {  // causal: rows with i' >= j0
-        return RowRange{p.causal ? iclamp(j0 - sq.offset(), 0, sq.nq) : 0, sq.nq};
+  key_blocks<T, kSlots, kVals>(  // q staged times scale: dk += dS (scale q)
+      p, p.scale, n_tiles, CausalRows{p.causal},
+      [&](const Seq&, int64_t, int64_t row, int64_t, float* val) {
+        val[kL] = p.lse[row];
+        val[kDelta] = p.delta[row];
+        val[kTau] = p.tau ? p.tau[row] : -INFINITY;
       },
-      [&](const Seq&, int64_t, int t, int64_t row, int64_t) {
-        sm.val[kL][t] = p.lse[row];
-        sm.val[kDelta][t] = p.delta[row];
-        sm.val[kTau][t] = p.tau ? p.tau[row] : -INFINITY;
-      },
-      [&](const Seq& sq, int64_t, int64_t i, int64_t j, int t, const float (&kr)[kSlots], const float (&vr)[kSlots],
-          float& P, float& dS) {
-        if (p.causal && j > i + sq.offset()) return false;
-        const float s = row_dot<kSlots>(kr, sm.q[t], lane), L = sm.val[kL][t];
-        if (!kept(s, sm.val[kTau][t], L)) return false;
+      [&](const KeyPair<kSlots>& e, float& P, float& dS) {
+        if (p.causal && e.dist() < 0) return false;
+        const float s = e.qk(), L = e.val[kL];
+        if (!kept(s, e.val[kTau], L)) return false;
         P = __expf(s - L);
-        dS = P * (row_dot<kSlots>(vr, sm.dout[t], lane) - sm.val[kDelta][t]);
+        dS = P * (e.dp() - e.val[kDelta]);
         return true;
       });
 }
@@ -95,12 +88,10 @@ cudaError_t softmax_attention_fwd_cuda(const SoftmaxParams& p, int dtype, cudaSt
 
 cudaError_t softmax_attention_bwd_cuda(const SoftmaxBwdParams& p, int dtype, cudaStream_t stream) {
   // (no rows: nothing to do; the caller zero-fills the gradients)
-  return launch_backward<kWarps>(dtype, p.d, p.r, [&](auto tag, auto slots, const Grid& rows, const Grid& keys) {
+  return launch_backward<kWarps>(dtype, p, stream, [](auto tag, auto slots) {
     using T = decltype(tag);
     constexpr int S = decltype(slots)::value;
-    softmax_bwd_dq_kernel<T, S><<<rows.dim(), kWarps * 32, 0, stream>>>(p, rows.tiles);
-    if (keys.blocks > 0) softmax_bwd_dkdv_kernel<T, S><<<keys.dim(), kWarpsKV * 32, 0, stream>>>(p, keys.tiles);
-    return cudaSuccess;
+    return BwdKernels<SoftmaxBwdParams>{softmax_bwd_dq_kernel<T, S>, softmax_bwd_dkdv_kernel<T, S>};
   });
 }
 

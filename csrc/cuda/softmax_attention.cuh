@@ -10,34 +10,16 @@
 
 namespace fastattn::cuda {
 
-struct SoftmaxParams {
-  const void* q;  // (B, Hq, Nq, D)
-  const void* k;  // (B, Hk, Nk, D)
-  const void* v;  // (B, Hk, Nk, Dv)
-  void* out;      // (B, Hq, Nq, Dv), q's dtype
-  float* lse;     // (B, Hq, Nq): log-sum-exp; +inf on rows with no allowed key, NaN on NaN rows
-  Shape d;
-  Ragged r;
-  bool causal;
-  float scale;
+struct SoftmaxParams : FwdArgs {
+  float* lse;  // (B, Hq, Nq): log-sum-exp; +inf on rows with no allowed key, NaN on NaN rows
 };
 
-struct SoftmaxBwdParams {
-  const void* dout;  // (B, Hq, Nq, Dv)
-  const void* q;
-  const void* k;
-  const void* v;
-  const void* out;
+// dq: every row written.
+struct SoftmaxBwdParams : BwdArgs {
+  const void* out;   // the forward's
   const float* lse;
   const float* tau;  // (B, Hq, Nq): keys with s < tau were not attended (top-K); or null
-  void* dq;          // like q (every row written)
-  void* dk;          // like k (every key written; summed over each GQA group)
-  void* dv;          // like v
   float* delta;      // (B, Hq, Nq) scratch: dout . out per row
-  Shape d;
-  Ragged r;
-  bool causal;
-  float scale;
 };
 
 // dtype: 0 float32, 1 float16, 2 bfloat16. Head dims up to kMaxHeadDim. Returns the launch error.

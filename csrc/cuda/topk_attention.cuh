@@ -12,19 +12,11 @@
 
 namespace fastattn::cuda {
 
-struct TopkParams {
-  const void* q;  // (B, Hq, Nq, D)
-  const void* k;  // (B, Hk, Nk, D)
-  const void* v;  // (B, Hk, Nk, Dv)
-  void* out;      // (B, Hq, Nq, Dv), q's dtype
+struct TopkParams : FwdArgs {
   float* lse;     // (B, Hq, Nq): log-sum-exp over the kept keys; +inf with no allowed key, NaN on NaN rows
   float* tau;     // (B, Hq, Nq): the K-th largest allowed score lowered by the tie margin; -inf if < K allowed
   void* scratch;  // topk_attention_fwd_scratch(p) bytes (the key-split path of decoding), or null if 0
-  Shape d;
-  Ragged r;
   int64_t topk;
-  bool causal;
-  float scale;
 };
 
 // Scratch bytes the forward needs on the current device (0: one block per row, no split).

@@ -12,13 +12,14 @@ Bytes (B, T) -> patches -> a global transformer over patches -> next-byte logits
 * Local encoder: byte layers with sliding-window attention (adaptive-span attention with a fixed
   span = `window`), then cross-attention where each patch's query (its bytes' max-pool) attends to
   its own bytes only. Global transformer: causal over patches, any attention kind. Local decoder:
-  each byte cross-attends to the global state of the patch BEFORE its own (the last one that
-  ends before the byte; a learned state for the first patch), so no byte sees its own patch's
-  future bytes; then byte layers and the byte head.
+  each byte cross-attends to the `cross_k` vectors made from the global state of the patch BEFORE
+  its own (the last one that ends before the byte; a learned state for the first patch), so no
+  byte sees its own patch's future bytes; then byte layers and the byte head.
 
-Every attention runs through fastattn ops, and no Nq x Nk mask is built: a patch's bytes are
-gathered into a (patches, L) group whose query sits in row len - 1, so the op's causal rule admits
-exactly the patch's bytes; a byte's cross-attention is a group of its `cross_k` patch vectors.
+Every attention runs through fastattn ops, and no Nq x Nk mask is built: both cross-attentions are
+block-diagonal and go through the ops' cu_seqlens (one packed sequence per patch slot; `PatchLayout.cu`
+holds the byte offsets). Encoder: one query per patch, its bytes as keys. Decoder: the patch's
+bytes as queries, the `cross_k` vectors of the previous patch's state as keys.
 
 Generation (`fastattn.models.generate` / `stream`, use_cache=True) runs `BLTDecoder`: bytes are
 patched as they arrive and each finished patch is encoded once (no re-encoding of the prefix).
@@ -126,11 +127,15 @@ def limit_lengths(starts: torch.Tensor, min_len: int = 1, max_len: int | None = 
 class PatchLayout(NamedTuple):
     """Where the patches of a batch lie: ids (B, T) patch index of each byte; first (B, P) first
     byte of each patch; lengths (B, P) bytes per patch (0 for the padding patches of shorter rows);
-    counts (B,) patches per row. P = the largest count."""
+    counts (B,) patches per row. P = the largest count. cu (B * P + 1,) int32: the offsets of the
+    B * P patch slots' bytes in the (B * T) flattened bytes (the cross-attentions' cu_seqlens);
+    max_len: the longest patch (an int)."""
     ids: torch.Tensor
     first: torch.Tensor
     lengths: torch.Tensor
     counts: torch.Tensor
+    cu: torch.Tensor
+    max_len: int
 
 
 def patch_layout(starts: torch.Tensor) -> PatchLayout:
@@ -143,7 +148,8 @@ def patch_layout(starts: torch.Tensor) -> PatchLayout:
     lengths = torch.zeros(starts.shape[0], P, dtype=torch.long, device=starts.device)
     lengths.scatter_add_(1, ids, torch.ones_like(ids))
     first = lengths.cumsum(1) - lengths
-    return PatchLayout(ids, first, lengths, counts)
+    return PatchLayout(ids, first, lengths, counts, fastattn.cu_seqlens_from_lengths(lengths.flatten()),
+                       int(lengths.max()))
 
 
 # ---- embeddings --------------------------------------------------------------------------------
@@ -151,11 +157,9 @@ def ngram_hashes(x: torch.Tensor, n: int, buckets: int) -> torch.Tensor:
     """(B, T) bytes -> (B, T) int64 bucket of the n bytes ending at each position (bytes before
     the start count as absent): (sum_i (x[t-n+1+i] + 1) * 257^(n-1-i) mod (2^31 - 1)) mod buckets."""
     v = F.pad(x.long() + 1, (n - 1, 0))  # absent bytes are 0, real bytes 1..256
-    T = x.shape[1]
-    h = torch.zeros_like(x, dtype=torch.long)
-    for i in range(n):  # over the n-gram, not over bytes
-        h = (h * HASH_BASE + v[:, i:i + T]) % HASH_MOD
-    return h % buckets
+    # the polynomial in closed form: each term < 2^9 * 2^31, a sum of <= 8 fits int64 before the mod
+    powers = torch.tensor([pow(HASH_BASE, n - 1 - i, HASH_MOD) for i in range(n)], device=x.device)
+    return (v.unfold(1, n, 1) * powers).sum(-1) % HASH_MOD % buckets
 
 
 class HashNgramEmbedding(nn.Module):
@@ -178,8 +182,15 @@ class HashNgramEmbedding(nn.Module):
 
 # ---- cross-attention -----------------------------------------------------------------------------
 class CrossAttention(nn.Module):
-    """Grouped cross-attention on fastattn.softmax_attention: q_in (G, Nq, dq), kv_in (G, Nk, dkv)
-    -> (G, Nq, dq); group g's queries attend only to group g's keys (causal: bottom-right aligned)."""
+    """Cross-attention on fastattn.softmax_attention (no causal rule): q_in (G, Nq, dq), kv_in
+    (G, Nk, dkv) -> (G, Nq, dq), group g's queries attend to all of group g's keys; or packed
+    (G = 1) with cu_seqlens_q / cu_seqlens_k (S + 1,): sequence s's queries attend only to its keys.
+
+        >>> x = CrossAttention(dq=32, dkv=16, n_heads=2)
+        >>> cu_q, cu_k = torch.tensor([0, 1, 2], dtype=torch.int32), torch.tensor([0, 3, 5], dtype=torch.int32)
+        >>> x(torch.randn(1, 2, 32), torch.randn(1, 5, 16), cu_q, cu_k).shape   # 2 queries: keys 0-2, 3-4
+        torch.Size([1, 2, 32])
+    """
 
     def __init__(self, dq: int, dkv: int, n_heads: int, backend: str = "auto"):
         super().__init__()
@@ -191,13 +202,22 @@ class CrossAttention(nn.Module):
         self.wv = nn.Linear(dkv, dq, bias=False)
         self.wo = nn.Linear(dq, dq, bias=False)
 
-    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, causal: bool) -> torch.Tensor:
-        G, Nq, _ = q_in.shape
-        Nk = kv_in.shape[1]
-        heads = lambda t, n: t.view(G, n, self.n_heads, self.hd).transpose(1, 2)  # noqa: E731
-        o = fastattn.softmax_attention(heads(self.wq(q_in), Nq), heads(self.wk(kv_in), Nk), heads(self.wv(kv_in), Nk),
-                                       causal=causal, backend=self.backend)
-        return self.wo(o.transpose(1, 2).reshape(G, Nq, -1))
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(*t.shape[:2], self.n_heads, self.hd).transpose(1, 2)
+
+    def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_in (G, Nk, dkv) -> the heads' keys and values (G, n_heads, Nk, dq / n_heads), to reuse."""
+        return self._heads(self.wk(kv_in)), self._heads(self.wv(kv_in))
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
+                max_seqlen_q: int | None = None, max_seqlen_k: int | None = None) -> torch.Tensor:
+        """kv_in: (G, Nk, dkv), or what keys_values(kv_in) returned."""
+        k, v = kv_in if isinstance(kv_in, tuple) else self.keys_values(kv_in)
+        o = fastattn.softmax_attention(self._heads(self.wq(q_in)), k, v, backend=self.backend,
+                                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                                       max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
+        return self.wo(o.transpose(1, 2).flatten(2))
 
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -354,21 +374,17 @@ class BLT(nn.Module):
         for block in self.encoder:
             h = block(h)
         B, T, dl = h.shape
-        L = int(lay.lengths.max())
-        pos = torch.arange(L, device=idx.device)
-        valid = pos < lay.lengths[..., None]  # (B, P, L)
-        src = (lay.first[..., None] + pos).clamp(max=T - 1)
-        hb = h.gather(1, src.flatten(1)[..., None].expand(-1, -1, dl)).view(B, -1, L, dl)  # (B, P, L, dl)
-        pooled = hb.masked_fill(~valid[..., None], -math.inf).amax(2)
-        pooled = torch.where(lay.lengths[..., None] > 0, pooled, 0.0)
-        patches = self.patch_in(pooled)  # (B, P, dg)
-        P, dg = patches.shape[1:]
-        # each patch's query in row len - 1 of its L rows: the causal rule then admits its bytes only
-        row = (lay.lengths - 1).clamp(min=0)[..., None, None]  # (B, P, 1, 1)
-        q = torch.zeros(B, P, L, dg, dtype=patches.dtype, device=patches.device)
-        q = q.scatter(2, row.expand(-1, -1, 1, dg), self.enc_norm_q(patches)[:, :, None])
-        o = self.enc_cross(q.flatten(0, 1), self.enc_norm_kv(hb).flatten(0, 1), causal=True).view(B, P, L, dg)
-        return h, patches + o.gather(2, row.expand(-1, -1, 1, dg)).squeeze(2)
+        P = lay.lengths.shape[1]
+        # max-pool each patch's bytes (padding patch slots, with no bytes, pool to 0)
+        slot = (lay.ids + P * torch.arange(B, device=idx.device)[:, None]).flatten()  # (B * T,) patch slot of each byte
+        pooled = h.new_zeros(B * P, dl).scatter_reduce(0, slot[:, None].expand(-1, dl), h.flatten(0, 1), "amax",
+                                                       include_self=False)
+        patches = self.patch_in(pooled).view(B, P, -1)  # (B, P, dg)
+        # one query per patch slot, keys = its bytes (cu_k = the slots' byte offsets)
+        cu_q = torch.arange(B * P + 1, dtype=torch.int32, device=idx.device)
+        o = self.enc_cross(self.enc_norm_q(patches).view(1, B * P, -1), self.enc_norm_kv(h).view(1, B * T, dl),
+                           cu_q, lay.cu, 1, lay.max_len)
+        return h, patches + o.view(B, P, -1)
 
     def global_states(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, P, dg) -> (B, P, dg), causal over patches."""
@@ -380,12 +396,14 @@ class BLT(nn.Module):
         """Byte states h (B, T, dl) + global states g (B, P, dg) -> logits (B, T, 256); byte t of
         patch p cross-attends to the cross_k vectors of g[p - 1] (the learned `begin` for p = 0)."""
         B, T, dl = h.shape
-        prev = torch.cat([self.begin.expand(B, 1, -1).to(g.dtype), g[:, :-1]], 1)
-        per_byte = prev.gather(1, lay.ids[..., None].expand(-1, -1, g.shape[-1]))  # (B, T, dg)
-        kv = self.dec_kv(per_byte).view(B * T, self.config.cross_k, dl)
+        P, ck = g.shape[1], self.config.cross_k
+        prev = torch.cat([self.begin.expand(B, 1, -1).to(g.dtype), g[:, :-1]], 1)  # (B, P, dg)
+        kv = self.dec_kv(prev).view(1, B * P * ck, dl)
+        # one sequence per patch slot: its bytes (cu_q = the slots' byte offsets) read its cross_k vectors
+        cu_k = torch.arange(0, B * P * ck + 1, ck, dtype=torch.int32, device=h.device)
         z = h
         for norm, cross, block in zip(self.dec_norms, self.dec_cross, self.decoder):
-            z = z + cross(norm(z).reshape(B * T, 1, dl), kv, causal=False).view(B, T, dl)
+            z = z + cross(norm(z).view(1, B * T, dl), kv, lay.cu, cu_k, lay.max_len, ck).view(B, T, dl)
             z = block(z)
         return self.head(self.norm(z))
 
@@ -427,8 +445,8 @@ class BLT(nn.Module):
         T, pl = seq_len or cfg.max_seq_len, float(cfg.stride)
         n = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
         x = self.enc_cross
-        per_byte = n(*self.encoder, *self.decoder, *self.dec_cross, self.dec_kv, self.head, x.wk, x.wv)
-        per_patch = n(*self.glob, self.patch_in, x.wq, x.wo)
+        per_byte = n(*self.encoder, *self.decoder, *self.dec_cross, self.head, x.wk, x.wv)
+        per_patch = n(*self.glob, self.patch_in, x.wq, x.wo, self.dec_kv)
         dense = 2 * (per_byte + per_patch / pl)
         attn = 2 * 2 * (cfg.n_enc_layers + cfg.n_dec_layers) * min(T / 2, cfg.window) * cfg.dim_local
         attn += 2 * 2 * (cfg.n_global_layers * T / pl / 2 * cfg.dim_global / pl + cfg.dim_global
@@ -456,7 +474,7 @@ class BLTDecoder:
         self.entropy = [math.inf]  # entropy[t]: of byte t given bytes < t
         self.patch: list[torch.Tensor] = []  # encoder states (1, 1, dl) of the current patch's bytes
         self.start = 0  # the current patch's first byte
-        self.kv = None  # decoder keys/values (1, cross_k, dl) of the current patch's previous patch
+        self.kv = None  # per decoder layer, the cross keys/values of the current patch's previous patch
 
     def _starts(self, t: int, b: int) -> bool:
         cfg = self.model.config
@@ -478,7 +496,7 @@ class BLTDecoder:
         m = self.model
         hb = torch.cat(self.patch, 1)  # (1, L, dl)
         patch = m.patch_in(hb.amax(1, keepdim=True))
-        patch = patch + m.enc_cross(m.enc_norm_q(patch), m.enc_norm_kv(hb), causal=False)
+        patch = patch + m.enc_cross(m.enc_norm_q(patch), m.enc_norm_kv(hb))
         for block, cache in zip(m.glob, self.glob):
             patch = block(patch, cache)
         return m.glob_norm(patch)
@@ -492,7 +510,8 @@ class BLTDecoder:
         dev = m.head.weight.device
         if self._starts(t, b):
             prev = m.begin.view(1, 1, -1) if t == 0 else self._close_patch()
-            self.kv = m.dec_kv(prev).view(1, cfg.cross_k, cfg.dim_local)
+            kv = m.dec_kv(prev).view(1, cfg.cross_k, cfg.dim_local)
+            self.kv = [cross.keys_values(kv) for cross in m.dec_cross]
             self.patch, self.start = [], t
         self.bytes.append(b)
         window = torch.tensor([self.bytes[-max(cfg.ngram_sizes, default=1):]], device=dev)
@@ -501,8 +520,8 @@ class BLTDecoder:
             h = block(h, cache)
         self.patch.append(h)
         z = h
-        for norm, cross, block, cache in zip(m.dec_norms, m.dec_cross, m.decoder, self.dec):
-            z = z + cross(norm(z), self.kv, causal=False)
+        for norm, cross, block, cache, kv in zip(m.dec_norms, m.dec_cross, m.decoder, self.dec, self.kv):
+            z = z + cross(norm(z), kv)
             z = block(z, cache)
         if self.ent is not None:
             logp = F.log_softmax(m.entropy_model(torch.tensor([[b]], device=dev), caches=self.ent)[0, -1].float(), -1)

@@ -10,10 +10,11 @@ Plans mirrored (fastattn/ops/adaptive_span_attention.py states the contract):
     (row, key) pair of a task's products is counted (masked ones too: the GEMMs compute them).
   * triton (kernels/adaptive_span_attention.py `plan` / `tile_counts`): whole BLOCK_M x BLOCK_N tiles
     of the forward, dq and dk/dv kernels.
-  * cuda (forward only): blocks of CUDA_ROWS compacted rows over their key band, as cpu's forward.
+  * cuda (csrc/cuda/adaptive_span_attention.cu): one warp per active row computes exactly the keys
+    with m > 0, in the forward, the backward's dq kernel and its key-owning dk/dv kernel alike.
   * reference: every (query, key) pair (it materializes the Nq x Nk scores).
 FLOPs per pair: forward 2D (q.k) + 2Dv (p.v); cpu backward 3 x 2D + 2 x 2Dv (s, dp, dv, dk, dq);
-triton dk/dv 2 x 2D + 2 x 2Dv and dq 2 x 2D + 2Dv. Dense causal attention (the denominator): every
+triton and cuda dk/dv 2 x 2D + 2 x 2Dv and dq 2 x 2D + 2Dv. Dense causal attention (the denominator): every
 allowed pair (bottom-right aligned), forward 2D + 2Dv, backward 2.5x forward (bench/common.py's
 convention).
 
@@ -30,7 +31,6 @@ from .adaptive_span import AdaptiveSpanAttention
 
 OP = "adaptive_span_attention"
 FWD_ROWS, BWD_ROWS, BWD_KEYS = 64, 64, 256  # csrc/cpu/adaptive_span_attention.cpp: kBM, kBMB, kBNB
-CUDA_ROWS = 4                                # csrc/cuda/adaptive_span_attention.cu: kWarps
 
 
 def dense_causal_pairs(Nq: int, Nk: int) -> int:
@@ -45,6 +45,18 @@ def _band_pairs(p: dict, rows_per_task: int) -> int:
     starts = torch.arange(p["T"]).view(1, -1) * rows_per_task
     rows = (p["cnt"].long().view(-1, 1) - starts).clamp(0, rows_per_task)
     return int((rows * (hi - lo)).sum())
+
+
+def _exact_pairs(Nq: int, Nk: int, span: torch.Tensor, g, ramp: float, causal: bool) -> int:
+    """(row, key) pairs with m > 0 of the rows the gate keeps (g > 0): |i' - j| < ramp + span_h in fp32,
+    j <= i' when causal."""
+    A = span.float() + torch.tensor(ramp, dtype=torch.float32)
+    x_max = (torch.ceil(A).clamp(min=0, max=Nq + Nk).long() - 1).view(-1, 1)  # largest x with m(x) > 0
+    ip = torch.arange(Nq).view(1, -1) + (Nk - Nq)
+    lo = (ip - x_max).clamp(min=0)
+    hi = (ip if causal else ip + x_max).clamp(max=Nk - 1)
+    keys = (hi - lo + 1).clamp(min=0)  # (Hq, Nq)
+    return int(keys.sum() if g is None else (keys * (g > 0)).sum())
 
 
 def _cpu_bwd_pairs(Nq: int, Nk: int, span: torch.Tensor, g, ramp: float, causal: bool) -> int:
@@ -81,11 +93,11 @@ def span_attention_flops(Nq: int, Nk: int, span: torch.Tensor, g: torch.Tensor |
     fwd_pp, bwd_pp = 2 * D + 2 * Dv, 6 * D + 4 * Dv
     if backend == "reference":
         return float(Hq * Nq * Nk * (fwd_pp + (bwd_pp if training else 0)))
-    if backend in ("cpu", "cuda"):
-        if backend == "cuda" and training:
-            raise ValueError("span_attention_flops: the cuda backend has no backward (training runs on triton)")
+    if backend == "cuda":
+        return float(_exact_pairs(Nq, Nk, span, g, ramp, causal) * (fwd_pp + (8 * D + 6 * Dv if training else 0)))
+    if backend == "cpu":
         active = Hq * Nq if g is None else int((g > 0).sum())
-        rows = CUDA_ROWS if backend == "cuda" else (FWD_ROWS if 4 * active > 3 * Hq * Nq else FWD_ROWS // 2)
+        rows = FWD_ROWS if 4 * active > 3 * Hq * Nq else FWD_ROWS // 2
         flops = _band_pairs(plan(Nq, Nk, span, g, ramp, causal, rows, BWD_KEYS), rows) * fwd_pp
         if training:
             flops += _cpu_bwd_pairs(Nq, Nk, span, g, ramp, causal) * bwd_pp

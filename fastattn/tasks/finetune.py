@@ -121,7 +121,7 @@ def finetune(model, seqs, cfg: FinetuneConfig, log=print, progress: bool = True,
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, desc=desc, dynamic_ncols=True, leave=False)
     model.train()
-    losses, tokens, t0 = [], 0, time.perf_counter()
+    losses, tokens, t0, c0 = [], 0, time.perf_counter(), time.process_time()
     for _ in range(cfg.steps):
         x, y = batches.next()
         _, loss = model(x, targets=y)
@@ -141,15 +141,17 @@ def finetune(model, seqs, cfg: FinetuneConfig, log=print, progress: bool = True,
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_step is not None:
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             on_step(len(losses), model)
             model.train()
             t0 += time.perf_counter() - t1
-    train_s = time.perf_counter() - t0
+            c0 += time.process_time() - c1
+    train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     if bar is not None:
         bar.close()
     model.eval()
-    return {"losses": losses, "train_s": train_s, "tokens": tokens, "tokens_per_s": tokens / max(train_s, 1e-9)}
+    return {"losses": losses, "train_s": train_s, "train_cpu_s": train_cpu_s, "tokens": tokens,
+            "tokens_per_s": tokens / max(train_s, 1e-9)}
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from .pretrain import pretrained_state
 from .weights import AttentionWeightMeter
 
 COMMON_COLUMNS = [("train_tokens_per_s", "train tok/s", "{:.0f}"), ("train_s", "train s", "{:.0f}"),
+                  ("train_cpu_s", "train CPU s", "{:.0f}"),
                   ("attn_MB_per_step", "attn weights MB/step", "{:.2f}"),
                   ("attn_MB_per_step_fp32", "(as fp32)", "{:.2f}")]
 
@@ -68,7 +69,7 @@ def run_task(task, cfg, log=print, progress: bool = True, pretrain_data=None, sa
         losses = stats["losses"]
         tail = losses[-max(1, min(20, len(losses) // 10)):]
         row = {"kind": kind, **metrics, "train_tokens_per_s": stats["tokens_per_s"], "train_s": stats["train_s"],
-               "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
+               "train_cpu_s": stats["train_cpu_s"], "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
                "attn_MB_per_step": w["bytes"] / 2**20, "attn_MB_per_step_fp32": w["bytes_fp32"] / 2**20,
                "attn_entries_per_step": w["entries"], "wall_s": time.perf_counter() - t0}
         rows.append(row)

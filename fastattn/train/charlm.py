@@ -122,6 +122,14 @@ class CharLMTrainer(Trainer):
         if resume and self.ckpt_path.exists():
             self.load(self.ckpt_path)
 
+    def _document_mask(self, setting: bool | None) -> bool:
+        """Off: the recipe reads its corpus as one stream (segment memory and the FLOP counter
+        carry context across block and document edges, as the enwik8 recipe does)."""
+        if setting:
+            raise ValueError("data.document_mask: true is not supported by the charlm recipe, which reads the "
+                             "corpus as one stream (set data.document_mask: false or leave it unset)")
+        return False
+
     # ---- the forward of a training step -------------------------------------------------------
     def _compute_dtype(self) -> torch.dtype:
         on = getattr(self.autocast, "_enabled", False)

@@ -109,6 +109,34 @@ def test_encoder_cross_attention_sees_only_its_patch():
     assert changed[:, 2].all() and not changed[:, :2].any() and not changed[:, 3:].any()
 
 
+def test_packed_cross_attentions_equal_one_call_per_patch():
+    """Both cross-attentions run packed (cu_seqlens, one sequence per patch slot, rows with
+    different patch counts and so padding slots); they equal a dense call on each patch alone."""
+    m = tiny_blt(cross_k=3)
+    x = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(4))
+    starts = limit_lengths(torch.rand(3, 40, generator=torch.Generator().manual_seed(5)) < 0.3, 1, 8)
+    starts[2] = stride_starts(x[:1], 8)[0]  # fewer patches: padding slots in row 2
+    lay = patch_layout(starts)
+    dl = m.config.dim_local
+    with torch.no_grad():
+        h, patches = m.encode(x, lay)
+        g = m.global_states(patches)
+        logits = m.decode(h, g, lay)
+        for b in range(3):
+            spans = [(int(f), int(n)) for f, n in zip(lay.first[b], lay.lengths[b]) if n > 0]
+            for p, (f, n) in enumerate(spans):
+                hb = h[b:b + 1, f:f + n]
+                pooled = m.patch_in(hb.amax(1, keepdim=True))
+                want = pooled + m.enc_cross(m.enc_norm_q(pooled), m.enc_norm_kv(hb))
+                torch.testing.assert_close(patches[b, p], want[0, 0], rtol=0, atol=1e-5)
+            prev = torch.cat([m.begin[None], g[b, :-1]])
+            z = h[b:b + 1]
+            for norm, cross, block in zip(m.dec_norms, m.dec_cross, m.decoder):
+                parts = [cross(norm(z)[:, f:f + n], m.dec_kv(prev[p]).view(1, -1, dl)) for p, (f, n) in enumerate(spans)]
+                z = block(z + torch.cat(parts, 1))
+            torch.testing.assert_close(logits[b], m.head(m.norm(z))[0], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("patching", ["stride", "space", "entropy"])
 def test_no_logit_sees_a_future_byte(patching):
     """Changing byte s (which may move later patch boundaries) leaves every logit before s unchanged
@@ -231,6 +259,10 @@ def test_bundled_blt_configs():
     assert load_config("blt_entropy_tiny").model.build(256).vocab_size == 256
     with pytest.raises(ValueError, match="vocab 256"):
         load_config("blt_tiny").model.build(1000)
+    small = load_config("blt_small", ["model.patching=space", "model.entropy_checkpoint=null"]).model.build(256)
+    assert small.dim_global == 384 and small.max_seq_len == 1024
+    tiny = load_config("blt_tiny", ["model.patching=space", "model.entropy_checkpoint=null"]).model.build(256)
+    assert BLT(small).num_params(non_embedding=True) > 5 * BLT(tiny).num_params(non_embedding=True)
 
 
 @pytest.mark.parametrize("patching,kw", [("stride", {}), ("space", {"max_patch": 5}),

@@ -106,6 +106,9 @@ def test_counter_equals_brute_force(Nq, Nk, spans, period, duty, causal):
     need = sum(int(((x >= 0) & (x < s + R) & (True if g is None else g[h].view(-1, 1) > 0)).sum())
                for h, s in enumerate(spans))
     assert need <= fwd and need <= bwd
+    # The CUDA kernels compute exactly those pairs: forward, dq (2 x 2D + 2Dv) and dk/dv (2 x 2D + 2 x 2Dv).
+    assert span_attention_flops(Nq, Nk, span, g, R, D, Dv, "cuda", False, causal) == need * (2 * D + 2 * Dv)
+    assert span_attention_flops(Nq, Nk, span, g, R, D, Dv, "cuda", True, causal) == need * (10 * D + 8 * Dv)
     assert fwd < H * Nq * Nk
 
 

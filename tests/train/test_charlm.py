@@ -187,3 +187,19 @@ def test_triton_backend_counts_triton_tiles(tmp_path):
     want = 4 * span_attention_flops(16, M + 16, attn.current_span(), attn.gate(16, M + 16), 4.0, 8, 8, "triton", True)
     tr.train_step()
     assert M > 0 and tr.last_work[0]["flops"] == want and tr.last_work[0]["memory"] == M
+
+
+def test_a_corpus_of_documents_is_read_as_one_stream(tmp_path):
+    """The charlm recipe reads a corpus of documents as one stream (the trainer's default document
+    masking would hand the step cu_seqlens it cannot take); forcing document masking is refused."""
+    d = tiny_data()
+    docs = dict(train_doc_starts=torch.tensor([0, 5_000, 12_000]), val_doc_starts=torch.tensor([0, 1_000]))
+    data = TextData(d.train, d.val, d.tokenizer, 1.0, test=d.test, **docs)
+    cfg, sec = tiny_charlm(tmp_path / "a", max_steps=2)
+    tr = CharLMTrainer(cfg, sec, data=data, **QUIET)
+    assert not tr.document_mask
+    tr.train()
+    cfg, sec = tiny_charlm(tmp_path / "b", max_steps=2)
+    cfg.data.document_mask = True
+    with pytest.raises(ValueError, match="document_mask"):
+        CharLMTrainer(cfg, sec, data=data, **QUIET)

@@ -45,9 +45,8 @@ Fwd fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at:
   // Gated-off rows are not computed: zeros and lse = +inf.
   auto out = at::zeros({d.B, d.Hq, d.Nq, d.Dv}, q.options());
   auto lse = at::full({d.B, d.Hq, d.Nq}, std::numeric_limits<float>::infinity(), q.options().dtype(at::kFloat));
-  const cuda::SpanParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(), a.span,
-                           a.period, a.phase, a.plan(), d, c.ragged, static_cast<float>(ramp),
-                           static_cast<float>(duty), causal, static_cast<float>(scale)};
+  const cuda::SpanParams p{c.fwd_args(out, causal, scale), lse.data_ptr<float>(), a.span, a.period, a.phase, a.plan(),
+                           static_cast<float>(ramp), static_cast<float>(duty)};
   c.check(cuda::adaptive_span_attention_fwd_cuda(p, c.dtype, c.stream));
   return {out, lse};
 }
@@ -58,21 +57,19 @@ Bwd bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const 
         int64_t max_q, int64_t max_k) {
   const Call c("adaptive_span_attention_bwd (cuda)", q, k, v, kpm, cu_q, cu_k, max_q, max_k);
   SpanArgs a = span_args(c, span, period, phase, ramp, duty);
-  c.check_rows(dout, "dout");
   c.check_rows(out, "out");
   const cuda::Shape& d = c.shape;
   auto f32 = q.options().dtype(at::kFloat);
-  auto dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  const auto [dq, dk, dv] = c.zero_grads();
   auto rows = at::zeros({3, d.B, d.Hq, d.Nq}, f32);  // delta, dL/dg, dL/dspan terms per row
   const int64_t n_gate = a.period ? d.Hq : 0;
   auto dspan = at::zeros({d.Hq}, f32), dperiod = at::zeros({n_gate}, f32), dphase = at::zeros({n_gate}, f32);
-  const cuda::SpanBwdParams p{dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+  const cuda::SpanBwdParams p{c.bwd_args(dout, {dq, dk, dv}, causal, scale), out.data_ptr(),
                               c.f32(lse, "lse", {d.B, d.Hq, d.Nq}), a.span, a.period, a.phase, a.plan(),
-                              dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), rows[0].data_ptr<float>(),
-                              rows[1].data_ptr<float>(), rows[2].data_ptr<float>(), dspan.data_ptr<float>(),
-                              n_gate ? dperiod.data_ptr<float>() : nullptr, n_gate ? dphase.data_ptr<float>() : nullptr,
-                              d, c.ragged, static_cast<float>(ramp), static_cast<float>(duty), causal,
-                              static_cast<float>(scale)};
+                              rows[0].data_ptr<float>(), rows[1].data_ptr<float>(), rows[2].data_ptr<float>(),
+                              dspan.data_ptr<float>(), n_gate ? dperiod.data_ptr<float>() : nullptr,
+                              n_gate ? dphase.data_ptr<float>() : nullptr, static_cast<float>(ramp),
+                              static_cast<float>(duty)};
   c.check(cuda::adaptive_span_attention_bwd_cuda(p, c.dtype, c.stream));
   return {dq, dk, dv, dspan, dperiod, dphase};
 }

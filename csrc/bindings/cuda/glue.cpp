@@ -44,9 +44,13 @@ cuda::Ragged ragged_args(const char* op, const at::Tensor& q, const at::Tensor& 
 
 }  // namespace
 
-Call::Call(const char* op_, const at::Tensor& q_, const at::Tensor& k, const at::Tensor& v, const OptTensor& kpm,
+Call::Call(const char* op_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const OptTensor& kpm,
            const OptTensor& cu_q, const OptTensor& cu_k, int64_t max_q, int64_t max_k)
-    : op(op_), q(q_), guard((fastattn::cpu::check_attention_inputs(op_, q_, k, v, at::kCUDA), q_.device())) {
+    : op(op_),
+      q(q_),
+      k(k_),
+      v(v_),
+      guard((fastattn::cpu::check_attention_inputs(op_, q_, k_, v_, at::kCUDA), q_.device())) {
   TORCH_CHECK(q.size(3) <= kMaxHeadDim && v.size(3) <= kMaxHeadDim, op, ": head dims up to ", kMaxHeadDim);
   shape = cuda::Shape{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
   ragged = ragged_args(op, q, k, kpm, cu_q, cu_k, max_q, max_k);
@@ -81,6 +85,19 @@ at::Tensor Call::row_stat(float fill) const {
 at::Tensor Call::out_rows() const {
   const std::vector<int64_t> sizes{shape.B, shape.Hq, shape.Nq, shape.Dv};
   return packed() ? at::zeros(sizes, q.options()) : at::empty(sizes, q.options());
+}
+
+Tensor3 Call::zero_grads() const { return {at::zeros_like(q), at::zeros_like(k), at::zeros_like(v)}; }
+
+cuda::FwdArgs Call::fwd_args(const at::Tensor& out, bool causal, double scale) const {
+  return {q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), shape, ragged, causal, static_cast<float>(scale)};
+}
+
+cuda::BwdArgs Call::bwd_args(const at::Tensor& dout, const Tensor3& grads, bool causal, double scale) const {
+  check_rows(dout, "dout");
+  const auto& [dq, dk, dv] = grads;
+  return {dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+          shape, ragged, causal, static_cast<float>(scale)};
 }
 
 }  // namespace fastattn::cuda_glue

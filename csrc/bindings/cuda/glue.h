@@ -40,9 +40,16 @@ class Call {
   // A new output like q but with Dv columns (zeros where a packed call covers no sequence).
   at::Tensor out_rows() const;
   bool packed() const { return ragged.cu_seqlens_q != nullptr; }
+  // New zero gradients dq, dk, dv (like q, k, v).
+  Tensor3 zero_grads() const;
+  // The arguments every forward launcher takes first: q, k, v, `out` and the problem.
+  cuda::FwdArgs fwd_args(const at::Tensor& out, bool causal, double scale) const;
+  // The arguments every backward launcher takes first: `dout` (checked as check_rows does), q, k, v,
+  // the gradients `grads` (from zero_grads) and the problem.
+  cuda::BwdArgs bwd_args(const at::Tensor& dout, const Tensor3& grads, bool causal, double scale) const;
 
   const char* op;
-  at::Tensor q;
+  at::Tensor q, k, v;
   c10::cuda::CUDAGuard guard;
   cuda::Shape shape;
   cuda::Ragged ragged;

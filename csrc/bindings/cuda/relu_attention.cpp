@@ -27,10 +27,10 @@ Tensor3 fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
   auto out = c.out_rows();
   auto den = c.row_stat(0.0f);
   auto argmax = at::full({d.B, d.Hq, d.Nq}, -1, q.options().dtype(at::kInt));
-  const cuda::ReluParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), den.data_ptr<float>(),
-                           argmax.data_ptr<int32_t>(), c.f32(gamma, "gamma", {d.Hq}), c.f32(sink, "sink", {d.Hq}),
-                           c.f32(alibi, "alibi_slopes", {d.Hq}, true), c.f32(tau, "tau", {d.B, d.Hq, d.Nq}, true), d,
-                           c.ragged, causal, static_cast<float>(scale), static_cast<int>(norm), static_cast<int>(quant)};
+  const cuda::ReluParams p{c.fwd_args(out, causal, scale), den.data_ptr<float>(), argmax.data_ptr<int32_t>(),
+                           c.f32(gamma, "gamma", {d.Hq}), c.f32(sink, "sink", {d.Hq}),
+                           c.f32(alibi, "alibi_slopes", {d.Hq}, true), c.f32(tau, "tau", {d.B, d.Hq, d.Nq}, true),
+                           static_cast<int>(norm), static_cast<int>(quant)};
   c.check(cuda::relu_attention_fwd_cuda(p, c.dtype, c.stream));
   return {out, den, argmax};
 }
@@ -54,21 +54,17 @@ Bwd bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const 
         const OptTensor& kpm, const OptTensor& cu_q, const OptTensor& cu_k, int64_t max_q, int64_t max_k) {
   const Call c("relu_attention_bwd (cuda)", q, k, v, kpm, cu_q, cu_k, max_q, max_k);
   check_norm(c, norm, quant);
-  c.check_rows(dout, "dout");
   c.check_rows(out, "out");
   const cuda::Shape& d = c.shape;
   TORCH_CHECK(argmax.scalar_type() == at::kInt && argmax.is_contiguous() && argmax.numel() == d.B * d.Hq * d.Nq &&
                   argmax.device() == q.device(),
               c.op, ": argmax must be a contiguous int32 (B, Hq, Nq) tensor on q's device");
-  auto dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  const auto [dq, dk, dv] = c.zero_grads();
   auto rows = at::zeros({2, d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));  // dden, dgamma terms
-  const cuda::ReluBwdParams p{dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                              c.f32(den, "den", {d.B, d.Hq, d.Nq}), argmax.data_ptr<int32_t>(),
-                              c.f32(gamma, "gamma", {d.Hq}), c.f32(sink, "sink", {d.Hq}),
+  const cuda::ReluBwdParams p{c.bwd_args(dout, {dq, dk, dv}, causal, scale), c.f32(den, "den", {d.B, d.Hq, d.Nq}),
+                              argmax.data_ptr<int32_t>(), c.f32(gamma, "gamma", {d.Hq}), c.f32(sink, "sink", {d.Hq}),
                               c.f32(alibi, "alibi_slopes", {d.Hq}, true), c.f32(tau, "tau", {d.B, d.Hq, d.Nq}, true),
-                              dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), rows[0].data_ptr<float>(),
-                              rows[1].data_ptr<float>(), d, c.ragged, causal, static_cast<float>(scale),
-                              static_cast<int>(norm)};
+                              rows[0].data_ptr<float>(), rows[1].data_ptr<float>(), static_cast<int>(norm)};
   c.check(cuda::relu_attention_bwd_cuda(p, c.dtype, c.stream));
   auto [dgamma, dsink] = head_grads(rows[0], rows[1], den, gamma, sink, alibi, norm);
   return {dq, dk, dv, dgamma, dsink};

@@ -11,17 +11,15 @@ Tensor3 softmax_backward(const char* op, const at::Tensor& dout, const at::Tenso
                          bool causal, double scale, const OptTensor& kpm, const OptTensor& cu_q, const OptTensor& cu_k,
                          int64_t max_q, int64_t max_k) {
   const Call c(op, q, k, v, kpm, cu_q, cu_k, max_q, max_k);
-  c.check_rows(dout, "dout");
   c.check_rows(out, "out");
   const cuda::Shape& d = c.shape;
-  auto dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  const Tensor3 grads = c.zero_grads();
   auto delta = at::zeros({d.B, d.Hq, d.Nq}, q.options().dtype(at::kFloat));
-  const cuda::SoftmaxBwdParams p{dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+  const cuda::SoftmaxBwdParams p{c.bwd_args(dout, grads, causal, scale), out.data_ptr(),
                                  c.f32(lse, "lse", {d.B, d.Hq, d.Nq}), c.f32(tau, "tau", {d.B, d.Hq, d.Nq}, true),
-                                 dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), delta.data_ptr<float>(), d, c.ragged,
-                                 causal, static_cast<float>(scale)};
+                                 delta.data_ptr<float>()};
   c.check(cuda::softmax_attention_bwd_cuda(p, c.dtype, c.stream));
-  return {dq, dk, dv};
+  return grads;
 }
 
 namespace {
@@ -32,8 +30,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   const Call c("softmax_attention_fwd (cuda)", q, k, v, kpm, cu_q, cu_k, max_q, max_k);
   auto out = c.out_rows();
   auto lse = c.row_stat(std::numeric_limits<float>::infinity());
-  const cuda::SoftmaxParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
-                              c.shape, c.ragged, causal, static_cast<float>(scale)};
+  const cuda::SoftmaxParams p{c.fwd_args(out, causal, scale), lse.data_ptr<float>()};
   c.check(cuda::softmax_attention_fwd_cuda(p, c.dtype, c.stream));
   return {out, lse};
 }

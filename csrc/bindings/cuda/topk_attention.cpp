@@ -17,8 +17,7 @@ Tensor3 fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64
   auto out = c.out_rows();
   auto lse = c.row_stat(std::numeric_limits<float>::infinity());
   auto tau = c.row_stat(-std::numeric_limits<float>::infinity());
-  cuda::TopkParams p{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
-                     tau.data_ptr<float>(), nullptr, c.shape, c.ragged, topk, causal, static_cast<float>(scale)};
+  cuda::TopkParams p{c.fwd_args(out, causal, scale), lse.data_ptr<float>(), tau.data_ptr<float>(), nullptr, topk};
   at::Tensor scratch;  // the key-split path of decoding
   if (const size_t bytes = cuda::topk_attention_fwd_scratch(p)) {
     scratch = at::empty({static_cast<int64_t>(bytes)}, q.options().dtype(at::kByte));
