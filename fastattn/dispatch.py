@@ -52,7 +52,7 @@ TABLE: dict[str, dict[str, Support]] = {
     "softmax_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
-        "triton": Support(),
+        "triton": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
         "cuda": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
     },
     "relu_attention": {
@@ -65,13 +65,13 @@ TABLE: dict[str, dict[str, Support]] = {
     "topk_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
-        "triton": Support(),
+        "triton": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
         "cuda": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
     },
     "adaptive_span_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"period", "bidirectional", "padding", "varlen"}), nan_policy=True),
-        "triton": Support(features=frozenset({"period", "bidirectional"})),
+        "triton": Support(features=frozenset({"period", "bidirectional", "padding", "varlen"}), nan_policy=True),
         "cuda": Support(features=frozenset({"period", "bidirectional", "padding", "varlen"}), nan_policy=True),
     },
 }
