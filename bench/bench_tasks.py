@@ -9,7 +9,9 @@ levels) next to the same weights in fp32.
 
 quick (make bench): a few dozen steps on small splits, a smoke-size run whose quality figures are
 far from trained (its speed and bytes are real); --full: the bundled configs text_to_sql and
-natural_wonders as they are (about 15 min each on 2 quiet cores, plus the one-time pretraining).
+natural_wonders as they are (text_to_sql: 1500 fine-tuning steps per kind, roughly 20 min of one
+core for ByteScale (it trains from random weights), so over an hour for the four kinds; the wonders
+fine-tune for minutes after the one-time pretraining).
 """
 from __future__ import annotations
 

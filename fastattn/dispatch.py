@@ -52,26 +52,27 @@ TABLE: dict[str, dict[str, Support]] = {
     "softmax_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
-        "triton": Support(),
+        "triton": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
         "cuda": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
     },
     "relu_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk", "padding", "varlen"}),
                        nan_policy=True),
-        "triton": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk"})),
+        "triton": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk", "padding", "varlen"}),
+                          nan_policy=True),
         "cuda": Support(features=frozenset({"quant", "alibi", "padding", "varlen"}), nan_policy=True),
     },
     "topk_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
-        "triton": Support(),
+        "triton": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
         "cuda": Support(features=frozenset({"padding", "varlen"}), nan_policy=True),
     },
     "adaptive_span_attention": {
         "reference": _REF,
         "cpu": Support(features=frozenset({"period", "bidirectional", "padding", "varlen"}), nan_policy=True),
-        "triton": Support(features=frozenset({"period", "bidirectional"})),
+        "triton": Support(features=frozenset({"period", "bidirectional", "padding", "varlen"}), nan_policy=True),
         "cuda": Support(features=frozenset({"period", "bidirectional", "padding", "varlen"}), nan_policy=True),
     },
 }

@@ -18,12 +18,35 @@ from ._common import (MAX_TOPK, TIE_MARGIN, Ragged, allowed, any_key, biased_sco
                       head_params, interpreting, key_mask, load_tile, load_tile_t, pointer, query_block, upcast_dots)
 from .softmax_attention import softmax_attention_bwd, softmax_attention_fwd
 
+# Under the interpreter the threshold kernel merges candidates with merge_by_rank (same set as tl.topk);
+# tests/test_topk_attention.py turns this off once to run the GPU's tl.topk path there too.
+RANK_MERGE_INTERPRETED = True
+
+
+@triton.jit
+def merge_by_rank(buf, new, K_PAD: tl.constexpr):
+    """The K_PAD largest entries of each row of buf and new ((BLOCK_M, K_PAD) each), in some order.
+    Entry i goes to slot rank(i) = #{larger entries} + #{equal entries before it} (buf's before new's),
+    so the slots take exactly the K_PAD largest. Elementwise work and plain reductions only, which the
+    interpreter runs vectorized (tl.topk's network runs element by element there)."""
+    lane = tl.arange(0, K_PAD)
+    before = lane[None, None, :] < lane[None, :, None]  # [_, i, j]: j precedes i in the same list
+    bi, ni = buf[:, :, None], new[:, :, None]
+    bj, nj = buf[:, None, :], new[:, None, :]
+    rank_b = tl.sum(((bj > bi) | ((bj == bi) & before)).to(tl.int32) + (nj > bi).to(tl.int32), 2)
+    rank_n = tl.sum(((nj > ni) | ((nj == ni) & before)).to(tl.int32) + (bj >= ni).to(tl.int32), 2)
+    slot = lane[None, None, :]
+    from_b = tl.max(tl.where(rank_b[:, :, None] == slot, bi, float("-inf")), 1)
+    from_n = tl.max(tl.where(rank_n[:, :, None] == slot, ni, float("-inf")), 1)
+    return tl.maximum(from_b, from_n)
+
 
 @triton.jit
 def topk_attention_threshold_kernel(Q, K, GAMMA, SLOPES, CAND, COUNT, KPM, CU_Q, CU_K, Hq, Hk, Nq, Nk, D, scale,
                                     keys_per_split, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
                                     HAS_KPM: tl.constexpr, VARLEN: tl.constexpr, UPCAST: tl.constexpr,
-                                    BLOCK_M: tl.constexpr, K_PAD: tl.constexpr, BLOCK_D: tl.constexpr):
+                                    RANK_MERGE: tl.constexpr, BLOCK_M: tl.constexpr, K_PAD: tl.constexpr,
+                                    BLOCK_D: tl.constexpr):
     """Candidates (the K_PAD largest allowed scores) and the allowed-key count of one (row block,
     batch or sequence x head, key split). A non-finite score is a candidate of no row (its row is
     NaN in the attention kernel whatever tau is)."""
@@ -50,7 +73,11 @@ def topk_attention_threshold_kernel(Q, K, GAMMA, SLOPES, CAND, COUNT, KPM, CU_Q,
             s = biased_scores(q, k, gs, slope, offs_m, offs_n, offset, HAS_ALIBI)
             ok = allowed(offs_m, offs_n, key_ok, offset, CAUSAL)
             count += tl.sum(ok.to(tl.int32), 1)
-            buf = tl.topk(tl.cat(buf, tl.where(ok & (s * 0.0 == 0.0), s, float("-inf")), dim=1), K_PAD, dim=1)
+            s = tl.where(ok & (s * 0.0 == 0.0), s, float("-inf"))
+            if RANK_MERGE:
+                buf = merge_by_rank(buf, s, K_PAD)
+            else:
+                buf = tl.topk(tl.cat(buf, s, dim=1), K_PAD, dim=1)
     slot = rows * tl.num_programs(2) + split
     tl.store(CAND + slot[:, None] * K_PAD + tl.arange(0, K_PAD)[None, :], buf, mask=row_ok[:, None])
     tl.store(COUNT + slot, count, mask=row_ok)
@@ -83,7 +110,8 @@ def topk_attention_threshold(q, k, gamma, alibi_slopes, causal: bool, scale: flo
     topk_attention_threshold_kernel[(row_blocks, rg.n_seq * Hq, splits)](
         q, k, gamma, alibi_slopes if alibi_slopes is not None else gamma, cand, count, *rg.pointers(count),
         Hq, Hk, Nq, k.shape[2], D, float(scale), per_split, CAUSAL=bool(causal), HAS_ALIBI=alibi_slopes is not None,
-        UPCAST=upcast_dots(q.dtype) or q.dtype == torch.float32, **rg.flags, BLOCK_M=BM, K_PAD=K_PAD,
+        UPCAST=upcast_dots(q.dtype) or q.dtype == torch.float32, **rg.flags,
+        RANK_MERGE=interpreting() and RANK_MERGE_INTERPRETED, BLOCK_M=BM, K_PAD=K_PAD,
         BLOCK_D=block_d(D), num_warps=4, num_stages=1)
     cand = cand.view(B, Hq, Nq, splits * K_PAD)
     allowed = count.view(B, Hq, Nq, splits).sum(-1)
@@ -117,4 +145,4 @@ def aot_specs(dtype: torch.dtype, head_dim: int):
                             "KPM": pointer(torch.uint8), "CU_Q": i32, "CU_K": i32, "Hq": "i32", "Hk": "i32",
                             "Nq": "i32", "Nk": "i32", "D": "i32", "scale": "fp32", "keys_per_split": "i32"},
                  constexprs=dict(CAUSAL=True, HAS_ALIBI=False, HAS_KPM=False, VARLEN=False, UPCAST=False,
-                                 BLOCK_M=32, K_PAD=64, BLOCK_D=block_d(head_dim)))]
+                                 RANK_MERGE=False, BLOCK_M=32, K_PAD=64, BLOCK_D=block_d(head_dim)))]

@@ -278,8 +278,8 @@ def check(c: dict) -> dict:
         r = Ragged(ragged.get("key_padding_mask"), ragged.get("cu_seqlens_q"), ragged.get("cu_seqlens_k"))
         if len({quant_bits("auto", n) for n in r.keys_per_problem(c["Nq"], c["Nk"])}) > 1:
             try:
-                _call(op, backend, t["q"].to(dt), t["k"].to(dt), t["v"].to(dt), dict(c["opts"]), c["causal"],
-                      c["scale"], ragged)
+                _call(op, backend, t["q"].to(dt), t["k"].to(dt), t["v"].to(dt),
+                      {**opts, **{n: p.float() for n, p in params.items()}}, c["causal"], c["scale"], ragged)
             except ValueError as exc:
                 assert "pass quant=7 or quant=8" in str(exc), exc
                 return dict(compared="refused: mixed quant='auto'")

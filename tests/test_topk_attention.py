@@ -112,6 +112,26 @@ def test_threshold_vs_torch_topk(backend, Nq, Nk, K, causal):
     assert (tau[fin].double() <= ref[fin] + 1e-6).all()
 
 
+@pytest.mark.parametrize("rank_merge", [True, False], ids=["merge_by_rank", "tl_topk"])
+def test_triton_threshold_with_tied_keys(rank_merge, monkeypatch):
+    """Both candidate merges of the Triton threshold kernel (the interpreter runs merge_by_rank, a GPU
+    tl.topk) keep every copy of a tied score: keys 24..47 repeat keys 0..23, so each score comes twice."""
+    from fastattn.kernels import topk_attention as kernels
+    why = fastattn.dispatch.unavailable_reason("topk_attention", "triton")
+    if why:
+        pytest.skip(why)
+    monkeypatch.setattr(kernels, "RANK_MERGE_INTERPRETED", rank_merge)
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(1, 2, 7, 16, generator=g), torch.randn(1, 2, 24, 16, generator=g).repeat(1, 1, 2, 1)
+    gamma = torch.ones(2)
+    for K in (3, 20):  # K_PAD 16 and 32: the copies land in the same and in different key blocks
+        tau = kernels.topk_attention_threshold(q, k, gamma, None, False, 0.25, K)
+        s = (q.double() @ k.double().transpose(-1, -2)) * 0.25
+        ref = topk_threshold_ref(s, allowed_mask(7, 48, False, "cpu"), K)
+        torch.testing.assert_close(tau.double(), ref, rtol=1e-4, atol=1e-4)  # lowered by the tie margin
+        assert (tau.double() <= ref + 1e-6).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("D, Nk, splits", [(64, 4099, None), (17, 3001, "1"), (80, 2050, None), (64, 40, None)])
 @pytest.mark.parametrize("Nq", [1, 2, 3, 4])

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/selection.h"
 #include "cpu/attention_common.h"
 #include "cpu/varlen.h"
 
@@ -32,31 +33,15 @@ constexpr int64_t kBN = 512;   // keys per forward tile
 constexpr int64_t kBMB = 64;   // compacted query rows per backward step
 constexpr int64_t kBNB = 256;  // keys per backward task
 
-struct Gate {
-  float g;       // clamp(z, 0, 1)
-  double slope;  // dg/dt where z > 0, else 0
-  double t;      // (i' + phase) / period
-};
+// The ramp m(x) and the query gate g(i') are common/selection.h's (span_ramp_raw, span_gate).
 
-// The triangle-wave gate in fp64, term by term as the contract (and the Triton plan) computes it.
-inline Gate gate_at(int64_t ip, double phase, double period, double duty) {
-  const double t = (static_cast<double>(ip) + phase) / period;
-  const double u = 2 * (t - std::floor(t)) - 1;
-  const double z = (std::fabs(u) - duty) / (1 - duty);
-  const double sign = (u > 0) - (u < 0);
-  return {static_cast<float>(std::clamp(z, 0.0, 1.0)), z > 0 ? 2 * sign / (1 - duty) : 0.0, t};
-}
-
-// The raw ramp value (A - x) / R in fp32, exactly as the contract computes m before clamping.
-inline float ramp_raw(float A, float R, int64_t x) { return (A - static_cast<float>(x)) / R; }
-
-// Largest distance x in [-1, Nq + Nk] with pred(ramp_raw(x)) (pred is monotone: true up to some x).
+// Largest distance x in [-1, Nq + Nk] with pred(span_ramp_raw(x)) (pred is monotone: true up to some x).
 // Found from floor(A) by stepping, so fp32 rounding at the boundary is decided by the formula itself.
 template <typename Pred>
 int64_t last_distance(float A, float R, int64_t cap, Pred pred) {
   int64_t x = std::clamp<int64_t>(static_cast<int64_t>(std::floor(std::min(A, static_cast<float>(cap)))), 0, cap);
-  while (x >= 0 && !pred(ramp_raw(A, R, x))) --x;
-  while (x < cap && pred(ramp_raw(A, R, x + 1))) ++x;
+  while (x >= 0 && !pred(span_ramp_raw(A, R, x))) --x;
+  while (x < cap && pred(span_ramp_raw(A, R, x + 1))) ++x;
   return x;
 }
 
@@ -91,8 +76,7 @@ HeadPlan head_plan(int64_t nq, int64_t nk, int64_t h, const float* span, const f
                    float R, double duty) {
   HeadPlan hp;
   hp.A = R + span[h];
-  const float r = std::min(hp.A, static_cast<float>(nq + nk + 1));
-  hp.reach = static_cast<int64_t>(std::floor(r));
+  hp.reach = span_reach(hp.A, nq + nk + 1);
   hp.x_keep = last_distance(hp.A, R, nq + nk, [](float mm) { return mm > 0.0f; });
   hp.x_flat = last_distance(hp.A, R, nq + nk, [](float mm) { return mm >= 1.0f; });
   hp.x_flat_strict = last_distance(hp.A, R, nq + nk, [](float mm) { return mm > 1.0f; });
@@ -100,7 +84,7 @@ HeadPlan head_plan(int64_t nq, int64_t nk, int64_t h, const float* span, const f
   hp.rank.assign(nq + 1, 0);
   hp.idx.reserve(nq);
   for (int64_t i = 0; i < nq; ++i) {
-    if (period) hp.g[i] = gate_at(i + nk - nq, phase[h], period[h], duty).g;  // i' local to the sequence
+    if (period) hp.g[i] = span_gate(i + nk - nq, phase[h], period[h], duty).g;  // i' local to the sequence
     hp.rank[i + 1] = hp.rank[i] + (hp.g[i] > 0.0f);
     if (hp.g[i] > 0.0f) hp.idx.push_back(static_cast<int32_t>(i));
   }
@@ -137,7 +121,7 @@ Plan make_plan(const Dims& d, const Ragged& rg, const float* span, const float* 
 // m = min((A - |d0 - c|) / R, 1); returns their sum. Branch-free so GCC vectorizes it.
 inline float ramp_exp(float* s, int64_t c0, int64_t c1, int64_t d0, float A, float R, float shift) {
   for (int64_t c = c0; c < c1; ++c) {
-    s[c] = std::min(ramp_raw(A, R, std::abs(d0 - c)), 1.0f) * fast_exp(s[c] - shift);
+    s[c] = std::min(span_ramp_raw(A, R, std::abs(d0 - c)), 1.0f) * fast_exp(s[c] - shift);
   }
   return row_sum(s + c0, c1 - c0);
 }
@@ -373,7 +357,7 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
             // Ramp (m <= 1, where the span gets its gradient): P~ = m exp(s - lse).
             for (const auto [c0, c1] : {std::pair{sg.k0, sg.f0}, std::pair{sg.f1, sg.k1}}) {
               for (int64_t c = c0; c < c1; ++c) {
-                const float m = std::min(ramp_raw(hp.A, P.R, std::abs(ip - jl - c)), 1.0f);
+                const float m = std::min(span_ramp_raw(hp.A, P.R, std::abs(ip - jl - c)), 1.0f);
                 const float e = fast_exp(p[c] - L), pt = m * e, t = g * dp[c] - dl;
                 dgv[c] = pt * dp[c];
                 spv[c] = e * t;
@@ -509,8 +493,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto dq = total.narrow(0, 0, n_dq).view(q.sizes()).to(q.scalar_type());
   dspan.copy_(total.narrow(0, n_dq + n_row, d.Hq) / ramp);
   if (prm.period) {
-    // dperiod_h = sum_{s,i} dg_i dg/dt (-t_i / period_h); dphase_h = sum_{s,i} dg_i dg/dt / period_h
-    // (i' local to each sequence).
+    // span_gate_grads per row (i' local to each sequence).
     const float* dg = total.data_ptr<float>() + n_dq;
     float* dper = dperiod.data_ptr<float>();
     float* dpha = dphase.data_ptr<float>();
@@ -518,11 +501,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       double sp = 0.0, sh = 0.0;
       for (const Seq& sq : rg.seqs)
         for (int64_t i = 0; i < sq.nq; ++i) {
-          const Gate gt = gate_at(i + sq.offset(), prm.phase[h], prm.period[h], duty);
-          if (gt.slope == 0.0) continue;
-          const double dgi = dg[rg.row0(d, sq, h) + i];
-          sh += dgi * gt.slope / prm.period[h];
-          sp += dgi * gt.slope * (-gt.t / prm.period[h]);
+          const SpanGate gt = span_gate(i + sq.offset(), prm.phase[h], prm.period[h], duty);
+          if (gt.slope != 0.0) span_gate_grads(gt, prm.period[h], dg[rg.row0(d, sq, h) + i], &sh, &sp);
         }
       dper[h] = static_cast<float>(sp);
       dpha[h] = static_cast<float>(sh);

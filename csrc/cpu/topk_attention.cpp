@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/relu.h"
+#include "common/selection.h"
 #include "cpu/attention_common.h"
 #include "cpu/gemv.h"
 #include "cpu/varlen.h"
@@ -32,12 +33,8 @@ namespace fastattn::cpu {
 namespace {
 
 constexpr int64_t kBM = 64, kBN = 256;
-// tau is lowered by kTieMargin * max(1, |tau|) so the key defining it survives when another kernel
-// recomputes its score with another summation order; keys that close to tau are the near-ties
-// docs/semantics.md §3 lets backends select differently. Same margin as kernels/topk_attention.py.
-constexpr float kTieMargin = 2e-5f;
-
-inline float with_margin(float t) { return t == -kInf ? t : t - kTieMargin * std::max(1.0f, std::abs(t)); }
+// tau = topk_with_margin(K-th score) (common/selection.h). Keys that close to tau are the near-ties
+// docs/semantics.md §3 lets backends select differently.
 constexpr float kMaxFinite = std::numeric_limits<float>::max();
 
 // The k-th largest (1-based) of a[0, n), n >= k >= 1, by quickselect with branch-free AVX-512
@@ -92,9 +89,10 @@ inline float kth_largest(float* a, int64_t n, int64_t k, float* buf0, float* buf
 }
 
 // Per query row: the candidates (score, key index) at or above the admission threshold
-// with_margin(t), t = the K-th largest score once K are known. Invariant: every key with a score
-// >= with_margin(final K-th) is held (t only grows, and shrinking keeps everything >= with_margin(t)),
-// so at the end the held keys ARE the selection {j : s_j >= tau}, near-ties included.
+// topk_with_margin(t), t = the K-th largest score once K are known. Invariant: every key with a
+// score >= topk_with_margin(final K-th) is held (t only grows, and shrinking keeps everything
+// >= topk_with_margin(t)), so at the end the held keys ARE the selection {j : s_j >= tau},
+// near-ties included.
 struct RowTopK {
   int64_t K;
   float t = -kInf;           // K-th largest seen (-inf until the first shrink)
@@ -120,13 +118,13 @@ struct RowTopK {
       idx.resize(cap);
     }
   }
-  // t <- K-th largest held value (needs n >= K); keep only values >= with_margin(t).
+  // t <- K-th largest held value (needs n >= K); keep only values >= topk_with_margin(t).
   void shrink() {
     thread_local std::vector<float> scratch;  // 3 x n floats for kth_largest
     if (static_cast<int64_t>(scratch.size()) < 3 * n) scratch.resize(3 * n);
     std::copy(val.begin(), val.begin() + n, scratch.begin());
     t = std::max(t, kth_largest(scratch.data(), n, K, scratch.data() + n, scratch.data() + 2 * n));
-    adm = with_margin(t);
+    adm = topk_with_margin(t);
     int64_t m = 0;
     for (int64_t c = 0; c < n; ++c) {
       if (val[c] >= adm) {
@@ -341,7 +339,7 @@ void select_kernel(const T* q, const T* k, const T* v, const float* gamma, const
     }
   });
   if (splits == 1) return;
-  // Merge: every key >= with_margin(global K-th) is held by its split (a split's K-th is <= the
+  // Merge: every key >= topk_with_margin(global K-th) is held by its split (a split's K-th is <= the
   // global one), so the union's selection is the global selection.
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(d.Dv);

@@ -157,11 +157,9 @@ def ngram_hashes(x: torch.Tensor, n: int, buckets: int) -> torch.Tensor:
     """(B, T) bytes -> (B, T) int64 bucket of the n bytes ending at each position (bytes before
     the start count as absent): (sum_i (x[t-n+1+i] + 1) * 257^(n-1-i) mod (2^31 - 1)) mod buckets."""
     v = F.pad(x.long() + 1, (n - 1, 0))  # absent bytes are 0, real bytes 1..256
-    T = x.shape[1]
-    h = torch.zeros_like(x, dtype=torch.long)
-    for i in range(n):  # over the n-gram, not over bytes
-        h = (h * HASH_BASE + v[:, i:i + T]) % HASH_MOD
-    return h % buckets
+    # the polynomial in closed form: each term < 2^9 * 2^31, a sum of <= 8 fits int64 before the mod
+    powers = torch.tensor([pow(HASH_BASE, n - 1 - i, HASH_MOD) for i in range(n)], device=x.device)
+    return (v.unfold(1, n, 1) * powers).sum(-1) % HASH_MOD % buckets
 
 
 class HashNgramEmbedding(nn.Module):
@@ -204,16 +202,22 @@ class CrossAttention(nn.Module):
         self.wv = nn.Linear(dkv, dq, bias=False)
         self.wo = nn.Linear(dq, dq, bias=False)
 
-    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, cu_seqlens_q: torch.Tensor | None = None,
-                cu_seqlens_k: torch.Tensor | None = None, max_seqlen_q: int | None = None,
-                max_seqlen_k: int | None = None) -> torch.Tensor:
-        G, Nq, _ = q_in.shape
-        Nk = kv_in.shape[1]
-        heads = lambda t, n: t.view(G, n, self.n_heads, self.hd).transpose(1, 2)  # noqa: E731
-        o = fastattn.softmax_attention(heads(self.wq(q_in), Nq), heads(self.wk(kv_in), Nk), heads(self.wv(kv_in), Nk),
-                                       backend=self.backend, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(*t.shape[:2], self.n_heads, self.hd).transpose(1, 2)
+
+    def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_in (G, Nk, dkv) -> the heads' keys and values (G, n_heads, Nk, dq / n_heads), to reuse."""
+        return self._heads(self.wk(kv_in)), self._heads(self.wv(kv_in))
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
+                max_seqlen_q: int | None = None, max_seqlen_k: int | None = None) -> torch.Tensor:
+        """kv_in: (G, Nk, dkv), or what keys_values(kv_in) returned."""
+        k, v = kv_in if isinstance(kv_in, tuple) else self.keys_values(kv_in)
+        o = fastattn.softmax_attention(self._heads(self.wq(q_in)), k, v, backend=self.backend,
+                                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                                        max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
-        return self.wo(o.transpose(1, 2).reshape(G, Nq, -1))
+        return self.wo(o.transpose(1, 2).flatten(2))
 
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -470,7 +474,7 @@ class BLTDecoder:
         self.entropy = [math.inf]  # entropy[t]: of byte t given bytes < t
         self.patch: list[torch.Tensor] = []  # encoder states (1, 1, dl) of the current patch's bytes
         self.start = 0  # the current patch's first byte
-        self.kv = None  # decoder keys/values (1, cross_k, dl) of the current patch's previous patch
+        self.kv = None  # per decoder layer, the cross keys/values of the current patch's previous patch
 
     def _starts(self, t: int, b: int) -> bool:
         cfg = self.model.config
@@ -506,7 +510,8 @@ class BLTDecoder:
         dev = m.head.weight.device
         if self._starts(t, b):
             prev = m.begin.view(1, 1, -1) if t == 0 else self._close_patch()
-            self.kv = m.dec_kv(prev).view(1, cfg.cross_k, cfg.dim_local)
+            kv = m.dec_kv(prev).view(1, cfg.cross_k, cfg.dim_local)
+            self.kv = [cross.keys_values(kv) for cross in m.dec_cross]
             self.patch, self.start = [], t
         self.bytes.append(b)
         window = torch.tensor([self.bytes[-max(cfg.ngram_sizes, default=1):]], device=dev)
@@ -515,8 +520,8 @@ class BLTDecoder:
             h = block(h, cache)
         self.patch.append(h)
         z = h
-        for norm, cross, block, cache in zip(m.dec_norms, m.dec_cross, m.decoder, self.dec):
-            z = z + cross(norm(z), self.kv)
+        for norm, cross, block, cache, kv in zip(m.dec_norms, m.dec_cross, m.decoder, self.dec, self.kv):
+            z = z + cross(norm(z), kv)
             z = block(z, cache)
         if self.ent is not None:
             logp = F.log_softmax(m.entropy_model(torch.tensor([[b]], device=dev), caches=self.ent)[0, -1].float(), -1)

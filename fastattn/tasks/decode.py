@@ -1,6 +1,6 @@
 """Constrained greedy decoding for the tasks: batched, KV-cached, each step's argmax taken over an
-allowed set of tokens only, a row stopping at its first stop token (`;` for SQL, a newline for
-descriptions).
+allowed set of tokens only (optionally narrowed per prompt by a constraint on what was generated
+so far), a row stopping at its first stop token (`;` for SQL, a newline for descriptions).
 
     >>> outs = greedy_decode(model, [tok.encode("Q: ...\\nSQL: ")], max_new_tokens=200,
     ...                      stop=tok.encode(";"), allowed=allowed_bytes(sql_texts))   # doctest: +SKIP
@@ -24,11 +24,16 @@ def allowed_bytes(texts, extra: str = "") -> torch.Tensor:
 
 @torch.no_grad()
 def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, stop=(), allowed: torch.Tensor | None = None,
-                  batch_size: int = 64, progress: bool = False, desc: str = "decode") -> list[list[int]]:
+                  batch_size: int = 64, progress: bool = False, desc: str = "decode", constraints=None
+                  ) -> list[list[int]]:
     """New ids per prompt, each ending at (and including) its first stop id or after
-    max_new_tokens (fewer when the model's max_seq_len is reached)."""
+    max_new_tokens (fewer when the model's max_seq_len is reached). constraints: None, or per
+    prompt a callable (bytes generated so far) -> (vocab,) bool mask of the next ids (None: no
+    narrowing), applied on top of `allowed`; where the two leave nothing, `allowed` alone holds."""
     if max_new_tokens < 0:
         raise ValueError(f"greedy_decode: max_new_tokens must be >= 0, got {max_new_tokens}")
+    if constraints is not None and len(constraints) != len(prompts):
+        raise ValueError(f"greedy_decode: {len(constraints)} constraints for {len(prompts)} prompts")
     if allowed is not None and (allowed.dtype != torch.bool or allowed.shape != (model.config.vocab_size,)):
         raise ValueError(f"greedy_decode: allowed must be a ({model.config.vocab_size},) bool mask, got "
                          f"{allowed.dtype} {tuple(allowed.shape)}")
@@ -60,6 +65,8 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, stop=(),
             logits = model(feed, caches=caches)[:, -1].float()  # (b, V)
             if penalty is not None:
                 logits = logits + penalty
+            if constraints is not None:
+                logits = _narrow(logits, [constraints[i] for i in idx], new, done)
             nxt = logits.argmax(-1)
             new.append(nxt)
             done |= torch.isin(nxt, stop_t)
@@ -77,3 +84,19 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, stop=(),
     if bar is not None:
         bar.close()
     return out
+
+
+def _narrow(logits: torch.Tensor, constraints, new: list, done: torch.Tensor) -> torch.Tensor:
+    """Each unfinished row's logits with the ids its constraint rules out at -inf."""
+    gen = torch.stack(new, 1).tolist() if new else [[] for _ in constraints]
+    logits = logits.clone()
+    for row, fn in enumerate(constraints):
+        if fn is None or bool(done[row]):
+            continue
+        mask = fn(bytes(gen[row]))
+        if mask is None:
+            continue
+        narrowed = torch.where(mask.to(logits.device), logits[row], float("-inf"))
+        if bool(torch.isfinite(narrowed).any()):
+            logits[row] = narrowed
+    return logits

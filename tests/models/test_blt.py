@@ -259,6 +259,10 @@ def test_bundled_blt_configs():
     assert load_config("blt_entropy_tiny").model.build(256).vocab_size == 256
     with pytest.raises(ValueError, match="vocab 256"):
         load_config("blt_tiny").model.build(1000)
+    small = load_config("blt_small", ["model.patching=space", "model.entropy_checkpoint=null"]).model.build(256)
+    assert small.dim_global == 384 and small.max_seq_len == 1024
+    tiny = load_config("blt_tiny", ["model.patching=space", "model.entropy_checkpoint=null"]).model.build(256)
+    assert BLT(small).num_params(non_embedding=True) > 5 * BLT(tiny).num_params(non_embedding=True)
 
 
 @pytest.mark.parametrize("patching,kw", [("stride", {}), ("space", {"max_patch": 5}),

@@ -1,5 +1,6 @@
 """The text-to-SQL task: data from the generator (or Spider-format files), the prompt, and the
-evaluation of a fine-tuned model (constrained greedy decoding stopped at `;`, then execution
+evaluation of a fine-tuned model (constrained greedy decoding stopped at `;`, literal values copied
+from the question unless eval.copy_literals is false (`literals`), then execution
 accuracy and exact match on the test split, and the perplexity of the gold SQL).
 
 Prompt: "Q: <question>\\nSQL: " (with `schema_prompt`, "Schema: <tables and columns>\\n" first:
@@ -15,6 +16,7 @@ from ..finetune import encode_pairs, target_nll
 from .database import schema_text
 from .evaluate import evaluate
 from .generator import default_database, make_splits
+from .literals import literal_constraint
 from .spider import load_spider
 
 
@@ -43,6 +45,7 @@ class SqlEval:
     samples: int = 3
     batch_size: int = 64
     timeout: float = 2.0     # seconds per query
+    copy_literals: bool = True   # numbers and quoted strings only as the question spells them (`literals`)
 
 
 def prompt_text(question: str, schema: str | None = None) -> str:
@@ -87,9 +90,10 @@ class TextToSQLTask:
         prompts = [self.tok.encode(self._prompt(ex)) for ex in examples]
         L = model.config.max_seq_len
         fit = [i for i, p in enumerate(prompts) if len(p) < L]  # a prompt filling the context gets ""
+        constraints = [literal_constraint(examples[i].question) for i in fit] if self.ev.copy_literals else None
         outs = greedy_decode(model, [prompts[i] for i in fit], self.ev.max_new_tokens, stop=self.tok.encode(";"),
                              allowed=self.allowed, batch_size=self.ev.batch_size, progress=progress,
-                             desc="decode SQL")
+                             desc="decode SQL", constraints=constraints)
         preds = [""] * len(prompts)
         for i, o in zip(fit, outs):
             preds[i] = self.tok.decode(o).strip()
