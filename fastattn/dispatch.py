@@ -59,7 +59,8 @@ TABLE: dict[str, dict[str, Support]] = {
         "reference": _REF,
         "cpu": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk", "padding", "varlen"}),
                        nan_policy=True),
-        "triton": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk"})),
+        "triton": Support(features=frozenset({"quant", "int8_qkv", "alibi", "topk", "padding", "varlen"}),
+                          nan_policy=True),
         "cuda": Support(features=frozenset({"quant", "alibi", "padding", "varlen"}), nan_policy=True),
     },
     "topk_attention": {

@@ -1,7 +1,7 @@
 """Triton ByteScale ReLU attention (docs/semantics.md §2): forward (one pass; two with fused 7/8-bit weights,
 whose rounding needs the final denominator), int8 operand mode (integer tl.dot for QK^T and, with
-quantized weights, for P V), and a backward of the unquantized op (dK/dV per key block over the GQA
-group; dQ plus the ALiBi part of dgamma per query block). Same contract as the C++ ops
+quantized weights, for P V), and a backward of the unquantized op (per query block: d loss / d den, then
+dQ and the ALiBi part of dgamma; then dK/dV per key block over the GQA group). Same contract as the C++ ops
 (fastattn/ops/relu_attention.py).
 """
 from __future__ import annotations
@@ -148,17 +148,26 @@ def _row_stats(DEN, DDEN, ARG, TAU, rows, row_ok, HAS_TAU: tl.constexpr):
 
 
 @triton.jit
+def _relu_a_dp(q, k, v, do, gs, slope, offs_m, offs_n, ok, offset, tau, HAS_ALIBI: tl.constexpr,
+               HAS_TAU: tl.constexpr):
+    """a = relu(s) on the selected keys (0 elsewhere), the selection, and dp = dO V^T of one tile."""
+    s = biased_scores(q, tl.trans(k), gs, slope, offs_m, offs_n, offset, HAS_ALIBI)
+    sel = selected(ok, s, tau, HAS_TAU)
+    return tl.where(sel & (s > 0.0), s, 0.0), sel, tl.dot(do, tl.trans(v)).to(tl.float32)
+
+
+@triton.jit
 def _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, ok, offset, tau, HAS_ALIBI: tl.constexpr,
              HAS_TAU: tl.constexpr, NORM: tl.constexpr):
     """p = a/den (unquantized) and ds = d loss / d s on one (BLOCK_M, BLOCK_N) tile (ok: allowed and
-    row exists). A NaN den (a NaN row of the forward) makes p and ds NaN on its selected keys."""
-    s = biased_scores(q, tl.trans(k), gs, slope, offs_m, offs_n, offset, HAS_ALIBI)
-    sel = selected(ok, s, tau, HAS_TAU)
-    pos = sel & (s > 0.0)
-    inv = tl.where(den != 0.0, 1.0 / den, 0.0)
+    row exists); den is the backward's own (see relu_attention_bwd_kernel_dq). A NaN den (a NaN row of
+    the forward) makes p and ds NaN on its selected keys."""
+    a, sel, dp = _relu_a_dp(q, k, v, do, gs, slope, offs_m, offs_n, ok, offset, tau, HAS_ALIBI, HAS_TAU)
+    pos = a > 0.0
+    safe = tl.where(den != 0.0, den, 1.0)  # NaN den stays NaN
     nan_row = tl.where(sel, (den * 0.0)[:, None], 0.0)
-    p = tl.where(pos, s * inv[:, None], 0.0) + nan_row
-    da = tl.dot(do, tl.trans(v)).to(tl.float32) * inv[:, None]
+    p = tl.where(pos, a / safe[:, None], 0.0) + nan_row  # a division: a row's only key gets p = 1 exactly
+    da = dp * tl.where(den != 0.0, 1.0 / safe, 0.0)[:, None]
     if NORM == 1:
         da += dd[:, None]
     if NORM == 0:
@@ -213,14 +222,16 @@ def relu_attention_bwd_kernel_dkdv(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, T
 
 
 @triton.jit
-def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU, DQ, DG_ALIBI, DG_DIRECT, KPM, CU_Q,
-                                 CU_K, Hq, Hk, Nq, Nk, D, Dv, scale,
+def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU, DQ, DG_ALIBI, DG_DIRECT, SINK,
+                                 DEN_B, KPM, CU_Q, CU_K, Hq, Hk, Nq, Nk, D, Dv, scale,
                                  CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_TAU: tl.constexpr,
                                  NORM: tl.constexpr, HAS_KPM: tl.constexpr, VARLEN: tl.constexpr,
                                  UPCAST: tl.constexpr, DIRECT: tl.constexpr, BLOCK_M: tl.constexpr,
                                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """dQ, plus per-row partial sums for dgamma: sum_j ds*|x| (ALiBi part) and, with DIRECT (some
-    gamma is 0, where the homogeneity identity cannot divide), sum_j ds*G with G = scale*q.k."""
+    """First pass: the backward's den (stored to DEN_B) and d loss / d den (to DDEN), both read by the
+    dK/dV kernel, which runs after this one. Second pass: dQ, plus per-row partial sums for dgamma:
+    sum_j ds*|x| (ALiBi part) and, with DIRECT (some gamma is 0, where the homogeneity identity
+    cannot divide), sum_j ds*G with G = scale*q.k."""
     pid_m = tl.program_id(0)
     b, h, offs_m, rows, row_ok, nq, nk, kv_row0 = query_block(pid_m, tl.program_id(1), Hq, Hk, Nq, Nk, CU_Q, CU_K,
                                                               BLOCK_M, VARLEN)
@@ -237,19 +248,42 @@ def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     g_alibi = tl.zeros([BLOCK_M], dtype=tl.float32)
     g_direct = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, causal_key_end(pid_m, nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
-        if any_key(key_ok, HAS_KPM):
-            k = load_tile(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
-            v = load_tile(V + kv_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
-            ok = allowed(offs_m, offs_n, key_ok, offset, CAUSAL) & row_ok[:, None]
-            p, ds = _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, ok, offset, tau, HAS_ALIBI,
-                             HAS_TAU, NORM)
-            dq += tl.dot(ds.to(k.dtype), k)
-            g_alibi += tl.sum(ds * tl.abs((offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32)), 1)
-            if DIRECT:
-                g_direct += tl.sum(ds * tl.dot(q, tl.trans(k)).to(tl.float32) * scale, 1)
+    # Where one key carries a row (p = a/den ~ 1) the exact gradient cancels to ~0, and any mismatch
+    # between den, d loss / d den and the scores differentiated here survives it amplified by 1/den. So
+    # both come from these very scores: den_i = sink + the row statistic, dden_i = -sum_j a_ij dp_ij /
+    # den_i^2 (never the forward's den, from another engine, nor its output, rounded to q's dtype).
+    stat = tl.zeros([BLOCK_M], dtype=tl.float32)
+    a_dp = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for phase in tl.static_range(2):
+        if phase == 1:
+            if NORM != 2:  # "len" counts keys: the forward's den is exact; a NaN row's den stays NaN
+                den = tl.where(den == den, tl.load(SINK + h) + stat, den)
+            safe = tl.where(den != 0.0, den, 1.0)
+            dd = tl.where(den != 0.0, -a_dp / (safe * safe), 0.0)
+            tl.store(DEN_B + rows, den, mask=row_ok)
+            tl.store(DDEN + rows, dd, mask=row_ok)
+        for start_n in range(0, causal_key_end(pid_m, nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
+            if any_key(key_ok, HAS_KPM):
+                k = load_tile(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
+                v = load_tile(V + kv_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
+                ok = allowed(offs_m, offs_n, key_ok, offset, CAUSAL) & row_ok[:, None]
+                if phase == 0:
+                    a, sel, dp = _relu_a_dp(q, k, v, do, gs, slope, offs_m, offs_n, ok, offset, tau, HAS_ALIBI,
+                                            HAS_TAU)
+                    if NORM == 0:
+                        stat = tl.maximum(stat, tl.max(a, 1))
+                    else:
+                        stat += tl.sum(a, 1)
+                    a_dp += tl.sum(a * dp, 1)
+                else:
+                    p, ds = _relu_ds(q, k, v, do, gs, slope, den, dd, arg, offs_m, offs_n, ok, offset, tau,
+                                     HAS_ALIBI, HAS_TAU, NORM)
+                    dq += tl.dot(ds.to(k.dtype), k)
+                    g_alibi += tl.sum(ds * tl.abs((offs_m[:, None] + offset - offs_n[None, :]).to(tl.float32)), 1)
+                    if DIRECT:
+                        g_direct += tl.sum(ds * tl.dot(q, tl.trans(k)).to(tl.float32) * scale, 1)
     store_tile(DQ, rows, row_ok, offs_d, D, dq * gs)
     tl.store(DG_ALIBI + rows, g_alibi, mask=row_ok)
     tl.store(DG_DIRECT + rows, g_direct, mask=row_ok)
@@ -351,12 +385,7 @@ def relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slope
     ragged = (key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     rg = Ragged(q, k, *ragged)
     q, k, v = finite(q, k, v)
-    if quant:  # `out` was rounded: the unquantized output defines the row term
-        out = relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, 0, False, *ragged)[0]
-    # dden_i = -(do_i . sum_j a_ij v_j) / den_i^2 with sum_j a_ij v_j = out_i * den_i (NaN den stays NaN)
-    ok = den != 0
-    dden = torch.where(ok, -(dout.double() * out.double()).sum(-1) / torch.where(ok, den.double(), 1.0),
-                       0.0).float().contiguous()
+    dden, den_b = torch.zeros_like(den), den.clone()  # d loss / d den and den: the dQ kernel's first pass
     g_alibi = torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
     g_direct = torch.zeros_like(g_alibi)
     BM, BN, warps, stages = _config(D, Dv, q.dtype)
@@ -366,15 +395,15 @@ def relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slope
     ins = (q, k, v, dout, den, dden, argmax, gamma, alibi_slopes if alibi_slopes is not None else gamma,
            tau if tau is not None else den)
     shapes = (Hq, Hk, Nq, Nk, D, Dv, float(scale))
-    relu_attention_bwd_kernel_dkdv[(triton.cdiv(rg.max_k, BN), rg.n_seq * Hk)](
-        *ins, dk, dv, *rg.pointers(den), *shapes, **meta)
     direct = bool((gamma == 0).any())
     relu_attention_bwd_kernel_dq[(triton.cdiv(rg.max_q, BM), rg.n_seq * Hq)](
-        *ins, dq, g_alibi, g_direct, *rg.pointers(den), *shapes, DIRECT=direct, **meta)
+        *ins, dq, g_alibi, g_direct, sink, den_b, *rg.pointers(den), *shapes, DIRECT=direct, **meta)
+    relu_attention_bwd_kernel_dkdv[(triton.cdiv(rg.max_k, BN), rg.n_seq * Hk)](
+        *ins[:4], den_b, *ins[5:], dk, dv, *rg.pointers(den), *shapes, **meta)
     dsink = dden.sum((0, 2))
     # dgamma: the direct sum ds*G cancels almost exactly (homogeneity), so where gamma != 0 use
     # sum_j ds_ij a_ij = -dden_i * (sink | den_i) and add the ALiBi part (see the C++ kernel).
-    c = dden.double() * (den.double() if norm == 2 else sink.double().view(1, -1, 1))
+    c = dden.double() * (den_b.double() if norm == 2 else sink.double().view(1, -1, 1))
     slope = alibi_slopes.double() if alibi_slopes is not None else torch.zeros_like(gamma, dtype=torch.float64)
     g = gamma.double()
     safe_g = torch.where(g != 0, g, 1.0)
@@ -405,7 +434,7 @@ def aot_specs(dtype: torch.dtype, head_dim: int):
     bwd = {"Q": p, "K": p, "V": p, "DO": p, "DEN": f, "DDEN": f, "ARG": i32, "GAMMA": f, "SLOPES": f, "TAU": f}
     specs.append(dict(fn=relu_attention_bwd_kernel_dkdv, signature={**bwd, "DK": p, "DV": p, **ragged, **shapes},
                       num_warps=warps, num_stages=stages, constexprs=base))
-    specs.append(dict(fn=relu_attention_bwd_kernel_dq, signature={**bwd, "DQ": p, "DG_ALIBI": f, "DG_DIRECT": f,
+    specs.append(dict(fn=relu_attention_bwd_kernel_dq, signature={**bwd, "DQ": p, "DG_ALIBI": f, "DG_DIRECT": f, "SINK": f, "DEN_B": f,
                                                                   **ragged, **shapes},
                       num_warps=warps, num_stages=stages, constexprs=dict(base, DIRECT=False)))
     return specs

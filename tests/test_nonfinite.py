@@ -188,7 +188,7 @@ FUSED_BACKENDS = [(op, b) for op in dispatch.TABLE for b in dispatch.TABLE[op] i
 # Fused backends whose kernels do not follow CONTRACTS §2 yet (their engineers are landing it). When a
 # backend sets nan_policy=True in the dispatch table the activation tests above pick it up, this test
 # XPASSes strictly and fails: remove the pair from here.
-PENDING = {("relu_attention", "triton")}
+PENDING: set = set()
 
 
 @pytest.mark.parametrize("op, backend", [

@@ -204,10 +204,16 @@ def test_cpu_engines_tiny_and_empty(shape, mode):
     torch.testing.assert_close(out.double(), ref, rtol=1e-2 if mode == "bf16" else 1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype, quant, int8_qkv, norm", [
-    (torch.float32, 7, True, "max"), (torch.float32, None, False, "max"), (torch.float32, 8, False, "sum"),
-    (torch.bfloat16, None, False, "max"), (torch.bfloat16, 8, False, "max"), (torch.bfloat16, None, True, "sum")])
-def test_cpu_one_key_rows(dtype, quant, int8_qkv, norm):
+ONE_KEY_CASES = [(torch.float32, 7, True, "max"), (torch.float32, None, False, "max"), (torch.float32, 8, False, "sum"),
+                 (torch.bfloat16, None, False, "max"), (torch.bfloat16, 8, False, "max"),
+                 (torch.bfloat16, None, True, "sum")]
+
+
+@pytest.mark.parametrize("backend, dtype, quant, int8_qkv, norm", [("cpu", *c) for c in ONE_KEY_CASES] + [
+    pytest.param("triton", *c, marks=pytest.mark.xfail(strict=True, reason="open: Triton's bf16 forward is 2 bf16 "
+                                                       "steps off on one-key rows (out 1.6e-2 > 7.2e-3)"))
+    if c == (torch.bfloat16, None, False, "max") else ("triton", *c) for c in ONE_KEY_CASES])
+def test_one_key_rows(backend, dtype, quant, int8_qkv, norm):
     """topk=1 without sink: every row is carried by one key (p = 1), so the exact dq, dk and dgamma are 0 and out
     is that key's v. The kernel's backward must divide by a den computed from the very scores it differentiates:
     a den (or out) from the forward's engine or rounded to bf16 leaves ~1e-7..4e-3 relative noise there, which
@@ -225,7 +231,7 @@ def test_cpu_one_key_rows(dtype, quant, int8_qkv, norm):
     rows = (top[..., 0] - top[..., 1] > 0.05 * top[..., 0].abs().clamp_min(1)) | ~torch.isfinite(top[..., 1])
 
     def fused(q, k, v, g):
-        return fastattn.relu_attention(q, k, v, gamma=g, backend="cpu", **kw)
+        return fastattn.relu_attention(q, k, v, gamma=g, backend=backend, **kw)
 
     def ref(q, k, v, g):
         return relu_attention_ref(q, k, v, gamma=g, **kw)

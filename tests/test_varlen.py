@@ -408,7 +408,7 @@ FUSED = [(op, b) for op in OPS for b in dispatch.TABLE[op] if b != "reference"]
 # Fused backends whose kernels do not implement padding / packed sequences yet (their engineers are
 # landing them). Declaring the feature in the dispatch table makes the tests above run them and this
 # list's entry XPASS strictly, i.e. fail: then remove it here.
-PENDING = {("relu_attention", "triton", f) for f in ("padding", "varlen")}
+PENDING: set = set()
 
 
 @pytest.mark.parametrize("op, backend, feature", [
