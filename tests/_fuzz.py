@@ -272,18 +272,6 @@ def check(c: dict) -> dict:
     op, backend, dt = c["op"], c["backend"], DTYPES[c["dtype"]]
     t, ragged, params = _inputs(c)
     opts = {n: v for n, v in c["opts"].items() if not isinstance(v, list)}
-    if op == "relu_attention" and c["opts"].get("quant") == "auto" and ragged and backend != "reference":
-        from fastattn.ops.ragged import Ragged
-        from fastattn.rounding import quant_bits
-        r = Ragged(ragged.get("key_padding_mask"), ragged.get("cu_seqlens_q"), ragged.get("cu_seqlens_k"))
-        if len({quant_bits("auto", n) for n in r.keys_per_problem(c["Nq"], c["Nk"])}) > 1:
-            try:
-                _call(op, backend, t["q"].to(dt), t["k"].to(dt), t["v"].to(dt),
-                      {**opts, **{n: p.float() for n, p in params.items()}}, c["causal"], c["scale"], ragged)
-            except ValueError as exc:
-                assert "pass quant=7 or quant=8" in str(exc), exc
-                return dict(compared="refused: mixed quant='auto'")
-            raise AssertionError("quant='auto' over sequences on both sides of 64 keys was not refused")
     side = (c["ragged"] or {}).get("side")
     gated_left = op == "adaptive_span_attention" and "period" in params and side == "left"
 
