@@ -44,7 +44,7 @@ def variant_config(block: int, steps: int, variant: str, device: str, out_dir: s
     """(RunConfig, CharLMSection) of the tiny config for one variant, block size and step count."""
     sets = [f"train.seq_len={block}", f"train.batch_size={BLOCKS[block]}", f"train.max_steps={steps}",
             f"train.warmup_steps={max(1, steps // 10)}", "train.progress=false", "train.resume=false",
-            f"train.device={device}", "charlm.plot=false"]
+            f"train.device={device}", "charlm.plot=false", f"train.threads={torch.get_num_threads()}"]
     sets += [f"charlm.{k}={str(v).lower()}" for k, v in VARIANTS[variant].items()]
     if out_dir:
         sets.append(f"train.out_dir={out_dir}")
