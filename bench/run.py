@@ -1,6 +1,7 @@
 """The benchmark runner: `python -m fastattn bench` / `make bench`.
 
-    python -m fastattn bench                 # quick default, every op (< 5 min on 2 CPU cores)
+    python -m fastattn bench                 # quick default, every suite (kernel suites take minutes on 2
+                                             # CPU cores; tasks, charlm, gpt2, varlen up to ~15 min each)
     python -m fastattn bench --op relu_attention --full
     python -m fastattn bench --compile-report
 Results go to bench/results/<machine>/ as JSON, markdown and PNG plots.
