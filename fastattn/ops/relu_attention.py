@@ -141,8 +141,8 @@ def _split_by_width(q: Tensor, k: Tensor, v: Tensor, ragged: Ragged, **kw) -> Te
     kpm = ragged.key_padding_mask
     parts = []  # (query row indices, output rows) per width
     if kpm is not None:
-        eight = kpm.sum(-1) > 64
-        for bits, rows in ((7, (~eight).nonzero()[:, 0]), (8, eight.nonzero()[:, 0])):
+        widths = torch.tensor([quant_bits("auto", n) for n in kpm.sum(-1).tolist()], device=kpm.device)
+        for bits, rows in ((b, (widths == b).nonzero()[:, 0]) for b in (7, 8)):
             out = relu_attention(q[rows], k[rows], v[rows], quant=bits, key_padding_mask=kpm[rows], **kw)
             parts.append((rows, out))
         order = torch.cat([rows for rows, _ in parts]).argsort()
@@ -150,7 +150,7 @@ def _split_by_width(q: Tensor, k: Tensor, v: Tensor, ragged: Ragged, **kw) -> Te
     cq, ck = ragged.cu_seqlens_q.tolist(), ragged.cu_seqlens_k.tolist()
     dev = q.device
     for bits in (7, 8):
-        seqs = [s for s in range(len(cq) - 1) if (ck[s + 1] - ck[s] > 64) == (bits == 8)]
+        seqs = [s for s in range(len(cq) - 1) if quant_bits("auto", ck[s + 1] - ck[s]) == bits]
         qi = torch.tensor([i for s in seqs for i in range(cq[s], cq[s + 1])], dtype=torch.long, device=dev)
         ki = torch.tensor([j for s in seqs for j in range(ck[s], ck[s + 1])], dtype=torch.long, device=dev)
         cu = [torch.tensor([0] + [c[s + 1] - c[s] for s in seqs], device=dev).cumsum(0).to(torch.int32)
