@@ -331,6 +331,21 @@ def test_unavailable_backend_reports_why():
         fastattn.adaptive_span_attention(q, q, q, torch.ones(2), backend="cuda")
 
 
+
+def test_cpu_one_key_rows_have_zero_score_gradients():
+    # Padding leaves the first batch element one key: its rows have p = 1 and ~0 dq, dk, which the
+    # backward once spoiled by taking exp(s - lse) with the forward's lse (issue 21, fuzz cluster d).
+    kpm = torch.arange(2).view(1, -1) < torch.tensor([1, 1, 2]).view(-1, 1)
+    kw = dict(ramp=32.0, scale=1.0, causal=True, key_padding_mask=kpm)
+    for seed in range(4):
+        q, k, v = ((t * 3.0).float().double() for t in make_qkv(3, 2, 1, 40, 2, 40, 40, seed=seed))
+        assert_matches_reference(
+            lambda q, k, v, span: fastattn.adaptive_span_attention(q, k, v, span, **kw, backend="cpu"),
+            lambda q, k, v, span: adaptive_span_attention_ref(q, k, v, span, **kw),
+            dict(q=q, k=k, v=v, span=torch.tensor([27.5, 4.5], dtype=F64)), torch.float32,
+            grad_names=("q", "k", "v", "span"))
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(span=torch.tensor([-1.0, 2.0])), "span must be >= 0"),
     (dict(span=torch.ones(3)), r"span must be a float or a \(2,\) tensor"),

@@ -66,3 +66,20 @@ def test_mixed_auto_with_per_head_parameters_matches_the_reference():
                      "quant": "auto"}}
     compared = check(case)["compared"]
     assert set(compared) == {"out"} and compared["out"][0] <= compared["out"][1], compared
+
+
+def test_fuzz_replay_reruns_a_failures_file(tmp_path, capsys):
+    """`python -m tests.fuzz --replay FILE` runs the cases of a failures file again: an ok case counts as ok,
+    a broken one is reported (exit status 1) and written to --out with its input."""
+    from . import fuzz
+    ok = {"op": "softmax_attention", "backend": "cpu", "dtype": "float32", "seed": 3, "mag": 1.0, "causal": True,
+          "scale": None, "grad": True, "layout": "transposed", "Hk": 1, "Hq": 2, "D": 8, "Dv": 8, "B": 1,
+          "Nq": 5, "Nk": 7, "ragged": None, "opts": {}}
+    broken = {**ok, "D": -1}
+    src, out = tmp_path / "failures.jsonl", tmp_path / "again.jsonl"
+    src.write_text("".join(json.dumps(dict(group="softmax_attention/cpu", status="mismatch", case=c, detail="")) + "\n"
+                           for c in (ok, broken)))
+    assert fuzz.main(["--replay", str(src), "--out", str(out), "--workers", "1", "--seed", "0"]) == 1
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["case"] for r in again] == [broken] and again[0]["status"] == "error"
+    assert "2 cases, 1 failing" in capsys.readouterr().out

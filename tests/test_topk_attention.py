@@ -132,6 +132,18 @@ def test_triton_threshold_with_tied_keys(rank_merge, monkeypatch):
         assert (tau.double() <= ref + 1e-6).all()
 
 
+
+def test_cpu_one_key_rows_have_zero_score_gradients():
+    # topk=1 with large logits (|s| ~ 100): every row has p = 1 on one key, so dq and dk are ~0. The
+    # backward once took exp(s - lse) with the forward's lse, whose scores differ in the last bit from
+    # its own: dq ~ 1e-7 |s| instead of 0 (issue 21, fuzz cluster d).
+    for seed in range(3):
+        q, k, v = ((t * 3.0).float().double() for t in make_qkv(1, 3, 1, 97, 97, 64, 64, seed=seed))
+        assert_matches_reference(lambda q, k, v: fastattn.topk_attention(q, k, v, 1, scale=0.3, backend="cpu"),
+                                 lambda q, k, v: topk_attention_ref(q, k, v, 1, scale=0.3),
+                                 dict(q=q, k=k, v=v), torch.float32, grad_names=("q", "k", "v"))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("D, Nk, splits", [(64, 4099, None), (17, 3001, "1"), (80, 2050, None), (64, 40, None)])
 @pytest.mark.parametrize("Nq", [1, 2, 3, 4])

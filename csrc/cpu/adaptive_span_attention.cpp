@@ -20,6 +20,7 @@
 
 #include "common/selection.h"
 #include "cpu/attention_common.h"
+#include "cpu/row_stats.h"
 #include "cpu/varlen.h"
 
 namespace fastattn::cpu {
@@ -259,19 +260,64 @@ void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* lse, const Pl
   });
 }
 
-// Per-thread accumulators of the backward: dq (B*Hq*Nq*D), dg (B*Hq*Nq), dspan (Hq).
-struct BwdAcc {
-  float* dq;
-  float* dg;
-  float* dspan;
+// The backward's steps: compacted query rows in chunks at multiples of kBMB (whatever key tile they
+// meet, so that the row-statistics pre-pass and the main pass issue the same GEMMs, row_stats.h)
+// against the keys of a key tile within reach of the chunk's first..last row.
+struct Step {
+  int64_t rows, jl, jh;  // chunk rows; keys [jl, jh) (empty when jh <= jl)
 };
 
+inline Step step_of(const HeadPlan& hp, const Seq& sq, bool causal, int64_t j0, int64_t cols, int64_t c0) {
+  const int64_t rows = std::min<int64_t>(kBMB, static_cast<int64_t>(hp.idx.size()) - c0);
+  const int64_t ip_first = hp.idx[c0] + sq.offset(), ip_last = hp.idx[c0 + rows - 1] + sq.offset();
+  return {rows, std::max(j0, ip_first - hp.reach),
+          std::min(j0 + cols, causal ? ip_last + 1 : ip_last + hp.reach + 1)};
+}
+
+// The chunks [first, end) with a row that can see a key of [j0, j0 + cols): 0 <= i' - j <= reach
+// (|.| bidirectional).
+inline std::pair<int64_t, int64_t> chunks_of(const HeadPlan& hp, const Seq& sq, bool causal, int64_t j0,
+                                             int64_t cols) {
+  const int64_t q_lo = std::clamp<int64_t>((causal ? j0 : j0 - hp.reach) - sq.offset(), 0, sq.nq);
+  const int64_t q_hi = std::clamp<int64_t>(j0 + cols - 1 + hp.reach - sq.offset() + 1, 0, sq.nq);
+  const int64_t c_lo = hp.rank[q_lo], c_hi = std::max<int64_t>(hp.rank[q_hi], c_lo);
+  return {(c_lo / kBMB) * kBMB, c_hi};
+}
+
+// Tile loads and the two score GEMMs of a step (Pm = scale Q K^T, dP = dO V^T), shared by both passes.
 template <typename T>
-void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-                const std::vector<BwdAcc>& accs, T* dk, T* dv, const Plan& P, const Ragged& rg, float scale) {
+struct BwdTiles {
+  const T *dout, *q, *k, *v;
+  const Dims& d;
+  std::vector<float> Pm, dP, Q, dO, kbuf, vbuf;
+  Sanitizer clean;
+  const float *K = nullptr, *V = nullptr, *Qs = nullptr;
+
+  BwdTiles(const T* dout_, const T* q_, const T* k_, const T* v_, const Dims& d_)
+      : dout(dout_), q(q_), k(k_), v(v_), d(d_), Pm(kBMB * kBNB), dP(kBMB * kBNB), Q(kBMB * d.D),
+        dO(kBMB * d.Dv), kbuf(kBNB * d.D), vbuf(kBNB * d.Dv) {}
+  void load_keys(int64_t krow, int64_t cols) {
+    K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
+    V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
+  }
+  // Rows rid[0, rows) of the head starting at row0, against keys [kc, kc + n) of the loaded tile.
+  void scores(int64_t row0, const int32_t* rid, int64_t rows, int64_t kc, int64_t n, float scale) {
+    gather_rows(q + row0 * d.D, rid, rows, d.D, Q.data());
+    gather_rows(dout + row0 * d.Dv, rid, rows, d.Dv, dO.data());
+    Qs = clean.q(Q.data(), rows, d.D);
+    gemm_nt(rows, n, d.D, scale, Qs, d.D, K + kc * d.D, d.D, 0.0f, Pm.data(), kBNB);
+    gemm_nt(rows, n, d.Dv, 1.0f, dO.data(), d.Dv, V + kc * d.Dv, d.Dv, 0.0f, dP.data(), kBNB);
+  }
+};
+
+// The span factor m of column c of a score row whose column 0 has distance d0 (ramp columns).
+inline float ramp_weight(const HeadPlan& hp, float R, int64_t d0, int64_t c) {
+  return std::min(span_ramp_raw(hp.A, R, std::abs(d0 - c)), 1.0f);
+}
+
+// Backward tasks: one per (sequence, kv head, key tile), cost ~ keys x rows within reach.
+void bwd_tasks(const Plan& P, const Ragged& rg, std::vector<Task>& tasks, std::vector<int64_t>& cost) {
   const Dims& d = P.d;
-  std::vector<Task> tasks;
-  std::vector<int64_t> cost;
   for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s) {
     const Seq& sq = rg.seqs[s];
     int64_t reach = 0;
@@ -285,51 +331,114 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
       }
     }
   }
+}
+
+// Row statistics pre-pass (row_stats.h): one task per (sequence, query head, chunk), walking the key
+// tiles the main pass meets it with. lse, delta: (B, Hq, Nq) fp32, written on active rows; delta
+// includes the gate (delta_i = g_i sum_j P~_ij dPraw_ij). A NaN row of the forward keeps lse = NaN.
+template <typename T>
+void row_stats_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse_fwd, float* lse,
+                      float* delta, const Plan& P, const Ragged& rg, float scale) {
+  const Dims& d = P.d;
+  std::vector<Task> tasks;
+  std::vector<int64_t> cost;
+  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s)
+    for (int32_t h = 0; h < d.Hq; ++h) {
+      const HeadPlan& hp = P.head(s, h);
+      for (int64_t c0 = 0; c0 < static_cast<int64_t>(hp.idx.size()); c0 += kBMB) {
+        tasks.push_back({s, h, c0});
+        cost.push_back(kBMB * (std::min(rg.seqs[s].nk, hp.reach + 2 * kBMB) + 16));
+      }
+    }
+  run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
+    BwdTiles<T> tiles(dout, q, k, v, d);
+    RowStats st;
+    std::vector<float> w(kBNB);
+    for (const int64_t task : mine) {
+      const Seq& sq = rg.seqs[tasks[task].s];
+      const int64_t h = tasks[task].h, c0 = tasks[task].c0, b = sq.b, hk = h / d.group();
+      const HeadPlan& hp = P.head(tasks[task].s, h);
+      const int32_t* rid = hp.idx.data() + c0;
+      const int64_t row0 = rg.row0(d, sq, h);
+      const int64_t rows = std::min<int64_t>(kBMB, static_cast<int64_t>(hp.idx.size()) - c0);
+      st.reset(rows);
+      for (int64_t j0 = 0; j0 < sq.nk; j0 += kBNB) {
+        const int64_t cols = std::min(kBNB, sq.nk - j0);
+        if (rg.allowed(b, sq.k0 + j0, cols) == 0) continue;  // as bwd_tasks
+        const auto [first, end] = chunks_of(hp, sq, P.causal, j0, cols);
+        const Step sp = step_of(hp, sq, P.causal, j0, cols, c0);
+        if (c0 < first || c0 >= end || sp.jh <= sp.jl) continue;  // the main pass's skips
+        const int64_t n = sp.jh - sp.jl, kc = sp.jl - j0;
+        const bool* keep = rg.keep(b, sq.k0 + j0, cols);
+        tiles.load_keys((b * d.Hk + hk) * d.Nk + sq.k0 + j0, cols);
+        tiles.scores(row0, rid, rows, kc, n, scale);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t ip = rid[r] + sq.offset();
+          float* p = tiles.Pm.data() + r * kBNB;
+          const Segments sg = row_segments(hp.x_keep, hp.x_flat_strict, P.causal, ip, sp.jl, n);
+          std::fill(p, p + sg.k0, -kInf);
+          std::fill(p + sg.k1, p + n, -kInf);
+          if (keep != nullptr)
+            for (int64_t c = sg.k0; c < sg.k1; ++c) p[c] = keep[kc + c] ? p[c] : -kInf;
+          std::fill(w.begin(), w.begin() + n, 1.0f);
+          for (const auto [a, e] : {std::pair{sg.k0, sg.f0}, std::pair{sg.f1, sg.k1}})
+            for (int64_t c = a; c < e; ++c) w[c] = ramp_weight(hp, P.R, ip - sp.jl, c);
+          st.add(r, p, w.data(), tiles.dP.data() + r * kBNB, n);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = row0 + rid[r];
+        st.finish(r, lse + i, delta + i, hp.g[rid[r]]);
+        if (std::isnan(lse_fwd[i])) lse[i] = kNaN;
+      }
+    }
+  });
+}
+
+// Per-thread accumulators of the backward: dq (B*Hq*Nq*D), dg (B*Hq*Nq), dspan (Hq).
+struct BwdAcc {
+  float* dq;
+  float* dg;
+  float* dspan;
+};
+
+template <typename T>
+void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
+                const std::vector<BwdAcc>& accs, T* dk, T* dv, const Plan& P, const Ragged& rg, float scale) {
+  const Dims& d = P.d;
+  std::vector<Task> tasks;
+  std::vector<int64_t> cost;
+  bwd_tasks(P, rg, tasks, cost);
   run_balanced(balance(cost, static_cast<int64_t>(accs.size())), [&](int64_t l, const std::vector<int64_t>& list) {
     const BwdAcc& mine = accs[l];
-    std::vector<float> Pm(kBMB * kBNB), dP(kBMB * kBNB), dgv(kBNB), spv(kBNB);
-    std::vector<float> dK(kBNB * d.D), dV(kBNB * d.Dv), dQt(kBMB * d.D);
-    std::vector<float> Q(kBMB * d.D), dO(kBMB * d.Dv), kbuf(kBNB * d.D), vbuf(kBNB * d.Dv);
-    Sanitizer clean;
+    BwdTiles<T> tiles(dout, q, k, v, d);
+    std::vector<float> dgv(kBNB), spv(kBNB), dK(kBNB * d.D), dV(kBNB * d.Dv), dQt(kBMB * d.D);
     for (const int64_t task : list) {
       const int32_t si = tasks[task].s;
       const Seq& sq = rg.seqs[si];
       const int64_t hk = tasks[task].h, b = sq.b, j0 = tasks[task].c0, cols = std::min(kBNB, sq.nk - j0);
       const int64_t krow = (b * d.Hk + hk) * d.Nk + sq.k0 + j0;
       const bool* keep = rg.keep(b, sq.k0 + j0, cols);
-      const float* K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
-      const float* V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
+      tiles.load_keys(krow, cols);
       std::fill(dK.begin(), dK.end(), 0.0f);
       std::fill(dV.begin(), dV.end(), 0.0f);
       for (int64_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
         const HeadPlan& hp = P.head(si, h);
-        // Query rows i that can see a key of this tile: 0 <= i' - j <= reach (|.| bidirectional).
-        const int64_t q_lo = std::clamp<int64_t>((P.causal ? j0 : j0 - hp.reach) - sq.offset(), 0, sq.nq);
-        const int64_t q_hi = std::clamp<int64_t>(j0 + cols - 1 + hp.reach - sq.offset() + 1, 0, sq.nq);
-        const int64_t c_lo = hp.rank[q_lo], c_hi = std::max<int64_t>(hp.rank[q_hi], c_lo);
+        const auto [first, end] = chunks_of(hp, sq, P.causal, j0, cols);
         const int64_t row0 = rg.row0(d, sq, h);
         double span_sum = 0.0;
-        for (int64_t c0 = c_lo; c0 < c_hi; c0 += kBMB) {
-          const int64_t rows = std::min(kBMB, c_hi - c0);
-          const int32_t* rid = hp.idx.data() + c0;
+        for (int64_t c0 = first; c0 < end; c0 += kBMB) {
           // Only the keys of this tile within reach of the chunk's first..last row (as in the
           // forward): keys no row can see are never loaded into a product.
-          const int64_t ip_first = rid[0] + sq.offset(), ip_last = rid[rows - 1] + sq.offset();
-          const int64_t jl = std::max(j0, ip_first - hp.reach);
-          const int64_t jh = std::min(j0 + cols, P.causal ? ip_last + 1 : ip_last + hp.reach + 1);
-          if (jh <= jl) continue;
-          const int64_t n = jh - jl, kc = jl - j0;
-          const float* Ks = K + kc * d.D;
-          const float* Vs = V + kc * d.Dv;
-          gather_rows(q + row0 * d.D, rid, rows, d.D, Q.data());
-          gather_rows(dout + row0 * d.Dv, rid, rows, d.Dv, dO.data());
-          const float* Qs = clean.q(Q.data(), rows, d.D);
-          gemm_nt(rows, n, d.D, scale, Qs, d.D, Ks, d.D, 0.0f, Pm.data(), kBNB);
-          gemm_nt(rows, n, d.Dv, 1.0f, dO.data(), d.Dv, Vs, d.Dv, 0.0f, dP.data(), kBNB);
+          const Step sp = step_of(hp, sq, P.causal, j0, cols, c0);
+          if (sp.jh <= sp.jl) continue;
+          const int64_t rows = sp.rows, jl = sp.jl, n = sp.jh - sp.jl, kc = jl - j0;
+          const int32_t* rid = hp.idx.data() + c0;
+          tiles.scores(row0, rid, rows, kc, n, scale);
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t i = rid[r], ip = i + sq.offset();
-            float* p = Pm.data() + r * kBNB;
-            float* dp = dP.data() + r * kBNB;
+            float* p = tiles.Pm.data() + r * kBNB;
+            float* dp = tiles.dP.data() + r * kBNB;
             const float L = lse[row0 + i], dl = delta[row0 + i], g = hp.g[i];
             const Segments sg = row_segments(hp.x_keep, hp.x_flat_strict, P.causal, ip, jl, n);
             if (std::isnan(L)) {  // a NaN row of the forward: NaN gradients through every key with m > 0
@@ -357,7 +466,7 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
             // Ramp (m <= 1, where the span gets its gradient): P~ = m exp(s - lse).
             for (const auto [c0, c1] : {std::pair{sg.k0, sg.f0}, std::pair{sg.f1, sg.k1}}) {
               for (int64_t c = c0; c < c1; ++c) {
-                const float m = std::min(span_ramp_raw(hp.A, P.R, std::abs(ip - jl - c)), 1.0f);
+                const float m = ramp_weight(hp, P.R, ip - jl, c);
                 const float e = fast_exp(p[c] - L), pt = m * e, t = g * dp[c] - dl;
                 dgv[c] = pt * dp[c];
                 spv[c] = e * t;
@@ -368,9 +477,9 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
             }
             mine.dg[row0 + i] += row_sum(dgv.data() + sg.k0, sg.k1 - sg.k0);
           }
-          gemm_tn(n, d.Dv, rows, 1.0f, Pm.data(), kBNB, dO.data(), d.Dv, 1.0f, dV.data() + kc * d.Dv, d.Dv);
-          gemm_tn(n, d.D, rows, scale, dP.data(), kBNB, Qs, d.D, 1.0f, dK.data() + kc * d.D, d.D);
-          gemm_nn(rows, d.D, n, scale, dP.data(), kBNB, Ks, d.D, 0.0f, dQt.data(), d.D);
+          gemm_tn(n, d.Dv, rows, 1.0f, tiles.Pm.data(), kBNB, tiles.dO.data(), d.Dv, 1.0f, dV.data() + kc * d.Dv, d.Dv);
+          gemm_tn(n, d.D, rows, scale, tiles.dP.data(), kBNB, tiles.Qs, d.D, 1.0f, dK.data() + kc * d.D, d.D);
+          gemm_nn(rows, d.D, n, scale, tiles.dP.data(), kBNB, tiles.K + kc * d.D, d.D, 0.0f, dQt.data(), d.D);
           for (int64_t r = 0; r < rows; ++r) {
             float* dst = mine.dq + (row0 + rid[r]) * d.D;
             const float* src = dQt.data() + r * d.D;
@@ -473,8 +582,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto dspan = at::zeros({d.Hq}, f32), dperiod = at::zeros({n_gate}, f32), dphase = at::zeros({n_gate}, f32);
   if (q.numel() == 0 || d.Nk == 0) return {at::zeros_like(q), dk, dv, dspan, dperiod, dphase};
   const Plan plan = make_plan(d, rg, prm.span, prm.period, prm.phase, ramp, duty, causal);
-  // delta_i = dout_i . out_i (fp32) = do~_i . o~_i.
-  const auto delta = (dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
+  // lse_i and delta_i = g_i sum_j P~_ij dPraw_ij from the backward's own scores (row_stats.h), not the
+  // forward's lse and dout . out; gated-off rows keep the forward's lse (never read).
+  auto lse_own = lse.clone(), delta = at::zeros_like(lse);
   const int64_t n_threads = at::get_num_threads();
   const int64_t n_dq = d.B * d.Hq * d.Nq * d.D, n_row = d.B * d.Hq * d.Nq;
   auto acc = at::zeros({n_threads, n_dq + n_row + d.Hq}, f32);
@@ -485,8 +595,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   dispatch_float_types(q.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
+    row_stats_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+                               v.data_ptr<scalar_t>(), lse.data_ptr<float>(), lse_own.data_ptr<float>(),
+                               delta.data_ptr<float>(), plan, rg, static_cast<float>(scale));
     bwd_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-                         v.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(), accs,
+                         v.data_ptr<scalar_t>(), lse_own.data_ptr<float>(), delta.data_ptr<float>(), accs,
                          dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), plan, rg, static_cast<float>(scale));
   });
   const auto total = acc.sum(0);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cpu/attention_common.h"
+#include "cpu/row_stats.h"
 #include "cpu/varlen.h"
 
 namespace fastattn::cpu {
@@ -123,6 +124,84 @@ void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, fl
   });
 }
 
+// The backward's tile loads and its two score GEMMs (S = scale Q K^T, dP = dO V^T), shared by the
+// row-statistics pre-pass and the main pass so that both see bitwise the same S and dP (row_stats.h):
+// same tile grid (query tiles at multiples of kBlockMB, key tiles at multiples of kBlockNB), same calls.
+template <typename T>
+struct BwdTiles {
+  const T *dout, *q, *k, *v;
+  const Dims& d;
+  std::vector<float> P, dP, qbuf, obuf, kbuf, vbuf;
+  Sanitizer clean;
+  const float *Q = nullptr, *dO = nullptr, *K = nullptr, *V = nullptr;
+
+  BwdTiles(const T* dout_, const T* q_, const T* k_, const T* v_, const Dims& d_)
+      : dout(dout_), q(q_), k(k_), v(v_), d(d_), P(kBlockMB * kBlockNB), dP(kBlockMB * kBlockNB),
+        qbuf(kBlockMB * d.D), obuf(kBlockMB * d.Dv), kbuf(kBlockNB * d.D), vbuf(kBlockNB * d.Dv) {}
+  // Keys [krow, krow + cols) of the (B, Hk, Nk) rows; non-finite rows zeroed (attention_common.h).
+  void load_keys(int64_t krow, int64_t cols) {
+    K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
+    V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
+  }
+  // Query rows [row, row + rows) of the (B, Hq, Nq) rows, then P <- scale Q K^T, dP <- dO V^T.
+  void scores(int64_t row, int64_t rows, int64_t cols, float scale) {
+    Q = clean.q(tile_ptr(q + row * d.D, rows, d.D, qbuf.data()), rows, d.D);
+    dO = tile_ptr(dout + row * d.Dv, rows, d.Dv, obuf.data());
+    gemm_nt(rows, cols, d.D, scale, Q, d.D, K, d.D, 0.0f, P.data(), kBlockNB);
+    gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, V, d.Dv, 0.0f, dP.data(), kBlockNB);
+  }
+};
+
+// Causal: query i sees key j0 iff i + offset >= j0; the first query tile a key tile meets.
+inline int64_t first_query(const Seq& sq, bool causal, int64_t j0) {
+  return causal ? std::clamp<int64_t>(j0 - sq.offset(), 0, sq.nq) : 0;
+}
+
+// Row statistics pre-pass (row_stats.h): one task per (sequence, query head, query tile of the main
+// pass) walking its key tiles. lse, delta: (B, Hq, Nq) fp32 outputs; a NaN row of the forward
+// (lse_fwd NaN) keeps lse = NaN, which the main pass reads as its NaN flag.
+template <typename T>
+void row_stats_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse_fwd, const float* tau,
+                      float* lse, float* delta, const Dims& d, const Ragged& rg, bool causal, float scale) {
+  std::vector<FwdTask> tasks;
+  std::vector<int64_t> cost;
+  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s) {
+    const Seq& sq = rg.seqs[s];
+    for (int64_t i0 = 0; i0 < sq.nq; i0 += kBlockMB)
+      for (int32_t h = 0; h < d.Hq; ++h) {
+        tasks.push_back({s, h, i0});
+        cost.push_back(std::min(kBlockMB, sq.nq - i0) * (sq.limit(causal, std::min(sq.nq, i0 + kBlockMB) - 1) + 16));
+      }
+  }
+  run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
+    BwdTiles<T> tiles(dout, q, k, v, d);
+    RowStats st;
+    for (const int64_t task : mine) {
+      const Seq& sq = rg.seqs[tasks[task].s];
+      const int64_t h = tasks[task].h, b = sq.b, hk = h / d.group(), i0 = tasks[task].i0;
+      const int64_t rows = std::min(kBlockMB, sq.nq - i0), row0 = rg.row0(d, sq, h) + i0;
+      st.reset(rows);
+      const int64_t kend = sq.limit(causal, i0 + rows - 1);
+      for (int64_t j0 = 0; j0 < kend; j0 += kBlockNB) {
+        const int64_t cols = std::min(kBlockNB, sq.nk - j0);
+        if (rg.allowed(b, sq.k0 + j0, cols) == 0) continue;  // skipped by the main pass too
+        const bool* keep = rg.keep(b, sq.k0 + j0, cols);
+        tiles.load_keys((b * d.Hk + hk) * d.Nk + sq.k0 + j0, cols);
+        tiles.scores(row0, rows, cols, scale);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* p = tiles.P.data() + r * kBlockNB;
+          mask_row(p, j0, cols, sq.limit(causal, i0 + r), tau ? tau + row0 + r : nullptr, keep);
+          st.add(r, p, nullptr, tiles.dP.data() + r * kBlockNB, cols);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        st.finish(r, lse + row0 + r, delta + row0 + r);
+        if (std::isnan(lse_fwd[row0 + r])) lse[row0 + r] = kNaN;
+      }
+    }
+  });
+}
+
 // One backward task: (sequence, kv head, key tile); it walks the query tiles of its sequence. Cost:
 // keys times the query rows that can see them, over the GQA group.
 struct BwdTask {
@@ -141,7 +220,7 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
     for (int64_t j0 = 0; j0 < sq.nk; j0 += kBlockNB) {
       const int64_t cols = std::min(kBlockNB, sq.nk - j0);
       if (rg.allowed(sq.b, sq.k0 + j0, cols) == 0) continue;  // padding only: dk, dv stay 0
-      const int64_t i_first = causal ? std::clamp<int64_t>(j0 - sq.offset(), 0, sq.nq) : 0;
+      const int64_t i_first = first_query(sq, causal, j0);
       for (int32_t hk = 0; hk < d.Hk; ++hk) {
         tasks.push_back({s, hk, j0});
         cost.push_back(cols * ((sq.nq - i_first) * d.group() + 16));
@@ -150,32 +229,25 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
   }
   run_balanced(balance(cost, n_acc), [&](int64_t l, const std::vector<int64_t>& mine) {
     float* dq_mine = dq_acc[l];
-    std::vector<float> P(kBlockMB * kBlockNB), dP(kBlockMB * kBlockNB);
+    BwdTiles<T> tiles(dout, q, k, v, d);
     std::vector<float> dK(kBlockNB * d.D), dV(kBlockNB * d.Dv);
-    std::vector<float> qbuf(kBlockMB * d.D), obuf(kBlockMB * d.Dv), kbuf(kBlockNB * d.D), vbuf(kBlockNB * d.Dv);
-    Sanitizer clean;
     for (const int64_t task : mine) {
       const Seq& sq = rg.seqs[tasks[task].s];
       const int64_t hk = tasks[task].hk, b = sq.b, j0 = tasks[task].j0, cols = std::min(kBlockNB, sq.nk - j0);
       const int64_t krow = (b * d.Hk + hk) * d.Nk + sq.k0 + j0;
       const bool* keep = rg.keep(b, sq.k0 + j0, cols);
-      const float* K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
-      const float* V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
+      tiles.load_keys(krow, cols);
       std::fill(dK.begin(), dK.end(), 0.0f);
       std::fill(dV.begin(), dV.end(), 0.0f);
-      // Causal: query i sees key j0 iff i + offset >= j0.
-      const int64_t i_first = causal ? std::clamp<int64_t>(j0 - sq.offset(), 0, sq.nq) : 0;
+      const int64_t i_first = first_query(sq, causal, j0);
       for (int64_t h = hk * d.group(); h < (hk + 1) * d.group(); ++h) {
         const int64_t row0 = rg.row0(d, sq, h);
         for (int64_t i0 = (i_first / kBlockMB) * kBlockMB; i0 < sq.nq; i0 += kBlockMB) {
           const int64_t rows = std::min(kBlockMB, sq.nq - i0);
-          const float* Q = clean.q(tile_ptr(q + (row0 + i0) * d.D, rows, d.D, qbuf.data()), rows, d.D);
-          const float* dO = tile_ptr(dout + (row0 + i0) * d.Dv, rows, d.Dv, obuf.data());
-          gemm_nt(rows, cols, d.D, scale, Q, d.D, K, d.D, 0.0f, P.data(), kBlockNB);
-          gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, V, d.Dv, 0.0f, dP.data(), kBlockNB);
+          tiles.scores(row0 + i0, rows, cols, scale);
           for (int64_t r = 0; r < rows; ++r) {
-            float* p = P.data() + r * kBlockNB;
-            float* dp = dP.data() + r * kBlockNB;
+            float* p = tiles.P.data() + r * kBlockNB;
+            float* dp = tiles.dP.data() + r * kBlockNB;
             const int64_t i = i0 + r;
             const float L = lse[row0 + i], dl = delta[row0 + i];
             if (std::isnan(L)) {  // a NaN row of the forward: NaN gradients through every allowed key
@@ -189,9 +261,9 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
               dp[c] = pv * (dp[c] - dl);  // dS (scale applied in the GEMMs below)
             }
           }
-          gemm_tn(cols, d.Dv, rows, 1.0f, P.data(), kBlockNB, dO, d.Dv, 1.0f, dV.data(), d.Dv);
-          gemm_tn(cols, d.D, rows, scale, dP.data(), kBlockNB, Q, d.D, 1.0f, dK.data(), d.D);
-          gemm_nn(rows, d.D, cols, scale, dP.data(), kBlockNB, K, d.D, 1.0f, dq_mine + (row0 + i0) * d.D, d.D);
+          gemm_tn(cols, d.Dv, rows, 1.0f, tiles.P.data(), kBlockNB, tiles.dO, d.Dv, 1.0f, dV.data(), d.Dv);
+          gemm_tn(cols, d.D, rows, scale, tiles.dP.data(), kBlockNB, tiles.Q, d.D, 1.0f, dK.data(), d.D);
+          gemm_nn(rows, d.D, cols, scale, tiles.dP.data(), kBlockNB, tiles.K, d.D, 1.0f, dq_mine + (row0 + i0) * d.D, d.D);
         }
       }
       for (int64_t c = 0; c < cols; ++c) {
@@ -240,8 +312,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_bwd_cpu(
   if (q.numel() == 0 || k.numel() == 0) {
     return {at::zeros_like(q), dk.zero_(), dv.zero_()};
   }
-  // delta_i = dO_i . O_i (fp32): the softmax backward's row term.
-  const auto delta = (dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
+  // lse_i and delta_i = sum_j P_ij dP_ij from the backward's own scores (row_stats.h), not the
+  // forward's lse and dO . O.
+  auto lse_own = at::empty_like(lse), delta = at::empty_like(lse);
   // One fp32 dQ accumulator per thread (thread 0 writes the result itself; the others' are added
   // into it at the end): linear in N, and no atomics or locks in the inner loop.
   const int64_t n_threads = at::get_num_threads();
@@ -252,8 +325,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_attention_bwd_cpu(
   const float* tau_p = tau.numel() ? tau.data_ptr<float>() : nullptr;
   dispatch_float_types(q.scalar_type(), "softmax_attention_bwd", [&](auto tag) {
     using scalar_t = decltype(tag);
+    row_stats_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+                               v.data_ptr<scalar_t>(), lse.data_ptr<float>(), tau_p, lse_own.data_ptr<float>(),
+                               delta.data_ptr<float>(), d, rg, causal, static_cast<float>(scale));
     bwd_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-                         v.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(), tau_p,
+                         v.data_ptr<scalar_t>(), lse_own.data_ptr<float>(), delta.data_ptr<float>(), tau_p,
                          dq_acc.data(), n_threads, dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), d, rg, causal,
                          static_cast<float>(scale));
   });
