@@ -21,8 +21,9 @@ from torch import Tensor
 from .. import dispatch
 from ..reference import relu_attention_ref
 from ..rounding import int8_round, quant_bits
-from ._common import (check_backend, check_bool, check_qkv, concrete, contiguous_like, default_scale, kv_operand,
-                      operand, per_head)
+from ._common import (ABSENT, check_backend, check_bool, check_qkv, concrete, contiguous_like, default_scale,
+                      kv_operand, operand, per_head)
+from ._eager import EagerOp
 from .ragged import Ragged, check_ragged, seqlen_bounds
 from .topk_threshold import check_topk, topk_threshold
 
@@ -34,7 +35,7 @@ def _args(backend: str, *tensors):
     """None -> empty tensor for the C++ ops (their schema takes Tensor), kept None for Triton."""
     if backend == "triton":
         return tuple(map(operand, tensors))
-    return tuple(torch.empty(0) if t is None else operand(t) for t in tensors)
+    return tuple(ABSENT if t is None else operand(t) for t in tensors)
 
 
 def int8_operands(q: Tensor, k: Tensor, v: Tensor | None, ragged: Ragged):
@@ -113,14 +114,15 @@ def _backward(ctx, dout, _dden, _dargmax):
         # multiplied them (see int8_operands); the gradients go back to the inputs' dtype
         q, k, v = int8_operands(q, k, v, ragged)
         dout, out = dout.float(), out.float()
-    dq, dk, dv, dgamma, dsink = relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes,
-                                                   tau, causal, scale, norm, quant, int8_qkv, backend, *ragged)
+    dq, dk, dv, dgamma, dsink = _bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale,
+                                     norm, quant, int8_qkv, backend, *ragged)
     dq, dk, dv = dq.to(dtype), dk.to(dtype), dv.to(dtype)
     return (dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None,
             None, None, None, None, None)
 
 
-relu_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+_fwd, _bwd = EagerOp(relu_attention_fwd), EagerOp(relu_attention_bwd)
+_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _levels(quant, Nq: int, Nk: int, ragged: Ragged) -> int | None:
@@ -243,5 +245,5 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
         with torch.no_grad():
             qs, ks = int8_operands(q, k, None, ragged) if int8_qkv else (q, k)  # select on what is multiplied
             tau = topk_threshold(qs, ks, gamma_t.detach(), alibi_t, causal, scale, topk, name, OP, ragged)
-    return relu_attention_fwd(q, k, v, gamma_t, sink_t, alibi_t, tau, causal, scale, NORM_CODE[norm], bits,
+    return _fwd(q, k, v, gamma_t, sink_t, alibi_t, tau, causal, scale, NORM_CODE[norm], bits,
                               int8_qkv, name, *ragged)[0]
