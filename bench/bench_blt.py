@@ -18,7 +18,8 @@ One more row, "byte LM (same params)": an untrained byte LM with BLT entropy's p
 (trainable; the frozen entropy model not counted), for the generation comparison only.
 The "BLT entropy" row carries one validation text's bytes, entropies and patch starts; plot()
 draws them (bench/plots.py calls it; blt_patches.png). Quick (make bench): a handful of steps, a
-check of the mechanics; --full: LM_STEPS_FULL steps of the LM, where the bpb comparison means something.
+check of the mechanics; --full: LM_STEPS_FULL steps of the LM, where the bpb comparison means something;
+--generation: the generation comparison alone (`generation_suite`, untrained models, minutes).
 """
 from __future__ import annotations
 
@@ -194,13 +195,9 @@ def plot(rows, out_dir: str) -> str:
     return path
 
 
-def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
-    if device != "cpu":
-        return []  # the CPU comparison only (the GPU run is the lead's)
-    data = load_corpus(DataConfig(source="stdlib", tokenizer="byte", max_chars=1_000_000))
-    lm_steps = LM_STEPS_QUICK if quick else LM_STEPS_FULL
-    n_eval = EVAL_QUICK if quick else EVAL_FULL
-    x, y = _batch(data.train, torch.Generator().manual_seed(1))
+def _models(data, x, quick: bool) -> dict:
+    """The byte LM and the BLT variants, untrained; BLT entropy's entropy model trained first (its
+    threshold: the TARGET_PATCH quantile of its entropies on the batch x)."""
     torch.manual_seed(0)
     ent = TransformerLM(TransformerConfig(**ENTROPY))
     train(ent, data, ENTROPY_STEPS_QUICK if quick else ENTROPY_STEPS_FULL)
@@ -213,6 +210,34 @@ def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
         if extra:
             m.entropy_model.load_state_dict(ent.state_dict())
         models[name] = m
+    return models
+
+
+def generation_suite(quick: bool = True) -> list[Row]:
+    """The generation comparison alone (--generation): suite()'s models with a trained entropy model but
+    untrained BLTs and byte LMs (generation speed depends on the sizes; the bytes generated, hence the
+    entropy patches, differ from trained models')."""
+    data = load_corpus(DataConfig(source="stdlib", tokenizer="byte", max_chars=1_000_000))
+    models = _models(data, _batch(data.train, torch.Generator().manual_seed(1))[0], quick)
+    models["byte LM (same params)"] = same_params_lm(models["BLT entropy"].num_params())
+    rows = []
+    for name, (speed, patch) in generation(models, data).items():
+        extra = {"gen_bytes_per_s": round(speed, 1), "params": models[name].num_params()}
+        if patch is not None:
+            extra["gen_mean_patch"] = round(patch, 2)
+        rows.append(Row(OP, name, "untrained (entropy model trained)", "float32", "generate", None, None, extra=extra,
+                        note=f"greedy cached generation of {GEN_BYTES} bytes, median of {GEN_REPS}, in turns"))
+    return rows
+
+
+def suite(quick: bool = True, device: str = "cpu", reps: int = 5) -> list[Row]:
+    if device != "cpu":
+        return []  # the CPU comparison only (the GPU run is the lead's)
+    data = load_corpus(DataConfig(source="stdlib", tokenizer="byte", max_chars=1_000_000))
+    lm_steps = LM_STEPS_QUICK if quick else LM_STEPS_FULL
+    n_eval = EVAL_QUICK if quick else EVAL_FULL
+    x, y = _batch(data.train, torch.Generator().manual_seed(1))
+    models = _models(data, x, quick)
     flops = {name: counted_step_flops(m, x, y) for name, m in models.items()}
     budget = flops["byte LM"] * lm_steps
     rows, same = [], same_params_lm(models["BLT entropy"].num_params())
@@ -247,12 +272,13 @@ if __name__ == "__main__":  # python -m bench.bench_blt [--full]
     ap = argparse.ArgumentParser(description="the blt suite alone")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--generation", action="store_true", help="the generation comparison only (untrained models)")
     ap.add_argument("--out", default=None, help="folder for blt.md / blt_patches.png (default: print only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = suite(quick=not args.full)
+    rows = generation_suite(quick=not args.full) if args.generation else suite(quick=not args.full)
     print(markdown(rows), flush=True)
-    if args.out:
+    if args.out and not args.generation:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "blt.md"), "w") as f:
             f.write(markdown(rows) + "\n")

@@ -374,7 +374,7 @@ def relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, n
 
 
 def relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm,
-                       quant,
+                       quant, int8_qkv,
                        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """Gradient of the unquantized op -> dq, dk, dv (zeros for padded keys), dgamma (Hq,), dsink (Hq,)."""
     B, Hq, Nq, D = q.shape

@@ -322,3 +322,45 @@ def test_bad_input(bad, match):
     q = torch.randn(1, 4, 8, 16)
     with pytest.raises((ValueError, TypeError), match=match):
         fastattn.relu_attention(q, q, q, **bad)
+
+
+def _zero_dot_qk(dtype, N=48, D=16, seed=8):
+    """q, k in `dtype` whose int8 levels make every diagonal score exactly 0 (k_i's levels are q_i's rotated in
+    pairs, (x, y) -> (y, -x)) while the dequantized values level * (max|row| / 127) are not dyadic, so an fp32
+    product of them leaves ~1e-7 of either sign there. Each row holds a level 127 at max|row|, so requantizing
+    the rounded inputs gives these levels back."""
+    g = torch.Generator().manual_seed(seed)
+    lq = torch.randint(-127, 128, (1, 1, N, D), generator=g, dtype=torch.float64)
+    lq[..., 0] = 127
+    lk = torch.stack([lq[..., 1::2], -lq[..., 0::2]], dim=-1).flatten(-2)
+    amp = (torch.rand(2, 1, 1, N, 1, generator=g, dtype=torch.float64) + 0.5).to(dtype).double()
+    q, k = ((lev * a / 127).to(dtype).double() for lev, a in ((lq, amp[0]), (lk, amp[1])))
+    from fastattn.rounding import int8_round
+    assert (int8_round(q, -1) * 127 / amp[0] - lq).abs().max() < 1e-3  # the levels come back
+    return q, k, torch.randn(1, 1, N, D, generator=g, dtype=torch.float64).to(dtype).double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm", NORMS)
+def test_cpu_int8_zero_scores_stay_inactive_in_backward(dtype, norm):
+    """int8_qkv: a score whose integer level dot is 0 is exactly 0 in the forward (relu: the key is inactive).
+    The backward gets the dequantized q, k; recomputing that score with an fp32 GEMM of them gave +-1e-7 and,
+    where > 0, sent gradient through a key the forward did not use (dq, dk off by ~0.1: fuzz seed 21, issue 21)."""
+    q, k, v = _zero_dot_qk(dtype)
+    kw = dict(norm=norm, int8_qkv=True, sink=0.1)
+
+    # The reference multiplies the dequantized values (in fp64, or rounded to `dtype`), which leaves rounding noise
+    # of either sign at these scores: only rows where both of its runs keep the diagonal key inactive are judged.
+    eye = torch.eye(q.shape[2], dtype=torch.float64).view(1, 1, *q.shape[2:3] * 2)
+    rows = torch.ones(q.shape[:3], dtype=torch.bool)
+    for dt in (torch.float64, dtype):
+        rows &= relu_attention_ref(q.to(dt), k.to(dt), eye.to(dt), **kw).diagonal(dim1=-2, dim2=-1) == 0
+    assert rows.sum() >= 8
+
+    def fused(q, k, v):
+        return fastattn.relu_attention(q, k, v, backend="cpu", **kw)
+
+    def ref(q, k, v):
+        return relu_attention_ref(q, k, v, **kw)
+
+    assert_matches_reference(fused, ref, dict(q=q, k=k, v=v), dtype, grad_names=("q", "k", "v"), row_mask=rows)

@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -277,9 +278,10 @@ void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* den_out, int3
 // those were rounded (out to q's dtype, or quantized) or computed by another engine in another
 // summation order, and where one key carries a row (p = a / den near 1) the exact gradient cancels to
 // ~0 while such a rounding difference survives, amplified by 1 / den.
+// With int8_qkv (q8, k8 given) the scores are the forward's, from the levels (Int8Rows).
 template <typename T>
 void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const float* den, float* den_b, float* dden,
-                 const Relu& P) {
+                 const Relu& P, const Int8Rows* q8, const Int8Rows* k8) {
   const Dims& d = P.d;
   std::vector<int64_t> cost;
   const std::vector<Task> tasks = query_tasks(P, cost);
@@ -301,7 +303,10 @@ void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const float*
       for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
         const int64_t cols = std::min(kBN, kend - j0);
         if (P.rg.allowed(b, sq.k0 + j0, cols) == 0) continue;
-        tl.qk(k + (krow + j0) * d.D, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
+        if (q8)
+          int8_scores(*q8, row0, *k8, krow + j0, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
+        else
+          tl.qk(k + (krow + j0) * d.D, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
         finish_scores(S.data(), kBN, rows, cols, i0, j0, row0, h, sq, P.rg.keep(b, sq.k0 + j0, cols), P, true,
                       poison.data());
         gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, tile_ptr(v + (krow + j0) * d.Dv, cols, d.Dv, vbuf.data()), d.Dv,
@@ -368,7 +373,8 @@ inline void row_grad(float* s, float* dp, const float* g, int64_t cols, float in
 
 template <typename T>
 void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* den, const int32_t* argmax,
-                const float* dden, float* dq_acc, float* dgamma_acc, int64_t n_acc, T* dk, T* dv, const Relu& P) {
+                const float* dden, float* dq_acc, float* dgamma_acc, int64_t n_acc, T* dk, T* dv, const Relu& P,
+                const Int8Rows* q8, const Int8Rows* k8) {
   const Dims& d = P.d;
   const int64_t q_numel = d.B * d.Hq * d.Nq * d.D;
   std::vector<Task> tasks;
@@ -417,7 +423,10 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
           const int64_t rows = std::min(kBM, sq.nq - i0);
           const float* Q = clean.q(tile_ptr(q + (row0 + i0) * d.D, rows, d.D, qbuf.data()), rows, d.D);
           const float* dO = tile_ptr(dout + (row0 + i0) * d.Dv, rows, d.Dv, obuf.data());
-          gemm_nt(rows, cols, d.D, P.scale, Q, d.D, K, d.D, 0.0f, G.data(), kBNB);  // G = scale q.k
+          if (q8)  // G = scale q.k
+            int8_scores(*q8, row0 + i0, *k8, krow, rows, cols, d.D, P.scale, G.data(), kBNB);
+          else
+            gemm_nt(rows, cols, d.D, P.scale, Q, d.D, K, d.D, 0.0f, G.data(), kBNB);
           std::copy(G.begin(), G.begin() + rows * kBNB, S.begin());
           finish_scores(S.data(), kBNB, rows, cols, i0, j0, row0 + i0, h, sq, keep, P, false, poison.data());
           gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, V, d.Dv, 0.0f, dP.data(), kBNB);
@@ -507,7 +516,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_atte
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& den, const at::Tensor& argmax, const at::Tensor& gamma, const at::Tensor& sink,
     const at::Tensor& alibi_slopes, const at::Tensor& tau, bool causal, double scale, int64_t norm, int64_t quant,
-    const RaggedArgs& ra) {
+    bool int8_qkv, const RaggedArgs& ra) {
   const Relu P = make_problem("relu_attention_bwd", q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm,
                               quant, ra);
   const Dims& d = P.d;
@@ -527,11 +536,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_atte
   auto dg_acc = at::zeros({n_acc, d.Hq}, gamma.options());
   dispatch_float_types(q.scalar_type(), "relu_attention_bwd", [&](auto tag) {
     using T = decltype(tag);
+    std::optional<Int8Rows> q8, k8;
+    if (int8_qkv) {
+      q8.emplace(q.data_ptr<T>(), d.B * d.Hq * d.Nq, d.D);
+      k8.emplace(k.data_ptr<T>(), d.B * d.Hk * d.Nk, d.D);
+    }
+    const Int8Rows *q8p = q8 ? &*q8 : nullptr, *k8p = k8 ? &*k8 : nullptr;
     dden_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), den.data_ptr<float>(),
-                   den_b.data_ptr<float>(), dden.data_ptr<float>(), P);
+                   den_b.data_ptr<float>(), dden.data_ptr<float>(), P, q8p, k8p);
     bwd_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), den_b.data_ptr<float>(),
                   argmax.data_ptr<int32_t>(), dden.data_ptr<float>(), dq_acc.data_ptr<float>(),
-                  dg_acc.data_ptr<float>(), n_acc, dk.data_ptr<T>(), dv.data_ptr<T>(), P);
+                  dg_acc.data_ptr<float>(), n_acc, dk.data_ptr<T>(), dv.data_ptr<T>(), P, q8p, k8p);
   });
   dsink = dden.sum({0, 2});
   // The row part of dgamma (see bwd_kernel): sum_i c_i / gamma_h where gamma_h != 0.

@@ -179,6 +179,16 @@ class HashNgramEmbedding(nn.Module):
             e = e + emb(ngram_hashes(x, n, self.buckets))
         return e / math.sqrt(1 + len(self.ngram_sizes))
 
+    def last(self, seq: list[int]) -> torch.Tensor:
+        """The embedding (1, 1, dim) of the last byte of seq (ints), as forward gives it for that position:
+        its hashes computed on Python ints, one table row each (incremental decoding)."""
+        e = self.byte.weight[seq[-1]]
+        for n, emb in zip(self.ngram_sizes, self.ngrams):
+            window = [0] * (n - len(seq)) + [b + 1 for b in seq[-n:]]  # absent bytes 0, as in ngram_hashes
+            h = sum(v * pow(HASH_BASE, n - 1 - i, HASH_MOD) for i, v in enumerate(window)) % HASH_MOD
+            e = e + emb.weight[h % self.buckets]
+        return (e / math.sqrt(1 + len(self.ngram_sizes))).view(1, 1, -1)
+
 
 # ---- cross-attention -----------------------------------------------------------------------------
 class CrossAttention(nn.Module):
@@ -514,8 +524,7 @@ class BLTDecoder:
             self.kv = [cross.keys_values(kv) for cross in m.dec_cross]
             self.patch, self.start = [], t
         self.bytes.append(b)
-        window = torch.tensor([self.bytes[-max(cfg.ngram_sizes, default=1):]], device=dev)
-        h = m.embed(window)[:, -1:]
+        h = m.embed.last(self.bytes)
         for block, cache in zip(m.encoder, self.enc):
             h = block(h, cache)
         self.patch.append(h)

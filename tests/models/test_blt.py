@@ -8,8 +8,9 @@ import torch
 
 from fastattn.data import ByteTokenizer
 from fastattn.models import generate
-from fastattn.models.blt import (BLT, BLTDecoder, HASH_BASE, HASH_MOD, BLTConfig, entropy_starts, limit_lengths, ngram_hashes,
-                                 next_byte_entropy, patch_layout, space_starts, stride_starts)
+from fastattn.models.blt import (BLT, BLTDecoder, HASH_BASE, HASH_MOD, BLTConfig, HashNgramEmbedding, entropy_starts,
+                                 limit_lengths, ngram_hashes, next_byte_entropy, patch_layout, space_starts,
+                                 stride_starts)
 from fastattn.train import CheckpointError, Trainer, load_config, load_model, parse_config
 from fastattn.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -91,6 +92,17 @@ def test_ngram_hashes_are_deterministic_and_match_a_direct_computation():
             for v in gram:
                 direct = (direct * HASH_BASE + v) % HASH_MOD
             assert int(h[b, t]) == direct % 1000
+
+
+def test_last_byte_embedding_equals_the_full_embedding():
+    """HashNgramEmbedding.last (incremental decoding) gives forward's row for the last byte, also when
+    the sequence is shorter than an n-gram."""
+    torch.manual_seed(0)
+    emb = HashNgramEmbedding(16, (3, 5, 8), buckets=97)
+    x = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1))
+    full = emb(x)
+    for t in range(x.shape[1]):
+        assert torch.equal(emb.last(x[0, :t + 1].tolist()), full[:, t:t + 1])
 
 
 def test_encoder_cross_attention_sees_only_its_patch():
