@@ -364,3 +364,38 @@ def test_cpu_int8_zero_scores_stay_inactive_in_backward(dtype, norm):
         return relu_attention_ref(q, k, v, **kw)
 
     assert_matches_reference(fused, ref, dict(q=q, k=k, v=v), dtype, grad_names=("q", "k", "v"), row_mask=rows)
+
+
+# Findings of `make fuzz` (seed 21, issue 21) on the cpu backend, each failing before its fix.
+FUZZ_SEED21 = {
+    # fp32, D = 1, norm max, sink 0: p does not depend on q (homogeneous), so the exact dq is 0 and the kernel's is
+    # the residue of dp / den - delta / den over a tiny den; ds = (dp - delta) / den cancels before the scaling.
+    "int8-D1-max": {"op": "relu_attention", "backend": "cpu", "dtype": "float32", "seed": 207, "mag": 0.3,
+                    "causal": False, "scale": 0.05, "grad": True, "layout": "sliced", "Hk": 3, "Hq": 9, "D": 1,
+                    "Dv": 1, "B": 1, "Nq": 62, "Nk": 62, "ragged": {"kind": "varlen", "lq": [31, 31], "lk": [31, 31]},
+                    "opts": {"norm": "max", "int8_qkv": True}},
+    # topk = 1, norm sum: one key carries each row (p = 1), dq = dk = 0 exactly; dp * (1 / den) + dden left ~1e-5.
+    "topk1-sum-alibi": {"op": "relu_attention", "backend": "cpu", "dtype": "float32", "seed": 2483, "mag": 1.0,
+                        "causal": True, "scale": 0.05, "grad": True, "layout": "contiguous", "Hk": 3, "Hq": 3,
+                        "D": 256, "Dv": 256, "B": 1, "Nq": 31, "Nk": 37,
+                        "ragged": {"kind": "varlen", "lq": [23, 8, 0], "lk": [13, 8, 16]},
+                        "opts": {"norm": "sum", "alibi_slopes": [0.1693, 0.1693, 0.1693], "topk": 1}},
+    # int8_qkv: an integer level dot of 0 (forward: inactive) recomputed > 0 by the backward's fp32 GEMM.
+    "int8-fp16-zero-dot": {"op": "relu_attention", "backend": "cpu", "dtype": "float16", "seed": 4414956, "mag": 0.3,
+                           "causal": False, "scale": None, "grad": True, "layout": "contiguous", "Hk": 3, "Hq": 3,
+                           "D": 32, "Dv": 128, "B": 1, "Nq": 69, "Nk": 69,
+                           "ragged": {"kind": "varlen", "lq": [5, 64, 0], "lk": [5, 64, 0]},
+                           "opts": {"norm": "max", "gamma": 1.291, "sink": [1.215, 1.215, 1.063], "quant": 8,
+                                    "int8_qkv": True}},
+    "int8-bf16-zero-dot": {"op": "relu_attention", "backend": "cpu", "dtype": "bfloat16", "seed": 6939435, "mag": 1.0,
+                           "causal": False, "scale": 1.0, "grad": True, "layout": "transposed", "Hk": 1, "Hq": 1,
+                           "D": 2, "Dv": 2, "B": 3, "Nk": 63, "Nq": 3, "ragged": None,
+                           "opts": {"norm": "sum", "int8_qkv": True}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUZZ_SEED21))
+def test_cpu_fuzz_findings(name):
+    from ._fuzz import check
+    compared = check(FUZZ_SEED21[name])["compared"]
+    assert {"dq", "dk", "dv"} <= set(compared), compared

@@ -153,12 +153,23 @@ def patch_layout(starts: torch.Tensor) -> PatchLayout:
 
 
 # ---- embeddings --------------------------------------------------------------------------------
+class _Powers(dict):
+    """n -> [257^(n-1-i) mod (2^31 - 1) for i < n], computed once per n."""
+
+    def __missing__(self, n: int) -> list[int]:
+        self[n] = [pow(HASH_BASE, n - 1 - i, HASH_MOD) for i in range(n)]
+        return self[n]
+
+
+_POWERS = _Powers()
+
+
 def ngram_hashes(x: torch.Tensor, n: int, buckets: int) -> torch.Tensor:
     """(B, T) bytes -> (B, T) int64 bucket of the n bytes ending at each position (bytes before
     the start count as absent): (sum_i (x[t-n+1+i] + 1) * 257^(n-1-i) mod (2^31 - 1)) mod buckets."""
     v = F.pad(x.long() + 1, (n - 1, 0))  # absent bytes are 0, real bytes 1..256
     # the polynomial in closed form: each term < 2^9 * 2^31, a sum of <= 8 fits int64 before the mod
-    powers = torch.tensor([pow(HASH_BASE, n - 1 - i, HASH_MOD) for i in range(n)], device=x.device)
+    powers = torch.tensor(_POWERS[n], device=x.device)
     return (v.unfold(1, n, 1) * powers).sum(-1) % HASH_MOD % buckets
 
 
@@ -184,8 +195,8 @@ class HashNgramEmbedding(nn.Module):
         its hashes computed on Python ints, one table row each (incremental decoding)."""
         e = self.byte.weight[seq[-1]]
         for n, emb in zip(self.ngram_sizes, self.ngrams):
-            window = [0] * (n - len(seq)) + [b + 1 for b in seq[-n:]]  # absent bytes 0, as in ngram_hashes
-            h = sum(v * pow(HASH_BASE, n - 1 - i, HASH_MOD) for i, v in enumerate(window)) % HASH_MOD
+            tail = seq[-n:]  # bytes before the start are absent (0 in ngram_hashes): no term
+            h = sum(p * (b + 1) for p, b in zip(_POWERS[n][n - len(tail):], tail)) % HASH_MOD
             e = e + emb.weight[h % self.buckets]
         return (e / math.sqrt(1 + len(self.ngram_sizes))).view(1, 1, -1)
 
