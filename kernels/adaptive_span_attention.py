@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._common import (LOG2E, Ragged, any_key, block_d, finite, finite_rows, key_tile, keys_at, load_kv, load_tile,
-                      load_tile_t, pointer, poison, problem_shape, sequence, softmax_delta, softmax_probs,
+                      load_tile_t, pointer, poison, problem_shape, sequence, softmax_probs,
                       softmax_row_stats, softmax_step, softmax_store, store_kv_grads, store_tile, tile_config,
                       upcast_dots)
 from .adaptive_span_plan import gate, plan, query_positions, reach, tile_counts  # noqa: F401  (the plan's old home)
@@ -126,8 +126,9 @@ def adaptive_span_attention_bwd_kernel_dq(Q, K, V, DO, LSE, DELTA, SPAN, G, IDX,
                                           CAUSAL: tl.constexpr, GATED: tl.constexpr, HAS_KPM: tl.constexpr,
                                           VARLEN: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """One program per (compacted query tile, batch or sequence x query head): dq, and per row
-    dg_i = sum_j P~_ij (do_i . v_j) (= do_i . o~_i, exact in fp32) and
+    """One program per (compacted query tile, batch or sequence x query head). First pass: per row
+    dg_i = sum_j P~_ij (do_i . v_j) (= do_i . o~_i) and delta_i = g_i dg_i (stored to DELTA for the
+    dK/dV kernel, which runs after this one). Second pass: dq and
     dspan_i = (1/R) sum_{j in ramp} exp(s_ij - lse_i) (dP_ij - delta_i)."""
     pid_t, b, h, pos, rows, row_ok, g, i_abs, lo, hi, kv_row0, nq, offs_d, q = _query_tile(
         Q, IDX, CNT, G, QPLAN, CU_Q, CU_K, Hq, Hk, Nq, Nk, D, T, BLOCK_M, BLOCK_D, GATED, VARLEN, UPCAST)
@@ -135,24 +136,34 @@ def adaptive_span_attention_bwd_kernel_dq(Q, K, V, DO, LSE, DELTA, SPAN, G, IDX,
         return
     offs_dv = tl.arange(0, BLOCK_DV)
     do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
-    lse, delta, _ = softmax_row_stats(LSE, DELTA, LSE, rows, row_ok, False)
+    lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
     span_h = tl.load(SPAN + h)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dg = tl.zeros([BLOCK_M], dtype=tl.float32)
     dspan = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n, key_ok = keys_at(KPM, b * Nk, start_n, hi, BLOCK_N, HAS_KPM)
-        if any_key(key_ok, HAS_KPM):
-            k, v = load_kv(K, V, kv_row0, offs_n, key_ok, offs_d, D, offs_dv, Dv, UPCAST)
-            s = tl.dot(q, tl.trans(k)) * scale
-            m, ok, in_ramp = _span_mask(i_abs, offs_n, key_ok, span_h, ramp, row_ok, CAUSAL)
-            e = softmax_probs(s, lse, ok)  # exp(s - lse)
-            p = m * e  # P~
-            dpr = tl.dot(do, tl.trans(v))  # do_i . v_j (ungated cotangent)
-            dg += tl.sum(p * dpr, 1)
-            dp = g[:, None] * dpr - delta[:, None]  # do~_i . v_j - delta_i
-            dspan += tl.sum(tl.where(in_ramp, e * dp, 0.0), 1)
-            dq += tl.dot((p * dp).to(k.dtype), k)
+    delta = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for phase in tl.static_range(2):
+        if phase == 1:
+            # delta from the scores differentiated here, never from out (rounded to q's dtype: where the
+            # ramp keys carry most of a row, dspan's sum cancels and would amplify that rounding)
+            delta = g * dg
+            delta = tl.where(delta * 0.0 == 0.0, delta, 0.0)  # a NaN row's P carries its NaN already
+            tl.store(DELTA + rows, delta, mask=row_ok)
+        for start_n in range(lo, hi, BLOCK_N):
+            offs_n, key_ok = keys_at(KPM, b * Nk, start_n, hi, BLOCK_N, HAS_KPM)
+            if any_key(key_ok, HAS_KPM):
+                k, v = load_kv(K, V, kv_row0, offs_n, key_ok, offs_d, D, offs_dv, Dv, UPCAST)
+                s = tl.dot(q, tl.trans(k)) * scale
+                m, ok, in_ramp = _span_mask(i_abs, offs_n, key_ok, span_h, ramp, row_ok, CAUSAL)
+                e = softmax_probs(s, lse, ok)  # exp(s - lse)
+                p = m * e  # P~
+                dpr = tl.dot(do, tl.trans(v))  # do_i . v_j (ungated cotangent)
+                if phase == 0:
+                    dg += tl.sum(p * dpr, 1)
+                else:
+                    dp = g[:, None] * dpr - delta[:, None]  # do~_i . v_j - delta_i
+                    dspan += tl.sum(tl.where(in_ramp, e * dp, 0.0), 1)
+                    dq += tl.dot((p * dp).to(k.dtype), k)
     store_tile(DQ, rows, row_ok, offs_d, D, dq * scale)
     tl.store(DSPAN + rows, dspan / ramp, mask=row_ok)
     if GATED:
@@ -264,15 +275,15 @@ def adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase, ra
     q, k, v = finite(q, k, v)
     span = span.float().contiguous()
     pl, ptrs, meta, (slope, t) = _prepare(q, k, v, span, period, phase, ramp, duty, causal, rg)
-    # delta_i = do~_i . o~_i = do_i . out_i (out is the gated output): O(N * Dv).
-    delta = softmax_delta(dout, out)
+    # delta_i = do~_i . o~_i: written by the dQ kernel's first pass, read by the dK/dV kernel
+    delta = torch.zeros(B, Hq, Nq, dtype=torch.float32, device=dev)
     ins = (q, k, v, dout, lse, delta, span, *ptrs)
     shapes = (Hq, Hk, Nq, Nk, D, Dv)
-    adaptive_span_attention_bwd_kernel_dkdv[(pl["U"], rg.n_seq * Hk)](
-        *ins, pl["kplan"], dk, dv, *rg.pointers(lse), *shapes, pl["U"], float(scale), float(ramp), **meta)
     adaptive_span_attention_bwd_kernel_dq[(pl["T"], rg.n_seq * Hq)](
         *ins, pl["qplan"], dq, dg_rows, dspan_rows, *rg.pointers(lse), *shapes, pl["T"], float(scale), float(ramp),
         **meta)
+    adaptive_span_attention_bwd_kernel_dkdv[(pl["U"], rg.n_seq * Hk)](
+        *ins, pl["kplan"], dk, dv, *rg.pointers(lse), *shapes, pl["U"], float(scale), float(ramp), **meta)
     dspan = dspan_rows.sum((0, 2))
     if not gated:
         return dq, dk, dv, dspan, empty, empty.clone()

@@ -49,8 +49,9 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, VNAN, GAMMA, SINK, SLOPES, TA
                               VARLEN: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """One program per (query tile, batch or sequence x query head). Pass 1: the row statistic of
-    a = relu(s) (max, sum or count of the selected keys) and, unquantized, out = sum_j a_ij v_j / den;
-    with BITS, pass 2 rounds p = a/den to levels with the final den before P V."""
+    a = relu(s) (max, sum or count of the selected keys) and, unquantized, out = sum_j p_ij v_j with
+    p = a/den rounded to v's dtype before P V (docs/semantics.md §2); with BITS, pass 2 rounds p = a/den
+    to levels with the final den before P V."""
     pid_m, b, h, offs_m, rows, row_ok, nq, nk, kv_row0, offs_d, offs_dv, q = query_tile(
         Q, Hq, Hk, Nq, Nk, D, CU_Q, CU_K, BLOCK_M, BLOCK_D, BLOCK_DV, VARLEN, UPCAST)
     if VARLEN and pid_m * BLOCK_M >= nq:  # a tile past its sequence's end
@@ -67,6 +68,7 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, VNAN, GAMMA, SINK, SLOPES, TA
     bad = tl.zeros([BLOCK_M], dtype=tl.float32)
     arg = tl.full([BLOCK_M], -1, dtype=tl.int32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    den_seen = sink + stat  # den of the keys seen so far: pass 1 weights them p = a / den_seen
     for start_n in range(0, hi, BLOCK_N):  # pass 1: row statistic (and the output when unquantized)
         offs_n, key_ok = keys_at(KPM, b * Nk, start_n, nk, BLOCK_N, HAS_KPM)
         if any_key(key_ok, HAS_KPM):
@@ -85,11 +87,14 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, VNAN, GAMMA, SINK, SLOPES, TA
             if BITS == 0:
                 v, vnan = _values(V + kv_row0 * Dv, VNAN + kv_row0, offs_n, key_ok, offs_dv, Dv, INT8, UPCAST)
                 bad += poison(s, ok, vnan, sel, HAS_TAU)
-                acc += tl.dot(a.to(v.dtype), v)
+                # p, not a, is rounded to v's dtype (a row carried by one key gets p = 1 exactly); the
+                # accumulator is rescaled as den grows, like an online softmax's
+                safe = tl.where(sink + stat > 0.0, sink + stat, 1.0)
+                acc = acc * (den_seen / safe)[:, None] + tl.dot((a / safe[:, None]).to(v.dtype), v)
+                den_seen = sink + stat
             else:
                 bad += nan_where(s, ok)
     den = sink + stat
-    inv = tl.where(den > 0.0, 1.0 / tl.where(den > 0.0, den, 1.0), 0.0)
     if BITS != 0:  # pass 2: weights rounded with the final denominator
         L: tl.constexpr = (1 << BITS) - 1
         for start_n in range(0, hi, BLOCK_N):
@@ -118,12 +123,8 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, VNAN, GAMMA, SINK, SLOPES, TA
             else:
                 vs_row = b * Hk + hk
             vs = tl.load(VS + vs_row * Dv + offs_dv, mask=offs_dv < Dv, other=0.0)
-            out = acc * vs[None, :] / L
-        else:
-            out = acc
-    else:
-        out = acc * inv[:, None]
-    store_tile(O, rows, row_ok, offs_dv, Dv, out + bad[:, None])
+            acc = acc * vs[None, :] / L
+    store_tile(O, rows, row_ok, offs_dv, Dv, acc + bad[:, None])
     tl.store(DEN + rows, den + bad, mask=row_ok)
     tl.store(ARG + rows, arg, mask=row_ok)
 

@@ -12,10 +12,27 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, Ragged, allowed, any_key, block_d, causal_key_end, causal_query_start, finite, finite_rows,
-                      key_tile, keys_at, load_kv, load_tile, load_tile_t, pointer, poison, problem_shape, query_end,
-                      query_rows, query_tile, row_tau, selected, softmax_delta, softmax_probs, softmax_row_stats,
+from ._common import (LN2, LOG2E, Ragged, allowed, any_key, block_d, causal_key_end, causal_query_start, finite,
+                      finite_rows, key_tile, keys_at, load_kv, load_tile, load_tile_t, pointer, poison, problem_shape,
+                      query_end, query_rows, query_tile, row_tau, selected, softmax_probs, softmax_row_stats,
                       softmax_step, softmax_store, store_kv_grads, store_tile, tile_config, upcast_dots)
+
+
+@triton.jit
+def _own_stats(m_i, l_i, p_dp, lse_fwd, LSE_B, DELTA, rows, row_ok):
+    """(lse, delta) of rows `rows`, stored to LSE_B and DELTA, from the backward's online softmax (m_i, l_i in
+    base 2; p_dp = sum_j 2^(s_ij - m_i) dP_ij): +inf / 0 for rows without a key; a NaN row of the forward
+    keeps its NaN lse (its gradients are NaN) and gets delta 0 (a NaN delta would reach, through 0 * NaN,
+    the keys it may not read)."""
+    has = l_i > 0.0
+    safe = tl.where(has, l_i, 1.0)
+    lse = tl.where(has, (m_i + tl.log2(safe)) * LN2, float("inf"))
+    delta = tl.where(has, p_dp / safe, 0.0)
+    lse = tl.where(lse_fwd == lse_fwd, lse, lse_fwd)
+    delta = tl.where(delta * 0.0 == 0.0, delta, 0.0)
+    tl.store(LSE_B + rows, lse, mask=row_ok)
+    tl.store(DELTA + rows, delta, mask=row_ok)
+    return lse, delta
 
 
 @triton.jit
@@ -76,29 +93,48 @@ def softmax_attention_bwd_kernel_dkdv(Q, K, V, TAU, DO, LSE, DELTA, DK, DV, KPM,
 
 
 @triton.jit
-def softmax_attention_bwd_kernel_dq(Q, K, V, TAU, DO, LSE, DELTA, DQ, KPM, CU_Q, CU_K, Hq, Hk, Nq, Nk, D, Dv, scale,
+def softmax_attention_bwd_kernel_dq(Q, K, V, TAU, DO, LSE, DELTA, DQ, LSE_B, KPM, CU_Q, CU_K, Hq, Hk, Nq, Nk, D,
+                                    Dv, scale,
                                     CAUSAL: tl.constexpr, HAS_TAU: tl.constexpr, HAS_KPM: tl.constexpr,
                                     VARLEN: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """One program per (query tile, batch or sequence x query head): dQ = scale * sum_j dS_ij k_j, with
-    P_ij = exp(s_ij - lse_i) from the forward's lse and dS_ij = P_ij (dO_i . v_j - delta_i)."""
+    """One program per (query tile, batch or sequence x query head). First pass: the row's lse and
+    delta_i = sum_j P_ij (dO_i . v_j) from the scores differentiated here (stored to LSE_B and DELTA for
+    the dK/dV kernel, which runs after this one). Second pass: dQ = scale * sum_j dS_ij k_j with
+    P_ij = exp(s_ij - lse_i) and dS_ij = P_ij (dO_i . v_j - delta_i)."""
     pid_m, b, h, offs_m, rows, row_ok, nq, nk, kv_row0, offs_d, offs_dv, q = query_tile(
         Q, Hq, Hk, Nq, Nk, D, CU_Q, CU_K, BLOCK_M, BLOCK_D, BLOCK_DV, VARLEN, UPCAST)
     if VARLEN and pid_m * BLOCK_M >= nq:  # a tile past its sequence's end
         return
     do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
-    lse, delta, tau = softmax_row_stats(LSE, DELTA, TAU, rows, row_ok, HAS_TAU)
+    lse_fwd = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
+    tau = row_tau(TAU, rows, row_ok, HAS_TAU)
     offset = nk - nq
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, causal_key_end(pid_m, nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
-        offs_n, key_ok = keys_at(KPM, b * Nk, start_n, nk, BLOCK_N, HAS_KPM)
-        if any_key(key_ok, HAS_KPM):
-            k, v = load_kv(K, V, kv_row0, offs_n, key_ok, offs_d, D, offs_dv, Dv, UPCAST)
-            s = tl.dot(q, tl.trans(k)) * scale
-            ok = selected(allowed(offs_m, offs_n, key_ok, offset, CAUSAL) & row_ok[:, None], s, tau, HAS_TAU)
-            p = softmax_probs(s, lse, ok)
-            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k)
+    # Where one key carries a row, P dP - P delta cancels, and any mismatch between lse, delta and the
+    # scores differentiated here survives it: so both come from these very scores (never the
+    # forward's lse, from other roundings, nor delta = dO . out with out rounded to q's dtype).
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    p_dp = tl.zeros([BLOCK_M], dtype=tl.float32)
+    lse = lse_fwd
+    delta = p_dp
+    for phase in tl.static_range(2):
+        if phase == 1:
+            lse, delta = _own_stats(m_i, l_i, p_dp, lse_fwd, LSE_B, DELTA, rows, row_ok)
+        for start_n in range(0, causal_key_end(pid_m, nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
+            offs_n, key_ok = keys_at(KPM, b * Nk, start_n, nk, BLOCK_N, HAS_KPM)
+            if any_key(key_ok, HAS_KPM):
+                k, v = load_kv(K, V, kv_row0, offs_n, key_ok, offs_d, D, offs_dv, Dv, UPCAST)
+                s = tl.dot(q, tl.trans(k)) * scale
+                ok = selected(allowed(offs_m, offs_n, key_ok, offset, CAUSAL) & row_ok[:, None], s, tau, HAS_TAU)
+                dp = tl.dot(do, tl.trans(v))
+                if phase == 0:
+                    m_i, l_i, p, alpha = softmax_step(m_i, l_i, tl.where(ok, s * LOG2E, float("-inf")), 1.0, False)
+                    p_dp = p_dp * alpha + tl.sum(p * dp, 1)
+                else:
+                    ds = softmax_probs(s, lse, ok) * (dp - delta[:, None])
+                    dq += tl.dot(ds.to(k.dtype), k)
     store_tile(DQ, rows, row_ok, offs_d, D, dq * scale)
 
 
@@ -135,16 +171,18 @@ def softmax_attention_bwd(dout, q, k, v, out, lse, causal: bool, scale: float, k
         return dq.zero_(), dk.zero_(), dv.zero_()
     rg = Ragged(q, k, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     q, k, v = finite(q, k, v)
-    delta = softmax_delta(dout, out)
+    # lse and delta_i = sum_j P_ij dP_ij from the backward's own scores: the dQ kernel's first pass
+    # writes them, the dK/dV kernel reads them
+    lse_b, delta = lse.clone(), torch.zeros_like(lse)
     BM, BN, warps, stages = tile_config(D, Dv, q.dtype, CONFIGS)
     meta = dict(CAUSAL=bool(causal), HAS_TAU=tau is not None, UPCAST=upcast_dots(q.dtype), **rg.flags,
                 BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=block_d(D), BLOCK_DV=block_d(Dv), num_warps=warps, num_stages=stages)
-    ins = (q, k, v, tau if tau is not None else lse, dout, lse, delta)
+    ins = (q, k, v, tau if tau is not None else lse, dout)
     shapes = (Hq, Hk, Nq, Nk, D, Dv, float(scale))
-    softmax_attention_bwd_kernel_dkdv[(triton.cdiv(rg.max_k, BN), rg.n_seq * Hk)](
-        *ins, dk, dv, *rg.pointers(lse), *shapes, **meta)
     softmax_attention_bwd_kernel_dq[(triton.cdiv(rg.max_q, BM), rg.n_seq * Hq)](
-        *ins, dq, *rg.pointers(lse), *shapes, **meta)
+        *ins, lse, delta, dq, lse_b, *rg.pointers(lse), *shapes, **meta)
+    softmax_attention_bwd_kernel_dkdv[(triton.cdiv(rg.max_k, BN), rg.n_seq * Hk)](
+        *ins, lse_b, delta, dk, dv, *rg.pointers(lse), *shapes, **meta)
     return dq, dk, dv
 
 
@@ -163,6 +201,6 @@ def aot_specs(dtype: torch.dtype, head_dim: int):
              signature={"Q": p, "K": p, "V": p, "TAU": f, "DO": p, "LSE": f, "DELTA": f, "DK": p, "DV": p,
                         **ragged, **shape_args}),
         dict(fn=softmax_attention_bwd_kernel_dq, num_warps=warps, num_stages=stages, constexprs=const,
-             signature={"Q": p, "K": p, "V": p, "TAU": f, "DO": p, "LSE": f, "DELTA": f, "DQ": p,
+             signature={"Q": p, "K": p, "V": p, "TAU": f, "DO": p, "LSE": f, "DELTA": f, "DQ": p, "LSE_B": f,
                         **ragged, **shape_args}),
     ]
