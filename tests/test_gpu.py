@@ -182,7 +182,7 @@ def _stages(op, Hq, dev):
         sk, al, none = torch.full((Hq,), 0.2, device=dev), torch.linspace(0.01, 0.1, Hq, device=dev), torch.empty(0)
         return (lambda q, k, v, *r: OPS.relu_attention_fwd(q, k, v, g, sk, al, none, True, 0.3, 1, 0, False, *r),
                 lambda do, q, k, v, f, *r: OPS.relu_attention_bwd(do, q, k, v, f[0], f[1], f[2], g, sk, al, none, True,
-                                                                  0.3, 1, 0, *r))
+                                                                  0.3, 1, 0, False, *r))
     span = torch.linspace(3.3, 9.7, Hq, device=dev)
     per, pha = torch.linspace(2.3, 5.1, Hq, device=dev), torch.linspace(0.1, 0.7, Hq, device=dev)
     return (lambda q, k, v, *r: OPS.adaptive_span_attention_fwd(q, k, v, span, per, pha, 2.0, 0.3, True, 0.3, *r),

@@ -322,3 +322,80 @@ def test_bad_input(bad, match):
     q = torch.randn(1, 4, 8, 16)
     with pytest.raises((ValueError, TypeError), match=match):
         fastattn.relu_attention(q, q, q, **bad)
+
+
+def _zero_dot_qk(dtype, N=48, D=16, seed=8):
+    """q, k in `dtype` whose int8 levels make every diagonal score exactly 0 (k_i's levels are q_i's rotated in
+    pairs, (x, y) -> (y, -x)) while the dequantized values level * (max|row| / 127) are not dyadic, so an fp32
+    product of them leaves ~1e-7 of either sign there. Each row holds a level 127 at max|row|, so requantizing
+    the rounded inputs gives these levels back."""
+    g = torch.Generator().manual_seed(seed)
+    lq = torch.randint(-127, 128, (1, 1, N, D), generator=g, dtype=torch.float64)
+    lq[..., 0] = 127
+    lk = torch.stack([lq[..., 1::2], -lq[..., 0::2]], dim=-1).flatten(-2)
+    amp = (torch.rand(2, 1, 1, N, 1, generator=g, dtype=torch.float64) + 0.5).to(dtype).double()
+    q, k = ((lev * a / 127).to(dtype).double() for lev, a in ((lq, amp[0]), (lk, amp[1])))
+    from fastattn.rounding import int8_round
+    assert (int8_round(q, -1) * 127 / amp[0] - lq).abs().max() < 1e-3  # the levels come back
+    return q, k, torch.randn(1, 1, N, D, generator=g, dtype=torch.float64).to(dtype).double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm", NORMS)
+def test_cpu_int8_zero_scores_stay_inactive_in_backward(dtype, norm):
+    """int8_qkv: a score whose integer level dot is 0 is exactly 0 in the forward (relu: the key is inactive).
+    The backward gets the dequantized q, k; recomputing that score with an fp32 GEMM of them gave +-1e-7 and,
+    where > 0, sent gradient through a key the forward did not use (dq, dk off by ~0.1: fuzz seed 21, issue 21)."""
+    q, k, v = _zero_dot_qk(dtype)
+    kw = dict(norm=norm, int8_qkv=True, sink=0.1)
+
+    # The reference multiplies the dequantized values (in fp64, or rounded to `dtype`), which leaves rounding noise
+    # of either sign at these scores: only rows where both of its runs keep the diagonal key inactive are judged.
+    eye = torch.eye(q.shape[2], dtype=torch.float64).view(1, 1, *q.shape[2:3] * 2)
+    rows = torch.ones(q.shape[:3], dtype=torch.bool)
+    for dt in (torch.float64, dtype):
+        rows &= relu_attention_ref(q.to(dt), k.to(dt), eye.to(dt), **kw).diagonal(dim1=-2, dim2=-1) == 0
+    assert rows.sum() >= 8
+
+    def fused(q, k, v):
+        return fastattn.relu_attention(q, k, v, backend="cpu", **kw)
+
+    def ref(q, k, v):
+        return relu_attention_ref(q, k, v, **kw)
+
+    assert_matches_reference(fused, ref, dict(q=q, k=k, v=v), dtype, grad_names=("q", "k", "v"), row_mask=rows)
+
+
+# Findings of `make fuzz` (seed 21, issue 21) on the cpu backend, each failing before its fix.
+FUZZ_SEED21 = {
+    # fp32, D = 1, norm max, sink 0: p does not depend on q (homogeneous), so the exact dq is 0 and the kernel's is
+    # the residue of dp / den - delta / den over a tiny den; ds = (dp - delta) / den cancels before the scaling.
+    "int8-D1-max": {"op": "relu_attention", "backend": "cpu", "dtype": "float32", "seed": 207, "mag": 0.3,
+                    "causal": False, "scale": 0.05, "grad": True, "layout": "sliced", "Hk": 3, "Hq": 9, "D": 1,
+                    "Dv": 1, "B": 1, "Nq": 62, "Nk": 62, "ragged": {"kind": "varlen", "lq": [31, 31], "lk": [31, 31]},
+                    "opts": {"norm": "max", "int8_qkv": True}},
+    # topk = 1, norm sum: one key carries each row (p = 1), dq = dk = 0 exactly; dp * (1 / den) + dden left ~1e-5.
+    "topk1-sum-alibi": {"op": "relu_attention", "backend": "cpu", "dtype": "float32", "seed": 2483, "mag": 1.0,
+                        "causal": True, "scale": 0.05, "grad": True, "layout": "contiguous", "Hk": 3, "Hq": 3,
+                        "D": 256, "Dv": 256, "B": 1, "Nq": 31, "Nk": 37,
+                        "ragged": {"kind": "varlen", "lq": [23, 8, 0], "lk": [13, 8, 16]},
+                        "opts": {"norm": "sum", "alibi_slopes": [0.1693, 0.1693, 0.1693], "topk": 1}},
+    # int8_qkv: an integer level dot of 0 (forward: inactive) recomputed > 0 by the backward's fp32 GEMM.
+    "int8-fp16-zero-dot": {"op": "relu_attention", "backend": "cpu", "dtype": "float16", "seed": 4414956, "mag": 0.3,
+                           "causal": False, "scale": None, "grad": True, "layout": "contiguous", "Hk": 3, "Hq": 3,
+                           "D": 32, "Dv": 128, "B": 1, "Nq": 69, "Nk": 69,
+                           "ragged": {"kind": "varlen", "lq": [5, 64, 0], "lk": [5, 64, 0]},
+                           "opts": {"norm": "max", "gamma": 1.291, "sink": [1.215, 1.215, 1.063], "quant": 8,
+                                    "int8_qkv": True}},
+    "int8-bf16-zero-dot": {"op": "relu_attention", "backend": "cpu", "dtype": "bfloat16", "seed": 6939435, "mag": 1.0,
+                           "causal": False, "scale": 1.0, "grad": True, "layout": "transposed", "Hk": 1, "Hq": 1,
+                           "D": 2, "Dv": 2, "B": 3, "Nk": 63, "Nq": 3, "ragged": None,
+                           "opts": {"norm": "sum", "int8_qkv": True}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUZZ_SEED21))
+def test_cpu_fuzz_findings(name):
+    from ._fuzz import check
+    compared = check(FUZZ_SEED21[name])["compared"]
+    assert {"dq", "dk", "dv"} <= set(compared), compared

@@ -20,7 +20,7 @@ Fwd fwd_meta(const at::Tensor& q, const at::Tensor&, const at::Tensor& v, const 
 
 Bwd bwd_meta(const at::Tensor&, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor&,
              const at::Tensor&, const at::Tensor&, const at::Tensor& gamma, const at::Tensor& sink, const at::Tensor&,
-             const at::Tensor&, bool, double, int64_t, int64_t) {
+             const at::Tensor&, bool, double, int64_t, int64_t, bool) {
   return {at::empty_like(q), at::empty_like(k), at::empty_like(v), at::empty_like(gamma), at::empty_like(sink)};
 }
 
@@ -37,10 +37,10 @@ Fwd fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
 Bwd bwd_cpu(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             const at::Tensor& out, const at::Tensor& den, const at::Tensor& argmax, const at::Tensor& gamma,
             const at::Tensor& sink, const at::Tensor& alibi, const at::Tensor& tau, bool causal, double scale,
-            int64_t norm, int64_t quant, const OptTensor& key_padding_mask, const OptTensor& cu_seqlens_q,
-            const OptTensor& cu_seqlens_k, int64_t, int64_t) {
+            int64_t norm, int64_t quant, bool int8_qkv, const OptTensor& key_padding_mask,
+            const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k, int64_t, int64_t) {
   return fastattn::cpu::relu_attention_bwd_cpu(dout, q, k, v, out, den, argmax, gamma, sink, alibi, tau, causal, scale,
-                                               norm, quant, {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
+                                               norm, quant, int8_qkv, {key_padding_mask, cu_seqlens_q, cu_seqlens_k});
 }
 
 #ifdef FASTATTN_WITH_CUDA
@@ -74,7 +74,7 @@ TORCH_LIBRARY_FRAGMENT(fastattn_C, m) {
      FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor, Tensor)");
   m.def("relu_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor den, Tensor argmax, "
         "Tensor gamma, Tensor sink, Tensor alibi_slopes, Tensor tau, bool causal, float scale, int norm, "
-        "int quant, " FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "int quant, bool int8_qkv, " FASTATTN_RAGGED_SCHEMA ") -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastattn_C, CPU, m) {

@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -277,9 +278,11 @@ void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* den_out, int3
 // those were rounded (out to q's dtype, or quantized) or computed by another engine in another
 // summation order, and where one key carries a row (p = a / den near 1) the exact gradient cancels to
 // ~0 while such a rounding difference survives, amplified by 1 / den.
+// Also delta_i = sum_j p_ij dP_ij = -dden_i den_i, which the backward subtracts from dP before it scales by
+// 1 / den (see row_grad). With int8_qkv (q8, k8 given) the scores are the forward's, from the levels (Int8Rows).
 template <typename T>
 void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const float* den, float* den_b, float* dden,
-                 const Relu& P) {
+                 float* delta, const Relu& P, const Int8Rows* q8, const Int8Rows* k8) {
   const Dims& d = P.d;
   std::vector<int64_t> cost;
   const std::vector<Task> tasks = query_tasks(P, cost);
@@ -301,7 +304,10 @@ void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const float*
       for (int64_t j0 = 0; j0 < kend; j0 += kBN) {
         const int64_t cols = std::min(kBN, kend - j0);
         if (P.rg.allowed(b, sq.k0 + j0, cols) == 0) continue;
-        tl.qk(k + (krow + j0) * d.D, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
+        if (q8)
+          int8_scores(*q8, row0, *k8, krow + j0, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
+        else
+          tl.qk(k + (krow + j0) * d.D, rows, cols, d.D, P.gamma[h] * P.scale, S.data(), kBN);
         finish_scores(S.data(), kBN, rows, cols, i0, j0, row0, h, sq, P.rg.keep(b, sq.k0 + j0, cols), P, true,
                       poison.data());
         gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, tile_ptr(v + (krow + j0) * d.Dv, cols, d.Dv, vbuf.data()), d.Dv,
@@ -321,27 +327,30 @@ void dden_kernel(const T* dout, const T* q, const T* k, const T* v, const float*
         const float dn = den[row], db = P.norm == kNormLen || std::isnan(dn) ? dn : P.sink[h] + st[r].stat;
         den_b[row] = db;
         dden[row] = std::isnan(db) ? kNaN : (db > 0.0f ? static_cast<float>(-dot[r] / (static_cast<double>(db) * db)) : 0.0f);
+        delta[row] = std::isnan(db) ? kNaN : (db > 0.0f ? static_cast<float>(dot[r] / db) : 0.0f);
       }
     }
   });
 }
 
-// One backward score row, in place: ds = dp / den + dd_all where s > 0 (allowed and positive;
-// masked are -inf), else 0, written over dp; p = s / den over s. With `dg`, part[] (double) gathers
+// One backward score row, in place: ds = (dp - dl) / den where s > 0 (allowed and positive; masked
+// are -inf), else 0, written over dp; p = s / den over s. dl is delta (norm "sum": every a_ij enters den_i)
+// or 0: subtracting before the 1 / den scaling keeps the rows carried by one key exact (dp - delta = 0
+// there), where dp / den + dden would leave the rounding of two products, amplified by 1 / den. With `dg`, part[] (double) gathers
 // sum ds * w with w = |x| (x = base - c, the ALiBi distance) when `identity`, else w = g (the scaled
 // q.k): the gamma gradient's terms (see bwd_kernel). Without ALiBi and with gamma != 0 they are
 // multiplied by a zero slope, so the caller passes dg = false and the sweep skips them.
-inline void row_grad(float* s, float* dp, const float* g, int64_t cols, float inv, float dd_all, float base,
+inline void row_grad(float* s, float* dp, const float* g, int64_t cols, float inv, float dl, float base,
                      bool identity, bool dg, double* part) {
   int64_t c = 0;
 #ifdef __AVX512F__
-  const __m512 vinv = _mm512_set1_ps(inv), vdd = _mm512_set1_ps(dd_all), zero = _mm512_setzero_ps();
+  const __m512 vinv = _mm512_set1_ps(inv), vdl = _mm512_set1_ps(dl), zero = _mm512_setzero_ps();
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
   for (; c + 16 <= cols; c += 16) {
     const __m512 x = _mm512_loadu_ps(s + c);
     const __mmask16 pos = _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ);
-    const __m512 ds = _mm512_maskz_mov_ps(pos, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(dp + c), vinv), vdd));
+    const __m512 ds = _mm512_maskz_mov_ps(pos, _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(dp + c), vdl), vinv));
     _mm512_storeu_ps(s + c, _mm512_maskz_mul_ps(pos, x, vinv));
     _mm512_storeu_ps(dp + c, ds);
     if (dg) {
@@ -356,7 +365,7 @@ inline void row_grad(float* s, float* dp, const float* g, int64_t cols, float in
 #endif
   for (; c < cols; ++c) {
     const bool pos = s[c] > 0.0f;
-    const float ds = pos ? dp[c] * inv + dd_all : 0.0f;
+    const float ds = pos ? (dp[c] - dl) * inv : 0.0f;
     s[c] = pos ? s[c] * inv : 0.0f;  // p = a / den (unquantized)
     dp[c] = ds;
     if (dg) {
@@ -368,7 +377,8 @@ inline void row_grad(float* s, float* dp, const float* g, int64_t cols, float in
 
 template <typename T>
 void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* den, const int32_t* argmax,
-                const float* dden, float* dq_acc, float* dgamma_acc, int64_t n_acc, T* dk, T* dv, const Relu& P) {
+                const float* delta, float* dq_acc, float* dgamma_acc, int64_t n_acc, T* dk, T* dv, const Relu& P,
+                const Int8Rows* q8, const Int8Rows* k8) {
   const Dims& d = P.d;
   const int64_t q_numel = d.B * d.Hq * d.Nq * d.D;
   std::vector<Task> tasks;
@@ -417,13 +427,16 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
           const int64_t rows = std::min(kBM, sq.nq - i0);
           const float* Q = clean.q(tile_ptr(q + (row0 + i0) * d.D, rows, d.D, qbuf.data()), rows, d.D);
           const float* dO = tile_ptr(dout + (row0 + i0) * d.Dv, rows, d.Dv, obuf.data());
-          gemm_nt(rows, cols, d.D, P.scale, Q, d.D, K, d.D, 0.0f, G.data(), kBNB);  // G = scale q.k
+          if (q8)  // G = scale q.k
+            int8_scores(*q8, row0 + i0, *k8, krow, rows, cols, d.D, P.scale, G.data(), kBNB);
+          else
+            gemm_nt(rows, cols, d.D, P.scale, Q, d.D, K, d.D, 0.0f, G.data(), kBNB);
           std::copy(G.begin(), G.begin() + rows * kBNB, S.begin());
           finish_scores(S.data(), kBNB, rows, cols, i0, j0, row0 + i0, h, sq, keep, P, false, poison.data());
           gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, V, d.Dv, 0.0f, dP.data(), kBNB);
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t row = row0 + i0 + r;
-            const float dn = den[row], inv = dn > 0.0f ? 1.0f / dn : 0.0f, dd = dden[row];
+            const float dn = den[row], inv = dn > 0.0f ? 1.0f / dn : 0.0f, dl = delta[row];
             const int32_t am = P.norm == kNormMax ? argmax[row] : -1;
             float* s = S.data() + r * kBNB;
             float* dp = dP.data() + r * kBNB;
@@ -434,14 +447,16 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
               continue;
             }
             const float* g = G.data() + r * kBNB;
-            const float dd_all = P.norm == kNormSum ? dd : 0.0f;
+            const bool has_am = am >= j0 && am < j0 + cols;
+            const float dp_am = has_am ? dp[am - j0] : 0.0f;
             double part[kLanes] = {};  // dgamma sums many terms that cancel: accumulate in double
-            row_grad(s, dp, g, cols, inv, dd_all, static_cast<float>(i0 + r + sq.offset() - j0), identity,
-                     !identity || slope != 0.0f, part);
-            if (am >= j0 && am < j0 + cols && S[r * kBNB + (am - j0)] > 0.0f) {  // max norm: d den / d a
+            row_grad(s, dp, g, cols, inv, P.norm == kNormSum ? dl : 0.0f, static_cast<float>(i0 + r + sq.offset() - j0),
+                     identity, !identity || slope != 0.0f, part);
+            if (has_am && S[r * kBNB + (am - j0)] > 0.0f) {  // max norm: den depends on a_am, ds_am = (dp_am - delta) / den
               const int64_t x = i0 + r + sq.offset() - am;
-              dp[am - j0] += dd;
-              part[0] += static_cast<double>(dd) * (identity ? static_cast<float>(x < 0 ? -x : x) : g[am - j0]);
+              const float ds = (dp_am - dl) * inv, change = ds - dp[am - j0];
+              dp[am - j0] = ds;
+              part[0] += static_cast<double>(change) * (identity ? static_cast<float>(x < 0 ? -x : x) : g[am - j0]);
             }
             for (int64_t l = 0; l < kLanes; ++l) dgamma += part[l];
           }
@@ -507,7 +522,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_atte
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& den, const at::Tensor& argmax, const at::Tensor& gamma, const at::Tensor& sink,
     const at::Tensor& alibi_slopes, const at::Tensor& tau, bool causal, double scale, int64_t norm, int64_t quant,
-    const RaggedArgs& ra) {
+    bool int8_qkv, const RaggedArgs& ra) {
   const Relu P = make_problem("relu_attention_bwd", q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm,
                               quant, ra);
   const Dims& d = P.d;
@@ -521,17 +536,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_atte
   auto dk = at::zeros_like(k), dv = at::zeros_like(v);
   auto dgamma = at::zeros({d.Hq}, gamma.options()), dsink = at::zeros({d.Hq}, sink.options());
   if (q.numel() == 0 || k.numel() == 0) return {at::zeros_like(q), dk, dv, dgamma, dsink};
-  auto dden = at::empty({d.B, d.Hq, d.Nq}, den.options()), den_b = at::empty_like(dden);
+  auto dden = at::empty({d.B, d.Hq, d.Nq}, den.options()), den_b = at::empty_like(dden), delta = at::empty_like(dden);
   const int64_t n_acc = at::get_num_threads();  // per-thread accumulators of dq and dgamma
   auto dq_acc = at::zeros({n_acc, d.B, d.Hq, d.Nq, d.D}, q.options().dtype(at::kFloat));
   auto dg_acc = at::zeros({n_acc, d.Hq}, gamma.options());
   dispatch_float_types(q.scalar_type(), "relu_attention_bwd", [&](auto tag) {
     using T = decltype(tag);
+    std::optional<Int8Rows> q8, k8;
+    if (int8_qkv) {
+      q8.emplace(q.data_ptr<T>(), d.B * d.Hq * d.Nq, d.D);
+      k8.emplace(k.data_ptr<T>(), d.B * d.Hk * d.Nk, d.D);
+    }
+    const Int8Rows *q8p = q8 ? &*q8 : nullptr, *k8p = k8 ? &*k8 : nullptr;
     dden_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), den.data_ptr<float>(),
-                   den_b.data_ptr<float>(), dden.data_ptr<float>(), P);
+                   den_b.data_ptr<float>(), dden.data_ptr<float>(), delta.data_ptr<float>(), P, q8p, k8p);
     bwd_kernel<T>(dout.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), den_b.data_ptr<float>(),
-                  argmax.data_ptr<int32_t>(), dden.data_ptr<float>(), dq_acc.data_ptr<float>(),
-                  dg_acc.data_ptr<float>(), n_acc, dk.data_ptr<T>(), dv.data_ptr<T>(), P);
+                  argmax.data_ptr<int32_t>(), delta.data_ptr<float>(), dq_acc.data_ptr<float>(),
+                  dg_acc.data_ptr<float>(), n_acc, dk.data_ptr<T>(), dv.data_ptr<T>(), P, q8p, k8p);
   });
   dsink = dden.sum({0, 2});
   // The row part of dgamma (see bwd_kernel): sum_i c_i / gamma_h where gamma_h != 0.

@@ -322,7 +322,7 @@ struct Int8Engine {
       for (int64_t c = 0; c < cols; ++c) {
         int32_t s = 0;
         for (int64_t e = 0; e < d.D; ++e) s += static_cast<int32_t>(qq[e]) * kq[c * d.D + e];
-        S[r * ldS + c] = static_cast<float>(s) * (alpha * qsc[r]) * ksc[c];
+        S[r * ldS + c] = static_cast<float>(s) * (ksc[c] * (alpha * qsc[r]));  // rounded as above
       }
     }
 #endif
@@ -394,5 +394,38 @@ struct Int8Engine {
 #endif
   }
 };
+
+// int8_qkv in the backward, which receives q and k int8-rounded and dequantized (level * scale, fp32): its
+// scores must be the forward's. An fp32 GEMM of the dequantized values leaves ~1e-7 |q||k| of rounding where
+// the integer dot is 0 (common with 255 levels); where that lands > 0, relu lets through a key the forward
+// left out. quantize_rows gives the levels back (x / scale lies within a few ulp of an integer), and their
+// fp32 GEMM is exact (|dot| <= 127^2 * 256 < 2^24).
+struct Int8Rows {
+  std::vector<float> lev, scale;  // rows x n levels as floats; per row scale, 0 for a row with a non-finite value
+  template <typename T>
+  Int8Rows(const T* x, int64_t rows, int64_t n) : lev(rows * n), scale(rows) {
+    at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+      std::vector<int8_t> l8((r1 - r0) * n);
+      quantize_rows(x + r0 * n, r1 - r0, n, l8.data(), scale.data() + r0);
+      std::copy(l8.begin(), l8.end(), lev.begin() + r0 * n);
+    });
+    // quantize_rows gives such a row the scale NaN; the forward made every row that reads it NaN, and those
+    // get their gradients elsewhere: 0 keeps the NaN out of the others (as Sanitizer's zeroed rows do).
+    for (float& s : scale) s = std::isfinite(s) ? s : 0.0f;
+  }
+};
+
+// S[rows x cols] = alpha * qs_i * ks_j * (level dot), for rows i0.. of q and j0.. of k, rounded as
+// Int8Engine::scores rounds it.
+inline void int8_scores(const Int8Rows& q, int64_t i0, const Int8Rows& k, int64_t j0, int64_t rows, int64_t cols,
+                        int64_t D, float alpha, float* S, int64_t ldS) {
+  gemm_nt(rows, cols, D, 1.0f, q.lev.data() + i0 * D, D, k.lev.data() + j0 * D, D, 0.0f, S, ldS);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float aq = alpha * q.scale[i0 + r];
+    const float* ks = k.scale.data() + j0;
+    float* s = S + r * ldS;
+    for (int64_t c = 0; c < cols; ++c) s[c] *= ks[c] * aq;
+  }
+}
 
 }  // namespace fastattn::cpu

@@ -126,8 +126,10 @@ class AdaptiveSpanAttention(SelfAttention):
         return self.phase + (shift - turns * period).to(self.phase.dtype)
 
     def attend(self, q, k, v, **masks):
+        # a fixed span goes in as a number (the op then neither builds nor checks a span tensor per call)
+        span = self.current_span() if self.learn_span else self.max_span
         return fastattn.adaptive_span_attention(
-            q, k, v, self.current_span(), ramp=self.ramp, period=self.period,
+            q, k, v, span, ramp=self.ramp, period=self.period,
             phase=self.gate_phase(q.shape[2], k.shape[2]), duty=self.duty, causal=self.causal,
             allow_bidirectional=not self.causal, backend=self.backend, **masks)
 

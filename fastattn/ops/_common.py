@@ -13,6 +13,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
 from ..dispatch import BACKENDS
+from ._eager import unobserved
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -75,6 +76,10 @@ def concrete(*tensors) -> bool:
     if torch.compiler.is_compiling():
         return False
     return not any(isinstance(t, Tensor) and (t.device.type == "meta" or is_fake(t)) for t in tensors)
+
+
+# What the C++ ops take for an absent optional tensor (their schemas say Tensor, not Tensor?). Read only.
+ABSENT = torch.empty(0, dtype=torch.float32)
 
 
 def operand(t: Tensor | None) -> Tensor | None:
@@ -158,9 +163,27 @@ def per_head(value, Hq: int, like: torch.Tensor, name: str, op: str, *, min_valu
         if not math.isfinite(value) or (min_value is not None and not (value > min_value if strict_min
                                                                        else value >= min_value)):
             _out_of_range([value], name, op, min_value, strict_min)
-        t = torch.full((Hq,), value, dtype=dt, device=like.device)
+        t = constant(value, Hq, dt, like.device)
     else:
         raise TypeError(f"{op}: {name} must be a float or a ({Hq},) tensor, got {type(value).__name__}")
+    return t
+
+
+_CONSTANTS: dict[tuple, Tensor] = {}
+
+
+def constant(value: float, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """torch.full((n,), value): a parameter given as a number, as the kernels take it. Eager calls share
+    one read-only tensor per (value, n, dtype, device) (a decode step would otherwise make one per call)."""
+    if not unobserved(()):
+        return torch.full((n,), value, dtype=dtype, device=device)
+    key = (value, math.copysign(1.0, value), n, dtype, device)  # -0.0 and 0.0 are equal keys, not equal tensors
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) >= 256:
+            _CONSTANTS.clear()
+        with torch.inference_mode(False):  # usable later by calls that record autograd
+            t = _CONSTANTS[key] = torch.full((n,), value, dtype=dtype, device=device)
     return t
 
 

@@ -56,8 +56,9 @@ from torch import Tensor
 
 from .. import dispatch
 from ..reference.adaptive_span_attention import adaptive_span_attention_ref
-from ._common import (check_backend, check_bool, check_qkv, contiguous_like, default_scale, kv_operand, operand,
-                      per_head, real_number)
+from ._common import (ABSENT, check_backend, check_bool, check_qkv, contiguous_like, default_scale, kv_operand,
+                      operand, per_head, real_number)
+from ._eager import EagerOp
 from .ragged import Ragged, check_ragged, seqlen_bounds
 
 OP = "adaptive_span_attention"
@@ -68,7 +69,7 @@ def _params(backend: str, *tensors):
     for the C++ ops (their schema takes Tensor)."""
     if backend == "triton":
         return tuple(None if t is None else operand(t.float()) for t in tensors)
-    return tuple(torch.empty(0, dtype=torch.float32) if t is None else operand(t.float()) for t in tensors)
+    return tuple(ABSENT if t is None else operand(t.float()) for t in tensors)
 
 
 @torch.library.custom_op("fastattn::adaptive_span_attention_fwd", mutates_args=())
@@ -127,14 +128,15 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, span, period, phase, kpm, cu_q, cu_k = ctx.saved_tensors
-    dq, dk, dv, dspan, dperiod, dphase = adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase,
-                                                                     *ctx.opts, kpm, cu_q, cu_k, *ctx.max_seqlens)
+    dq, dk, dv, dspan, dperiod, dphase = _bwd(dout, q, k, v, out, lse, span, period, phase, *ctx.opts, kpm, cu_q,
+                                              cu_k, *ctx.max_seqlens)
     ds, dp, dph = ctx.dtypes
     return (dq, dk, dv, dspan.to(ds), None if dp is None else dperiod.to(dp), None if dph is None else dphase.to(dph),
             None, None, None, None, None, None, None, None, None, None)
 
 
-adaptive_span_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+_fwd, _bwd = EagerOp(adaptive_span_attention_fwd), EagerOp(adaptive_span_attention_bwd)
+_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: float = 32.0, period=None, phase=None,
@@ -206,5 +208,4 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span, *, ramp: floa
         return adaptive_span_attention_ref(q, k, v, span_t, ramp=ramp, period=period_t, phase=phase_t, duty=duty,
                                            causal=causal, scale=scale, key_padding_mask=ragged.key_padding_mask,
                                            cu_seqlens_q=ragged.cu_seqlens_q, cu_seqlens_k=ragged.cu_seqlens_k)
-    return adaptive_span_attention_fwd(q, k, v, span_t, period_t, phase_t, ramp, duty, causal, scale, name,
-                                       *ragged)[0]
+    return _fwd(q, k, v, span_t, period_t, phase_t, ramp, duty, causal, scale, name, *ragged)[0]

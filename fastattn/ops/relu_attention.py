@@ -6,11 +6,12 @@ with the five ragged arguments of CONTRACTS §1):
   relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, <ragged>)
       -> out (B,Hq,Nq,Dv), den fp32 (B,Hq,Nq), argmax int32 (B,Hq,Nq)
   relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm,
-                     quant, <ragged>) -> dq, dk, dv, dgamma (Hq,), dsink (Hq,)
+                     quant, int8_qkv, <ragged>) -> dq, dk, dv, dgamma (Hq,), dsink (Hq,)
 gamma/sink/alibi_slopes fp32 (Hq,); tau fp32 (B,Hq,Nq) top-K threshold; norm 0 max / 1 sum / 2 len;
 quant 0 / 7 / 8 bits ("auto" is resolved here, per sequence). The backward is the gradient of the unquantized op (straight-through: `quant`
 only tells it that `out` was rounded, so the row term sum_j a_ij v_j is recomputed); for int8_qkv it
-receives the int8-rounded q, k, v.
+receives the int8-rounded q, k, v (fp32), and recomputes the scores as the forward's integer products
+(a score whose level dot is 0 is exactly 0 there, inactive: an fp32 product of the rounded values is not).
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from torch import Tensor
 from .. import dispatch
 from ..reference import relu_attention_ref
 from ..rounding import int8_round, quant_bits
-from ._common import (check_backend, check_bool, check_qkv, concrete, contiguous_like, default_scale, kv_operand,
-                      operand, per_head)
+from ._common import (ABSENT, check_backend, check_bool, check_qkv, concrete, contiguous_like, default_scale,
+                      kv_operand, operand, per_head)
+from ._eager import EagerOp
 from .ragged import Ragged, check_ragged, seqlen_bounds
 from .topk_threshold import check_topk, topk_threshold
 
@@ -33,7 +35,7 @@ def _args(backend: str, *tensors):
     """None -> empty tensor for the C++ ops (their schema takes Tensor), kept None for Triton."""
     if backend == "triton":
         return tuple(map(operand, tensors))
-    return tuple(torch.empty(0) if t is None else operand(t) for t in tensors)
+    return tuple(ABSENT if t is None else operand(t) for t in tensors)
 
 
 def int8_operands(q: Tensor, k: Tensor, v: Tensor | None, ragged: Ragged):
@@ -77,7 +79,7 @@ def _(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_
 @torch.library.custom_op("fastattn::relu_attention_bwd", mutates_args=())
 def relu_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, den: Tensor, argmax: Tensor,
                        gamma: Tensor, sink: Tensor, alibi_slopes: Tensor | None, tau: Tensor | None, causal: bool,
-                       scale: float, norm: int, quant: int, backend: str,
+                       scale: float, norm: int, quant: int, int8_qkv: bool, backend: str,
                        key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
                        cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -85,11 +87,11 @@ def relu_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     alibi_slopes, tau = _args(backend, alibi_slopes, tau)
     ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     return fn(*map(operand, (dout, q, k, v, out, den, argmax, gamma, sink)), alibi_slopes, tau, causal, scale, norm,
-              quant, *ragged)
+              quant, int8_qkv, *ragged)
 
 
 @relu_attention_bwd.register_fake
-def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, backend,
+def _(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale, norm, quant, int8_qkv, backend,
       key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     return tuple(contiguous_like(t) for t in (q, k, v, gamma, sink))
 
@@ -112,14 +114,15 @@ def _backward(ctx, dout, _dden, _dargmax):
         # multiplied them (see int8_operands); the gradients go back to the inputs' dtype
         q, k, v = int8_operands(q, k, v, ragged)
         dout, out = dout.float(), out.float()
-    dq, dk, dv, dgamma, dsink = relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes,
-                                                   tau, causal, scale, norm, quant, backend, *ragged)
+    dq, dk, dv, dgamma, dsink = _bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slopes, tau, causal, scale,
+                                     norm, quant, int8_qkv, backend, *ragged)
     dq, dk, dv = dq.to(dtype), dk.to(dtype), dv.to(dtype)
     return (dq, dk, dv, dgamma, dsink, None, None, None, None, None, None, None, None,
             None, None, None, None, None)
 
 
-relu_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+_fwd, _bwd = EagerOp(relu_attention_fwd), EagerOp(relu_attention_bwd)
+_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _levels(quant, Nq: int, Nk: int, ragged: Ragged) -> int | None:
@@ -242,5 +245,5 @@ def relu_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
         with torch.no_grad():
             qs, ks = int8_operands(q, k, None, ragged) if int8_qkv else (q, k)  # select on what is multiplied
             tau = topk_threshold(qs, ks, gamma_t.detach(), alibi_t, causal, scale, topk, name, OP, ragged)
-    return relu_attention_fwd(q, k, v, gamma_t, sink_t, alibi_t, tau, causal, scale, NORM_CODE[norm], bits,
+    return _fwd(q, k, v, gamma_t, sink_t, alibi_t, tau, causal, scale, NORM_CODE[norm], bits,
                               int8_qkv, name, *ragged)[0]

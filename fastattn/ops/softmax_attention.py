@@ -7,6 +7,7 @@ from torch import Tensor
 from .. import dispatch
 from ..reference import softmax_attention_ref
 from ._common import check_backend, check_bool, check_qkv, contiguous_like, default_scale, kv_operand, operand
+from ._eager import EagerOp
 from .ragged import Ragged, check_ragged, seqlen_bounds
 
 OP = "softmax_attention"
@@ -59,11 +60,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, kpm, cu_q, cu_k = ctx.saved_tensors
-    dq, dk, dv = softmax_attention_bwd(dout, q, k, v, out, lse, *ctx.opts, kpm, cu_q, cu_k, *ctx.max_seqlens)
+    dq, dk, dv = _bwd(dout, q, k, v, out, lse, *ctx.opts, kpm, cu_q, cu_k, *ctx.max_seqlens)
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
-softmax_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+_fwd, _bwd = EagerOp(softmax_attention_fwd), EagerOp(softmax_attention_bwd)
+_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
@@ -107,4 +109,4 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     if name == "reference":
         return softmax_attention_ref(q, k, v, causal=causal, scale=scale, key_padding_mask=ragged.key_padding_mask,
                                      cu_seqlens_q=ragged.cu_seqlens_q, cu_seqlens_k=ragged.cu_seqlens_k)
-    return softmax_attention_fwd(q, k, v, causal, scale, name, *ragged)[0]
+    return _fwd(q, k, v, causal, scale, name, *ragged)[0]

@@ -14,7 +14,8 @@ from torch import Tensor
 from .. import dispatch
 from ..reference import topk_attention_ref
 from ._common import check_backend, check_bool, check_qkv, contiguous_like, default_scale, kv_operand, operand
-from .ragged import DENSE, Ragged, check_ragged, seqlen_bounds
+from ._eager import EagerOp
+from .ragged import Ragged, check_ragged, seqlen_bounds
 from .topk_threshold import check_topk
 
 OP = "topk_attention"
@@ -26,15 +27,9 @@ def topk_attention_fwd(q: Tensor, k: Tensor, v: Tensor, topk: int, causal: bool,
                        key_padding_mask: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
                        cu_seqlens_k: Tensor | None = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0
                        ) -> tuple[Tensor, Tensor, Tensor]:
-    return _fwd_kernel(q, k, v, topk, causal, scale, backend,
-                       Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
-
-
-def _fwd_kernel(q, k, v, topk, causal, scale, backend, ragged: Ragged = DENSE):
-    """The backend's fused forward -> (out, lse, tau); the custom op's body, also called directly."""
     fn = dispatch.kernel(OP, "fwd", backend)
-    return fn(operand(q), kv_operand(k, backend), kv_operand(v, backend), topk, causal, scale,
-              *seqlen_bounds(ragged))
+    ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
+    return fn(operand(q), kv_operand(k, backend), kv_operand(v, backend), topk, causal, scale, *ragged)
 
 
 @topk_attention_fwd.register_fake
@@ -73,12 +68,13 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dlse, _dtau):
     q, k, v, out, lse, tau, kpm, cu_q, cu_k = ctx.saved_tensors
     causal, scale, backend = ctx.opts
-    dq, dk, dv = topk_attention_bwd(dout, q, k, v, out, lse, tau, causal, scale, backend, kpm, cu_q, cu_k,
-                                    *ctx.max_seqlens)
+    dq, dk, dv = _bwd(dout, q, k, v, out, lse, tau, causal, scale, backend, kpm, cu_q, cu_k,
+                      *ctx.max_seqlens)
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
-topk_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+_fwd, _bwd = EagerOp(topk_attention_fwd), EagerOp(topk_attention_bwd)
+_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def topk_attention(q: Tensor, k: Tensor, v: Tensor, topk: int, *, causal: bool = False,
@@ -117,8 +113,4 @@ def topk_attention(q: Tensor, k: Tensor, v: Tensor, topk: int, *, causal: bool =
         return topk_attention_ref(q, k, v, topk, causal=causal, scale=scale, key_padding_mask=ragged.key_padding_mask,
                                   cu_seqlens_q=ragged.cu_seqlens_q, cu_seqlens_k=ragged.cu_seqlens_k)
     check_topk(topk, name, OP)
-    if not needs_grad and not torch.compiler.is_compiling():
-        # Eager inference (decoding): the kernel directly, without the ~10 us of Python custom-op
-        # dispatch that a 16k-key decode step would otherwise spend around a ~50 us kernel.
-        return _fwd_kernel(q, k, v, topk, causal, scale, name, ragged)[0]
-    return topk_attention_fwd(q, k, v, topk, causal, scale, name, *ragged)[0]
+    return _fwd(q, k, v, topk, causal, scale, name, *ragged)[0]

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from .. import dispatch
-from ._common import kv_operand, operand
+from ._common import ABSENT, kv_operand, operand
+from ._eager import EagerOp
 from .ragged import DENSE, Ragged, seqlen_bounds
 
 
@@ -28,7 +29,7 @@ def topk_attention_threshold(q: Tensor, k: Tensor, gamma: Tensor, alibi_slopes: 
                              ) -> Tensor:
     fn = dispatch.kernel("topk_attention", "threshold", backend)
     if backend != "triton" and alibi_slopes is None:
-        alibi_slopes = torch.empty(0)
+        alibi_slopes = ABSENT
     ragged = seqlen_bounds(Ragged(key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     return fn(operand(q), kv_operand(k, backend), operand(gamma), alibi_slopes, causal, scale, topk, *ragged)
 
@@ -37,6 +38,9 @@ def topk_attention_threshold(q: Tensor, k: Tensor, gamma: Tensor, alibi_slopes: 
 def _(q, k, gamma, alibi_slopes, causal, scale, topk, backend, key_padding_mask=None, cu_seqlens_q=None,
       cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     return q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+_threshold = EagerOp(topk_attention_threshold)
 
 
 def check_topk(topk, backend: str | None, op: str) -> int:
@@ -54,4 +58,4 @@ def topk_threshold(q: Tensor, k: Tensor, gamma: Tensor, alibi_slopes: Tensor | N
                    topk: int, backend: str, op: str, ragged: Ragged = DENSE) -> Tensor:
     """tau (B, Hq, Nq) for relu_attention(topk=K) and topk_attention on a fused backend (no gradient)."""
     check_topk(topk, backend, op)
-    return topk_attention_threshold(q, k, gamma, alibi_slopes, causal, scale, topk, backend, *ragged)
+    return _threshold(q, k, gamma, alibi_slopes, causal, scale, topk, backend, *ragged)

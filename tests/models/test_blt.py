@@ -8,8 +8,9 @@ import torch
 
 from fastattn.data import ByteTokenizer
 from fastattn.models import generate
-from fastattn.models.blt import (BLT, BLTDecoder, HASH_BASE, HASH_MOD, BLTConfig, entropy_starts, limit_lengths, ngram_hashes,
-                                 next_byte_entropy, patch_layout, space_starts, stride_starts)
+from fastattn.models.blt import (BLT, BLTDecoder, HASH_BASE, HASH_MOD, BLTConfig, HashNgramEmbedding, entropy_starts,
+                                 limit_lengths, ngram_hashes, next_byte_entropy, patch_layout, space_starts,
+                                 stride_starts)
 from fastattn.train import CheckpointError, Trainer, load_config, load_model, parse_config
 from fastattn.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -91,6 +92,17 @@ def test_ngram_hashes_are_deterministic_and_match_a_direct_computation():
             for v in gram:
                 direct = (direct * HASH_BASE + v) % HASH_MOD
             assert int(h[b, t]) == direct % 1000
+
+
+def test_last_byte_embedding_equals_the_full_embedding():
+    """HashNgramEmbedding.last (incremental decoding) gives forward's row for the last byte, also when
+    the sequence is shorter than an n-gram."""
+    torch.manual_seed(0)
+    emb = HashNgramEmbedding(16, (3, 5, 8), buckets=97)
+    x = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1))
+    full = emb(x)
+    for t in range(x.shape[1]):
+        assert torch.equal(emb.last(x[0, :t + 1].tolist()), full[:, t:t + 1])
 
 
 def test_encoder_cross_attention_sees_only_its_patch():
@@ -281,5 +293,10 @@ def test_incremental_decoding_equals_full_encoding(patching, kw):
     torch.testing.assert_close(steps, full, rtol=0, atol=1e-5)
     starts = model.patch_starts(x)[0]
     assert dec.glob[0].pos == int(starts.sum()) - 1  # every patch but the open one went through the global layers
+    with torch.no_grad():  # a prompt prefilled at once, then bytes one by one: the same logits and patches
+        pre = BLTDecoder(model)
+        steps = torch.cat([pre.next_logits(x[:, :40])] + [pre.next_logits(x[:, :t]) for t in range(41, 71)])
+    torch.testing.assert_close(steps, full[39:], rtol=0, atol=1e-5)
+    assert pre.glob[0].pos == dec.glob[0].pos and pre.entropy == pytest.approx(dec.entropy, abs=1e-5)
     with pytest.raises(ValueError, match="extend"):
         dec.next_logits(x[:, :5])

@@ -11,6 +11,16 @@ def test_alibi_slopes():
     assert alibi_slopes(6).shape == (6,) and (alibi_slopes(6) > 0).all()
 
 
+def test_alibi_scale_and_init_sink():
+    m = ByteScaleAttention(32, n_heads=4, alibi_scale=0.125, init_sink=0.25)
+    torch.testing.assert_close(m.slopes, alibi_slopes(4) / 8)
+    torch.testing.assert_close(m.sink, torch.full((4,), 0.25))
+    assert ByteScaleAttention(32, n_heads=4, alibi=False, alibi_scale=0.5).slopes is None
+    for bad in ({"alibi_scale": 0.0}, {"alibi_scale": -1.0}, {"init_sink": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ByteScaleAttention(32, n_heads=4, **bad)
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_bytescale_matches_manual_and_trains_gamma_sink(backend):
     torch.manual_seed(0)

@@ -51,8 +51,10 @@ std::tuple<at::Tensor, at::Tensor> head_grads(const at::Tensor& dden, const at::
 Bwd bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
         const at::Tensor& den, const at::Tensor& argmax, const at::Tensor& gamma, const at::Tensor& sink,
         const at::Tensor& alibi, const at::Tensor& tau, bool causal, double scale, int64_t norm, int64_t quant,
-        const OptTensor& kpm, const OptTensor& cu_q, const OptTensor& cu_k, int64_t max_q, int64_t max_k) {
+        bool int8_qkv, const OptTensor& kpm, const OptTensor& cu_q, const OptTensor& cu_k, int64_t max_q,
+        int64_t max_k) {
   const Call c("relu_attention_bwd (cuda)", q, k, v, kpm, cu_q, cu_k, max_q, max_k);
+  TORCH_CHECK(!int8_qkv, c.op, ": int8_qkv is implemented by the triton and cpu backends");
   check_norm(c, norm, quant);
   c.check_rows(out, "out");
   const cuda::Shape& d = c.shape;
