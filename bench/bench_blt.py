@@ -19,7 +19,8 @@ One more row, "byte LM (same params)": an untrained byte LM with BLT entropy's p
 The "BLT entropy" row carries one validation text's bytes, entropies and patch starts; plot()
 draws them (bench/plots.py calls it; blt_patches.png). Quick (make bench): a handful of steps, a
 check of the mechanics; --full: LM_STEPS_FULL steps of the LM, where the bpb comparison means something;
---generation: the generation comparison alone (`generation_suite`, untrained models, minutes).
+--generation: the decoding-speed comparison alone (`generation_suite`: untrained models decoding a validation
+text, minutes).
 """
 from __future__ import annotations
 
@@ -213,20 +214,52 @@ def _models(data, x, quick: bool) -> dict:
     return models
 
 
+def decoding_text(data, n: int = GEN_BYTES) -> torch.Tensor:
+    """(1, 32 + n) validation bytes from the middle of the split (its start is one codec table)."""
+    mid = len(data.val) // 2
+    return data.val[mid:mid + 32 + n].long().view(1, -1)
+
+
+@torch.no_grad()
+def forced_decoding(models: dict, data, n: int = GEN_BYTES, reps: int = GEN_REPS) -> dict:
+    """Cached decoding of a validation text (a 32-byte prompt, then n bytes fed one at a time as a
+    generation loop would feed its samples), the models timed in turns: {name: bytes/s (median of reps)}.
+    Unlike `generation`, what is decoded (hence entropy patching) does not depend on the model's training."""
+    text = decoding_text(data, n)
+
+    def case(m):
+        def fn():
+            if isinstance(m, BLT):
+                dec = m.incremental_decoder()
+                for t in range(32, text.shape[1] + 1):
+                    dec.next_logits(text[:, :t])
+            else:
+                caches = m.new_caches(1, text.shape[1])
+                m(text[:, :32], caches=caches)
+                for t in range(32, text.shape[1]):
+                    m(text[:, t:t + 1], caches=caches)
+        return m.eval, fn
+    ms = time_round_robin({name: case(m) for name, m in models.items()}, reps, warmup=1)
+    return {name: n / ms[name] * 1e3 for name in models}
+
+
 def generation_suite(quick: bool = True) -> list[Row]:
-    """The generation comparison alone (--generation): suite()'s models with a trained entropy model but
-    untrained BLTs and byte LMs (generation speed depends on the sizes; the bytes generated, hence the
-    entropy patches, differ from trained models')."""
+    """The decoding-speed comparison alone (--generation): suite()'s models, untrained but for BLT entropy's
+    entropy model (speed depends on the sizes and, for entropy patching, on the text: `forced_decoding`
+    decodes a validation text, so the patches are those of real text, not of an untrained model's output)."""
     data = load_corpus(DataConfig(source="stdlib", tokenizer="byte", max_chars=1_000_000))
     models = _models(data, _batch(data.train, torch.Generator().manual_seed(1))[0], quick)
     models["byte LM (same params)"] = same_params_lm(models["BLT entropy"].num_params())
+    text = decoding_text(data)
     rows = []
-    for name, (speed, patch) in generation(models, data).items():
-        extra = {"gen_bytes_per_s": round(speed, 1), "params": models[name].num_params()}
-        if patch is not None:
-            extra["gen_mean_patch"] = round(patch, 2)
-        rows.append(Row(OP, name, "untrained (entropy model trained)", "float32", "generate", None, None, extra=extra,
-                        note=f"greedy cached generation of {GEN_BYTES} bytes, median of {GEN_REPS}, in turns"))
+    for name, speed in forced_decoding(models, data).items():
+        m = models[name]
+        extra = {"decode_bytes_per_s": round(speed, 1), "params": m.num_params()}
+        if isinstance(m, BLT):
+            extra["mean_patch"] = round(text.shape[1] / int(patch_layout(m.patch_starts(text)).counts[0]), 2)
+        rows.append(Row(OP, name, "untrained (entropy model trained)", "float32", "decode", None, None, extra=extra,
+                        note=f"cached decoding of {GEN_BYTES} validation bytes after 32, median of {GEN_REPS}, "
+                             "in turns"))
     return rows
 
 
@@ -272,7 +305,7 @@ if __name__ == "__main__":  # python -m bench.bench_blt [--full]
     ap = argparse.ArgumentParser(description="the blt suite alone")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--generation", action="store_true", help="the generation comparison only (untrained models)")
+    ap.add_argument("--generation", action="store_true", help="the decoding-speed comparison only (untrained models)")
     ap.add_argument("--out", default=None, help="folder for blt.md / blt_patches.png (default: print only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -72,7 +72,9 @@ def assert_matches_reference(fn: Callable, ref: Callable, tensors: dict, dtype: 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         probe = ref(**{n: t for n, t in tensors.items()})
-    cot = torch.randn(probe.shape, generator=gen, dtype=torch.float64)
+    # like the inputs, the cotangent holds values the run's dtype represents exactly, so ref64 is the exact
+    # gradient of the problem every run solves (a rounded cotangent alone moves a cancelling sum such as dspan)
+    cot = torch.randn(probe.shape, generator=gen, dtype=torch.float64).to(dtype).double()
     if row_mask is not None:
         cot = cot * row_mask.to(torch.float64).unsqueeze(-1)
     ref64, g64 = _run(ref, tensors, torch.float64, grad_names, cot, "cpu")

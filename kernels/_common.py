@@ -37,6 +37,23 @@ def block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
+def tile_config(D: int, Dv: int, dtype: torch.dtype, table) -> tuple:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a kernel module's default GPU configurations
+    `table`: ((largest padded head dim, config for 2-byte elements, config for fp32), ...) in
+    increasing head dims; under the interpreter one small config (small blocks run fastest there).
+
+        >>> tile_config(64, 64, torch.float16, ((64, (128, 64, 4, 3), (64, 64, 4, 2)),))  # doctest: +SKIP
+        (128, 64, 4, 3)
+    """
+    if interpreting():
+        return 16, 32, 4, 1
+    dmax = max(block_d(D), block_d(Dv))
+    for bound, half, single in table:
+        if dmax <= bound:
+            return single if dtype == torch.float32 else half
+    raise ValueError(f"head dims D={D}, Dv={Dv} exceed the Triton kernels' maximum of {MAX_HEAD_DIM}")
+
+
 # Triton's signature type names of the element types the kernels take.
 _TL_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8",
             torch.uint8: "u8", torch.int32: "i32"}
@@ -73,6 +90,12 @@ class Ragged:
     def pointers(self, dummy):
         """(KPM, CU_Q, CU_K) kernel arguments; `dummy` (any tensor on the device) stands for absent ones."""
         return tuple(dummy if t is None else t for t in (self.kpm, self.cu_q, self.cu_k))
+
+
+def problem_shape(q, k, v):
+    """(B, Hq, Hk, Nq, Nk, D, Dv) of a call's q (B,Hq,Nq,D), k (B,Hk,Nk,D), v (B,Hk,Nk,Dv)."""
+    B, Hq, Nq, D = q.shape
+    return B, Hq, k.shape[1], Nq, k.shape[2], D, v.shape[3]
 
 
 def _longest(cu: torch.Tensor) -> int:
@@ -148,27 +171,106 @@ def sequence(s, Nq, Nk, CU_Q, CU_K, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def query_block(pid_m, bh, Hq, Hk, Nq, Nk, CU_Q, CU_K, BLOCK_M: tl.constexpr, VARLEN: tl.constexpr):
-    """Query tile pid_m of program row bh (batch or sequence x query head) -> (b, h, offs_m (local
-    query indices), rows (their rows in the (B * Hq * Nq) row stack), row_ok, nq, nk, kv_row0 (the
-    row of key 0 of the sequence in the kv head h reads))."""
+def query_tile(Q, Hq, Hk, Nq, Nk, D, CU_Q, CU_K, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr, UPCAST: tl.constexpr):
+    """The query tile of a program with ids (tile pid_m, batch or sequence x query head h) and its q
+    rows -> (pid_m, b, h, offs_m (local query indices), rows (their rows in the (B * Hq * Nq) row
+    stack), row_ok, nq, nk, kv_row0 (the row of key 0 of the sequence in the kv head h reads),
+    offs_d, q (BLOCK_M, BLOCK_D)). With VARLEN a tile past its sequence's end has no row: the kernel
+    returns before any work (`if pid_m * BLOCK_M >= nq`)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
     h = bh % Hq
     b, q0, nq, k0, nk = sequence(bh // Hq, Nq, Nk, CU_Q, CU_K, VARLEN)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = (b * Hq + h) * Nq + q0 + offs_m
-    return b, h, offs_m, rows, offs_m < nq, nq, nk, (b * Hk + h // (Hq // Hk)) * Nk + k0
+    row_ok = offs_m < nq
+    offs_d = tl.arange(0, BLOCK_D)
+    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    kv_row0 = (b * Hk + h // (Hq // Hk)) * Nk + k0
+    return pid_m, b, h, offs_m, rows, row_ok, nq, nk, kv_row0, offs_d, tl.arange(0, BLOCK_DV), q
 
 
 @triton.jit
-def key_block(pid_n, bhk, Hk, Nq, Nk, CU_Q, CU_K, KPM, BLOCK_N: tl.constexpr, VARLEN: tl.constexpr,
-              HAS_KPM: tl.constexpr):
-    """Key tile pid_n of program row bhk (batch or sequence x kv head) -> (b, hk, offs_n (local key
-    indices), key_row0 (row of the sequence's key 0), key_ok (existing, unpadded keys), nq, nk, q0)."""
+def key_tile(K, V, KPM, Hk, Nq, Nk, D, Dv, CU_Q, CU_K, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_DV: tl.constexpr, VARLEN: tl.constexpr, HAS_KPM: tl.constexpr, UPCAST: tl.constexpr):
+    """The key tile of a dK/dV program with ids (tile pid_n, batch or sequence x kv head hk) -> (pid_n,
+    b, hk, offs_n (local key indices), key_row0 (row of the sequence's key 0), key_ok (existing,
+    unpadded keys), nq, nk, q0, offset (nk - nq: causal j <= i + offset), offs_d, offs_dv, k (BLOCK_N,
+    BLOCK_D), v (BLOCK_N, BLOCK_DV), and the zeroed fp32 accumulators dk, dv of the same shapes). With
+    VARLEN a tile past its sequence's end returns before any work, as query_tile's."""
+    pid_n = tl.program_id(0)
+    bhk = tl.program_id(1)
     hk = bhk % Hk
     b, q0, nq, k0, nk = sequence(bhk // Hk, Nq, Nk, CU_Q, CU_K, VARLEN)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
-    return b, hk, offs_n, (b * Hk + hk) * Nk + k0, key_ok, nq, nk, q0
+    key_row0 = (b * Hk + hk) * Nk + k0
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k, v = load_kv(K, V, key_row0, offs_n, key_ok, offs_d, D, offs_dv, Dv, UPCAST)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    return pid_n, b, hk, offs_n, key_row0, key_ok, nq, nk, q0, nk - nq, offs_d, offs_dv, k, v, dk, dv
+
+
+@triton.jit
+def load_kv(K, V, row0, offs_n, key_ok, offs_d, D, offs_dv, Dv, UPCAST: tl.constexpr):
+    """k (BN, BLOCK_D) and v (BN, BLOCK_DV) of keys offs_n (where key_ok) of a sequence whose key 0
+    is row row0."""
+    return (load_tile(K + row0 * D, offs_n, key_ok, offs_d, D, UPCAST),
+            load_tile(V + row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST))
+
+
+@triton.jit
+def keys_at(KPM, kpm_row0, start_n, nk, BLOCK_N: tl.constexpr, HAS_KPM: tl.constexpr):
+    """Key tile starting at start_n of a key loop -> (offs_n, key_ok) (see key_mask)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    return offs_n, key_mask(KPM, kpm_row0, offs_n, nk, HAS_KPM)
+
+
+@triton.jit
+def query_rows(Q, DO, q_row0, start_m, nq, offs_d, D, offs_dv, Dv, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr):
+    """Query tile starting at start_m of a dK/dV kernel's query loop over one head (its row 0 at
+    q_row0) -> (offs_m, row_ok, q, do)."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < nq
+    return (offs_m, row_ok, load_tile(Q + q_row0 * D, offs_m, row_ok, offs_d, D, UPCAST),
+            load_tile(DO + q_row0 * Dv, offs_m, row_ok, offs_dv, Dv, UPCAST))
+
+
+@triton.jit
+def query_end(key_ok, nq, HAS_KPM: tl.constexpr):
+    """End of the queries a dK/dV key tile visits: all nq, none for a fully padded tile."""
+    q_end = nq
+    if HAS_KPM:
+        q_end = tl.where(any_key(key_ok, HAS_KPM), nq, 0)
+    return q_end
+
+
+@triton.jit
+def store_kv_grads(DK, DV, key_row0, offs_n, nk, key_ok, offs_d, D, offs_dv, Dv, dk, dv):
+    """Write a key tile's dk, dv (exact zeros for padded keys)."""
+    store_tile(DK + key_row0 * D, offs_n, offs_n < nk, offs_d, D, tl.where(key_ok[:, None], dk, 0.0))
+    store_tile(DV + key_row0 * Dv, offs_n, offs_n < nk, offs_dv, Dv, tl.where(key_ok[:, None], dv, 0.0))
+
+
+@triton.jit
+def row_tau(TAU, rows, row_ok, HAS_TAU: tl.constexpr):
+    """The top-K threshold of query rows `rows` (+inf on masked rows; 0, unused, without one)."""
+    tau = tl.zeros(rows.shape, dtype=tl.float32)
+    if HAS_TAU:
+        tau = tl.load(TAU + rows, mask=row_ok, other=float("inf"))
+    return tau
+
+
+@triton.jit
+def softmax_row_stats(LSE, DELTA, TAU, rows, row_ok, HAS_TAU: tl.constexpr):
+    """The softmax backward's lse, delta and tau (when given) of query rows `rows` (+inf / 0 / +inf on
+    masked rows)."""
+    lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+    return lse, delta, row_tau(TAU, rows, row_ok, HAS_TAU)
 
 
 @triton.jit

@@ -18,9 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, Ragged, any_key, block_d, finite, finite_rows, interpreting, key_block, key_mask,
-                      load_tile, load_tile_t, pointer, poison, sequence, softmax_delta, softmax_probs, softmax_step,
-                      softmax_store, store_tile, upcast_dots)
+from ._common import (LOG2E, Ragged, any_key, block_d, finite, finite_rows, key_tile, keys_at, load_kv, load_tile,
+                      load_tile_t, pointer, poison, problem_shape, sequence, softmax_delta, softmax_probs,
+                      softmax_row_stats, softmax_step, softmax_store, store_kv_grads, store_tile, tile_config,
+                      upcast_dots)
 from .adaptive_span_plan import gate, plan, query_positions, reach, tile_counts  # noqa: F401  (the plan's old home)
 
 
@@ -67,10 +68,13 @@ def _rows(IDX, CNT, G, plan_row, row0, crow, nq, GATED: tl.constexpr):
 
 
 @triton.jit
-def _query_tile(IDX, CNT, G, QPLAN, CU_Q, CU_K, pid_t, bh, Hq, Hk, Nq, Nk, T, BLOCK_M: tl.constexpr,
-                GATED: tl.constexpr, VARLEN: tl.constexpr):
-    """Compacted query tile pid_t of program row bh -> (b, h, pos, rows, row_ok, g, i', [lo, hi) its key
-    range, kv_row0 (row of the sequence's key 0), nq, nk)."""
+def _query_tile(Q, IDX, CNT, G, QPLAN, CU_Q, CU_K, Hq, Hk, Nq, Nk, D, T, BLOCK_M: tl.constexpr,
+                BLOCK_D: tl.constexpr, GATED: tl.constexpr, VARLEN: tl.constexpr, UPCAST: tl.constexpr):
+    """The compacted query tile of a program with ids (tile pid_t, batch or sequence x query head) ->
+    (pid_t, b, h, pos, rows, row_ok, g, i', [lo, hi) its key range, kv_row0 (row of the sequence's key
+    0), nq, offs_d, q). With VARLEN a tile past its sequence's end returns before any work."""
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1)
     h = bh % Hq
     b, q0, nq, k0, nk = sequence(bh // Hq, Nq, Nk, CU_Q, CU_K, VARLEN)
     plan_row = _plan_row(h, bh, Hq, VARLEN)
@@ -78,7 +82,10 @@ def _query_tile(IDX, CNT, G, QPLAN, CU_Q, CU_K, pid_t, bh, Hq, Hk, Nq, Nk, T, BL
     hi = tl.load(QPLAN + (plan_row * T + pid_t) * 2 + 1)
     pos, row_ok, g = _rows(IDX, CNT, G, plan_row, h * Nq + q0, pid_t * BLOCK_M + tl.arange(0, BLOCK_M), nq, GATED)
     rows = (b * Hq + h) * Nq + q0 + pos
-    return b, h, pos, rows, row_ok, g, pos + (nk - nq), lo, hi, (b * Hk + h // (Hq // Hk)) * Nk + k0, nq, nk
+    offs_d = tl.arange(0, BLOCK_D)
+    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    return (pid_t, b, h, pos, rows, row_ok, g, pos + (nk - nq), lo, hi, (b * Hk + h // (Hq // Hk)) * Nk + k0, nq,
+            offs_d, q)
 
 
 @triton.jit
@@ -87,24 +94,20 @@ def adaptive_span_attention_fwd_kernel(Q, K, V, SPAN, G, IDX, CNT, QPLAN, O, LSE
                                        CAUSAL: tl.constexpr, GATED: tl.constexpr, HAS_KPM: tl.constexpr,
                                        VARLEN: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """One program per (compacted query tile, batch or sequence x query head)."""
-    pid_t = tl.program_id(0)
-    b, h, pos, rows, row_ok, g, i_abs, lo, hi, kv_row0, nq, nk = _query_tile(
-        IDX, CNT, G, QPLAN, CU_Q, CU_K, pid_t, tl.program_id(1), Hq, Hk, Nq, Nk, T, BLOCK_M, GATED, VARLEN)
-    if VARLEN:
-        if pid_t * BLOCK_M >= nq:
-            return
-    offs_d = tl.arange(0, BLOCK_D)
+    """One program per (compacted query tile, batch or sequence x query head): online softmax of
+    s + log m over the tile's key range; out gated, lse ungated."""
+    pid_t, b, h, pos, rows, row_ok, g, i_abs, lo, hi, kv_row0, nq, offs_d, q = _query_tile(
+        Q, IDX, CNT, G, QPLAN, CU_Q, CU_K, Hq, Hk, Nq, Nk, D, T, BLOCK_M, BLOCK_D, GATED, VARLEN, UPCAST)
+    if VARLEN and pid_t * BLOCK_M >= nq:  # a tile past its sequence's end
+        return
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
     span_h = tl.load(SPAN + h)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     bad = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        key_ok = key_mask(KPM, b * Nk, offs_n, hi, HAS_KPM)
+        offs_n, key_ok = keys_at(KPM, b * Nk, start_n, hi, BLOCK_N, HAS_KPM)
         if any_key(key_ok, HAS_KPM):
             k = load_tile_t(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
             s = tl.dot(q, k) * scale
@@ -126,28 +129,21 @@ def adaptive_span_attention_bwd_kernel_dq(Q, K, V, DO, LSE, DELTA, SPAN, G, IDX,
     """One program per (compacted query tile, batch or sequence x query head): dq, and per row
     dg_i = sum_j P~_ij (do_i . v_j) (= do_i . o~_i, exact in fp32) and
     dspan_i = (1/R) sum_{j in ramp} exp(s_ij - lse_i) (dP_ij - delta_i)."""
-    pid_t = tl.program_id(0)
-    b, h, pos, rows, row_ok, g, i_abs, lo, hi, kv_row0, nq, nk = _query_tile(
-        IDX, CNT, G, QPLAN, CU_Q, CU_K, pid_t, tl.program_id(1), Hq, Hk, Nq, Nk, T, BLOCK_M, GATED, VARLEN)
-    if VARLEN:
-        if pid_t * BLOCK_M >= nq:
-            return
-    offs_d = tl.arange(0, BLOCK_D)
+    pid_t, b, h, pos, rows, row_ok, g, i_abs, lo, hi, kv_row0, nq, offs_d, q = _query_tile(
+        Q, IDX, CNT, G, QPLAN, CU_Q, CU_K, Hq, Hk, Nq, Nk, D, T, BLOCK_M, BLOCK_D, GATED, VARLEN, UPCAST)
+    if VARLEN and pid_t * BLOCK_M >= nq:  # a tile past its sequence's end
+        return
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
     do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
-    lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+    lse, delta, _ = softmax_row_stats(LSE, DELTA, LSE, rows, row_ok, False)
     span_h = tl.load(SPAN + h)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dg = tl.zeros([BLOCK_M], dtype=tl.float32)
     dspan = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        key_ok = key_mask(KPM, b * Nk, offs_n, hi, HAS_KPM)
+        offs_n, key_ok = keys_at(KPM, b * Nk, start_n, hi, BLOCK_N, HAS_KPM)
         if any_key(key_ok, HAS_KPM):
-            k = load_tile(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
-            v = load_tile(V + kv_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
+            k, v = load_kv(K, V, kv_row0, offs_n, key_ok, offs_d, D, offs_dv, Dv, UPCAST)
             s = tl.dot(q, tl.trans(k)) * scale
             m, ok, in_ramp = _span_mask(i_abs, offs_n, key_ok, span_h, ramp, row_ok, CAUSAL)
             e = softmax_probs(s, lse, ok)  # exp(s - lse)
@@ -171,25 +167,14 @@ def adaptive_span_attention_bwd_kernel_dkdv(Q, K, V, DO, LSE, DELTA, SPAN, G, ID
                                             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """One program per (key tile, batch or sequence x kv head): dk, dv summed over the GQA group,
     visiting only the compacted query tiles that can see this key tile (exact zeros for padded keys)."""
-    pid_u = tl.program_id(0)
-    bhk = tl.program_id(1)
-    b, hk, offs_n, key_row0, key_ok, nq, nk, q0 = key_block(pid_u, bhk, Hk, Nq, Nk, CU_Q, CU_K, KPM, BLOCK_N,
-                                                            VARLEN, HAS_KPM)
-    if VARLEN:
-        if pid_u * BLOCK_N >= nk:
-            return
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    k = load_tile(K + key_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
-    v = load_tile(V + key_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-    group = Hq // Hk
-    for gi in range(0, group):
-        h = hk * group + gi
-        q_row0 = (b * Hq + h) * Nq + q0
+    pid_u, b, hk, offs_n, key_row0, key_ok, nq, nk, q0, offset, offs_d, offs_dv, k, v, dk, dv = key_tile(
+        K, V, KPM, Hk, Nq, Nk, D, Dv, CU_Q, CU_K, BLOCK_N, BLOCK_D, BLOCK_DV, VARLEN, HAS_KPM, UPCAST)
+    if VARLEN and pid_u * BLOCK_N >= nk:  # a tile past its sequence's end
+        return
+    for h in range(hk * (Hq // Hk), (hk + 1) * (Hq // Hk)):  # the GQA group's query heads
         span_h = tl.load(SPAN + h)
-        plan_row = _plan_row(h, bhk, Hk, VARLEN)
+        q_row0 = (b * Hq + h) * Nq + q0
+        plan_row = _plan_row(h, tl.program_id(1), Hk, VARLEN)
         c_lo = tl.load(KPLAN + (plan_row * U + pid_u) * 2)
         c_hi = tl.load(KPLAN + (plan_row * U + pid_u) * 2 + 1)
         if HAS_KPM:  # a fully padded key tile visits no query
@@ -201,42 +186,27 @@ def adaptive_span_attention_bwd_kernel_dkdv(Q, K, V, DO, LSE, DELTA, SPAN, G, ID
             q = load_tile(Q + q_row0 * D, pos, row_ok, offs_d, D, UPCAST)
             do = load_tile(DO + q_row0 * Dv, pos, row_ok, offs_dv, Dv, False)
             do = (do.to(tl.float32) * g[:, None]).to(v.dtype)  # do~ = g * do
-            lse = tl.load(LSE + q_row0 + pos, mask=row_ok, other=float("inf"))
-            delta = tl.load(DELTA + q_row0 + pos, mask=row_ok, other=0.0)
+            lse, delta, _ = softmax_row_stats(LSE, DELTA, LSE, q_row0 + pos, row_ok, False)
             s = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_M, BLOCK_N)
-            m, ok, _ = _span_mask(pos + (nk - nq), offs_n, key_ok, span_h, ramp, row_ok, CAUSAL)
+            m, ok, _ = _span_mask(pos + offset, offs_n, key_ok, span_h, ramp, row_ok, CAUSAL)
             p = m * softmax_probs(s, lse, ok)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
-    store_tile(DK + key_row0 * D, offs_n, offs_n < nk, offs_d, D, tl.where(key_ok[:, None], dk * scale, 0.0))
-    store_tile(DV + key_row0 * Dv, offs_n, offs_n < nk, offs_dv, Dv, tl.where(key_ok[:, None], dv, 0.0))
+    store_kv_grads(DK, DV, key_row0, offs_n, nk, key_ok, offs_d, D, offs_dv, Dv, dk * scale, dv)
 
 
 # Launchers: the same positional arguments as torch.ops.fastattn_C.adaptive_span_attention_fwd/_bwd.
 
-def _config(D: int, Dv: int, dtype: torch.dtype):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages); one small config when interpreting."""
-    if interpreting():
-        return 16, 32, 4, 1
-    dmax = max(block_d(D), block_d(Dv))
-    elem = 4 if dtype == torch.float32 else 2
-    if dmax <= 64:
-        return 64, 64, 4, 2
-    if dmax <= 128:
-        return (64, 64, 4, 2) if elem == 2 else (64, 32, 4, 1)
-    # D = 256: keep the dk/dv kernel's shared memory within sm_80's 163 KB.
-    return (64, 32, 8, 1) if elem == 2 else (32, 16, 4, 1)
-
-
-def _meta(q, k, v):
-    B, Hq, Nq, D = q.shape
-    return B, Hq, k.shape[1], Nq, k.shape[2], D, v.shape[3]
+# (padded head dim, (BLOCK_M, BLOCK_N, warps, stages) in fp16/bf16, in fp32): see _common.tile_config.
+# D = 256 keeps the dk/dv kernel's shared memory within sm_80's 163 KB.
+CONFIGS = ((64, (64, 64, 4, 2), (64, 64, 4, 2)), (128, (64, 64, 4, 2), (64, 32, 4, 1)),
+           (256, (64, 32, 8, 1), (32, 16, 4, 1)))
 
 
 def _prepare(q, k, v, span, period, phase, ramp, duty, causal, rg: Ragged):
-    B, Hq, Hk, Nq, Nk, D, Dv = _meta(q, k, v)
-    BM, BN, warps, stages = _config(D, Dv, q.dtype)
+    B, Hq, Hk, Nq, Nk, D, Dv = problem_shape(q, k, v)
+    BM, BN, warps, stages = tile_config(D, Dv, q.dtype, CONFIGS)
     g = slope = t = None
     if period is not None:
         g, slope, t = gate(Nq, Nk, period, phase, duty, positions=query_positions(Nq, Nk, rg.cu_q, rg.cu_k))
@@ -257,7 +227,7 @@ def adaptive_span_attention_fwd(q, k, v, span, period, phase, ramp: float, duty:
     (period/phase None: no gate) -> out (B,Hq,Nq,Dv) gated, lse fp32 (B,Hq,Nq) ungated
     (+inf on gated-off rows and rows with no key, NaN on rows that read a non-finite value). The
     five ragged arguments follow CONTRACTS.md §1 (the gate's i' restarts per packed sequence)."""
-    B, Hq, Hk, Nq, Nk, D, Dv = _meta(q, k, v)
+    B, Hq, Hk, Nq, Nk, D, Dv = problem_shape(q, k, v)
     gated = period is not None
     alloc = torch.zeros if gated else torch.empty  # gated-off rows are never written
     out = alloc(B, Hq, Nq, Dv, dtype=q.dtype, device=q.device)
@@ -279,7 +249,7 @@ def adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase, ra
                                 cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """-> dq, dk, dv (like q, k, v; dk/dv summed over GQA groups, zeros for padded keys), dspan fp32
     (Hq,), dperiod and dphase fp32 (Hq,) (empty (0,) tensors when period is None)."""
-    B, Hq, Hk, Nq, Nk, D, Dv = _meta(q, k, v)
+    B, Hq, Hk, Nq, Nk, D, Dv = problem_shape(q, k, v)
     gated = period is not None
     dev = q.device
     dq = torch.zeros_like(q)
@@ -316,7 +286,7 @@ def adaptive_span_attention_bwd(dout, q, k, v, out, lse, span, period, phase, ra
 
 def aot_specs(dtype: torch.dtype, head_dim: int):
     """Default GPU configurations of this module's kernels, for bench/compile_report.py."""
-    BM, BN, warps, stages = _config(head_dim, head_dim, dtype)
+    BM, BN, warps, stages = tile_config(head_dim, head_dim, dtype, CONFIGS)
     p, f, i = pointer(dtype), pointer(torch.float32), pointer(torch.int32)
     dims = {"Hq": "i32", "Hk": "i32", "Nq": "i32", "Nk": "i32", "D": "i32", "Dv": "i32"}
     tail = {"scale": "fp32", "ramp": "fp32"}

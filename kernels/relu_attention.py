@@ -11,8 +11,9 @@ import triton
 import triton.language as tl
 
 from ._common import (Ragged, allowed, any_key, biased_scores, block_d, causal_key_end, causal_query_start, finite,
-                      finite_rows, head_params, interpreting, key_block, key_mask, load_tile, load_tile_t, nan_where,
-                      pointer, poison, query_block, selected, store_tile, upcast_dots)
+                      finite_rows, head_params, key_tile, keys_at, load_kv, load_tile, load_tile_t, nan_where, pointer,
+                      poison, problem_shape, query_end, query_rows, query_tile, row_tau, selected, store_kv_grads,
+                      store_tile, tile_config, upcast_dots)
 
 
 @triton.jit
@@ -47,22 +48,16 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, VNAN, GAMMA, SINK, SLOPES, TA
                               NORM: tl.constexpr, BITS: tl.constexpr, INT8: tl.constexpr, HAS_KPM: tl.constexpr,
                               VARLEN: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """One program per (query tile, batch or sequence x query head)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b, h, offs_m, rows, row_ok, nq, nk, kv_row0 = query_block(pid_m, bh, Hq, Hk, Nq, Nk, CU_Q, CU_K, BLOCK_M,
-                                                              VARLEN)
-    if VARLEN:
-        if pid_m * BLOCK_M >= nq:
-            return
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    """One program per (query tile, batch or sequence x query head). Pass 1: the row statistic of
+    a = relu(s) (max, sum or count of the selected keys) and, unquantized, out = sum_j a_ij v_j / den;
+    with BITS, pass 2 rounds p = a/den to levels with the final den before P V."""
+    pid_m, b, h, offs_m, rows, row_ok, nq, nk, kv_row0, offs_d, offs_dv, q = query_tile(
+        Q, Hq, Hk, Nq, Nk, D, CU_Q, CU_K, BLOCK_M, BLOCK_D, BLOCK_DV, VARLEN, UPCAST)
+    if VARLEN and pid_m * BLOCK_M >= nq:  # a tile past its sequence's end
+        return
     gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
     sink = tl.load(SINK + h)
-    tau = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if HAS_TAU:
-        tau = tl.load(TAU + rows, mask=row_ok, other=float("inf"))
+    tau = row_tau(TAU, rows, row_ok, HAS_TAU)
     qs = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     if INT8:
         qs = tl.load(QS + rows, mask=row_ok, other=0.0)
@@ -73,8 +68,7 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, VNAN, GAMMA, SINK, SLOPES, TA
     arg = tl.full([BLOCK_M], -1, dtype=tl.int32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for start_n in range(0, hi, BLOCK_N):  # pass 1: row statistic (and the output when unquantized)
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
+        offs_n, key_ok = keys_at(KPM, b * Nk, start_n, nk, BLOCK_N, HAS_KPM)
         if any_key(key_ok, HAS_KPM):
             s, ok, sel = _fwd_scores(q, K + kv_row0 * D, qs, KS + kv_row0, offs_n, key_ok, gs, slope, offs_m, offs_d,
                                      D, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU, INT8, UPCAST)
@@ -99,8 +93,7 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, VNAN, GAMMA, SINK, SLOPES, TA
     if BITS != 0:  # pass 2: weights rounded with the final denominator
         L: tl.constexpr = (1 << BITS) - 1
         for start_n in range(0, hi, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
+            offs_n, key_ok = keys_at(KPM, b * Nk, start_n, nk, BLOCK_N, HAS_KPM)
             if any_key(key_ok, HAS_KPM):
                 s, ok, sel = _fwd_scores(q, K + kv_row0 * D, qs, KS + kv_row0, offs_n, key_ok, gs, slope, offs_m,
                                          offs_d, D, offset, tau, CAUSAL, HAS_ALIBI, HAS_TAU, INT8, UPCAST)
@@ -119,9 +112,9 @@ def relu_attention_fwd_kernel(Q, K, V, QS, KS, VS, VNAN, GAMMA, SINK, SLOPES, TA
                     acc += tl.dot((lvl / L).to(v.dtype), v)
                 bad += nan_where(vnan[None, :], sel)
         if INT8:  # per-channel v scales of (batch, kv head) or, packed, of (kv head, sequence)
-            hk = (bh % Hq) // (Hq // Hk)
+            hk = h // (Hq // Hk)
             if VARLEN:
-                vs_row = hk * (tl.num_programs(1) // Hq) + bh // Hq
+                vs_row = hk * (tl.num_programs(1) // Hq) + tl.program_id(1) // Hq
             else:
                 vs_row = b * Hk + hk
             vs = tl.load(VS + vs_row * Dv + offs_dv, mask=offs_dv < Dv, other=0.0)
@@ -141,10 +134,7 @@ def _row_stats(DEN, DDEN, ARG, TAU, rows, row_ok, HAS_TAU: tl.constexpr):
     den = tl.load(DEN + rows, mask=row_ok, other=0.0)
     dd = tl.load(DDEN + rows, mask=row_ok, other=0.0)
     arg = tl.load(ARG + rows, mask=row_ok, other=-1)
-    tau = tl.zeros(rows.shape, dtype=tl.float32)
-    if HAS_TAU:
-        tau = tl.load(TAU + rows, mask=row_ok, other=float("inf"))
-    return den, dd, arg, tau
+    return den, dd, arg, row_tau(TAU, rows, row_ok, HAS_TAU)
 
 
 @triton.jit
@@ -183,33 +173,18 @@ def relu_attention_bwd_kernel_dkdv(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, T
                                    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """One program per (key tile, batch or sequence x kv head): dK, dV summed over the GQA group's
-    query heads (exact zeros for padded keys)."""
-    pid_n = tl.program_id(0)
-    b, hk, offs_n, key_row0, key_ok, nq, nk, q0 = key_block(pid_n, tl.program_id(1), Hk, Nq, Nk, CU_Q, CU_K, KPM,
-                                                            BLOCK_N, VARLEN, HAS_KPM)
-    if VARLEN:
-        if pid_n * BLOCK_N >= nk:
-            return
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    k = load_tile(K + key_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
-    v = load_tile(V + key_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-    offset = nk - nq
-    q_end = nq
-    if HAS_KPM:  # a fully padded key tile visits no query
-        q_end = tl.where(any_key(key_ok, HAS_KPM), nq, 0)
-    group = Hq // Hk
-    for g in range(0, group):
-        h = hk * group + g
-        q_row0 = (b * Hq + h) * Nq + q0
+    query heads, with the den and d loss / d den that relu_attention_bwd_kernel_dq stored (exact
+    zeros for padded keys)."""
+    pid_n, b, hk, offs_n, key_row0, key_ok, nq, nk, q0, offset, offs_d, offs_dv, k, v, dk, dv = key_tile(
+        K, V, KPM, Hk, Nq, Nk, D, Dv, CU_Q, CU_K, BLOCK_N, BLOCK_D, BLOCK_DV, VARLEN, HAS_KPM, UPCAST)
+    if VARLEN and pid_n * BLOCK_N >= nk:  # a tile past its sequence's end
+        return
+    for h in range(hk * (Hq // Hk), (hk + 1) * (Hq // Hk)):  # the GQA group's query heads
         gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
-        for start_m in range(causal_query_start(pid_n, offset, BLOCK_N, BLOCK_M, CAUSAL), q_end, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < nq
-            q = load_tile(Q + q_row0 * D, offs_m, row_ok, offs_d, D, UPCAST)
-            do = load_tile(DO + q_row0 * Dv, offs_m, row_ok, offs_dv, Dv, UPCAST)
+        q_row0 = (b * Hq + h) * Nq + q0
+        for start_m in range(causal_query_start(pid_n, offset, BLOCK_N, BLOCK_M, CAUSAL),
+                             query_end(key_ok, nq, HAS_KPM), BLOCK_M):
+            offs_m, row_ok, q, do = query_rows(Q, DO, q_row0, start_m, nq, offs_d, D, offs_dv, Dv, BLOCK_M, UPCAST)
             den, dd, arg, tau = _row_stats(DEN + q_row0, DDEN + q_row0, ARG + q_row0, TAU + q_row0, offs_m, row_ok,
                                            HAS_TAU)
             ok = allowed(offs_m, offs_n, key_ok, offset, CAUSAL) & row_ok[:, None]
@@ -217,8 +192,7 @@ def relu_attention_bwd_kernel_dkdv(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, T
                              HAS_TAU, NORM)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += gs * tl.dot(tl.trans(ds).to(q.dtype), q)
-    store_tile(DK + key_row0 * D, offs_n, offs_n < nk, offs_d, D, tl.where(key_ok[:, None], dk, 0.0))
-    store_tile(DV + key_row0 * Dv, offs_n, offs_n < nk, offs_dv, Dv, tl.where(key_ok[:, None], dv, 0.0))
+    store_kv_grads(DK, DV, key_row0, offs_n, nk, key_ok, offs_d, D, offs_dv, Dv, dk, dv)
 
 
 @triton.jit
@@ -232,15 +206,10 @@ def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU
     dK/dV kernel, which runs after this one. Second pass: dQ, plus per-row partial sums for dgamma:
     sum_j ds*|x| (ALiBi part) and, with DIRECT (some gamma is 0, where the homogeneity identity
     cannot divide), sum_j ds*G with G = scale*q.k."""
-    pid_m = tl.program_id(0)
-    b, h, offs_m, rows, row_ok, nq, nk, kv_row0 = query_block(pid_m, tl.program_id(1), Hq, Hk, Nq, Nk, CU_Q, CU_K,
-                                                              BLOCK_M, VARLEN)
-    if VARLEN:
-        if pid_m * BLOCK_M >= nq:
-            return
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    pid_m, b, h, offs_m, rows, row_ok, nq, nk, kv_row0, offs_d, offs_dv, q = query_tile(
+        Q, Hq, Hk, Nq, Nk, D, CU_Q, CU_K, BLOCK_M, BLOCK_D, BLOCK_DV, VARLEN, UPCAST)
+    if VARLEN and pid_m * BLOCK_M >= nq:  # a tile past its sequence's end
+        return
     do = load_tile(DO, rows, row_ok, offs_dv, Dv, UPCAST)
     gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
     den, dd, arg, tau = _row_stats(DEN, DDEN, ARG, TAU, rows, row_ok, HAS_TAU)
@@ -263,11 +232,9 @@ def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU
             tl.store(DEN_B + rows, den, mask=row_ok)
             tl.store(DDEN + rows, dd, mask=row_ok)
         for start_n in range(0, causal_key_end(pid_m, nk, offset, BLOCK_M, CAUSAL), BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            key_ok = key_mask(KPM, b * Nk, offs_n, nk, HAS_KPM)
+            offs_n, key_ok = keys_at(KPM, b * Nk, start_n, nk, BLOCK_N, HAS_KPM)
             if any_key(key_ok, HAS_KPM):
-                k = load_tile(K + kv_row0 * D, offs_n, key_ok, offs_d, D, UPCAST)
-                v = load_tile(V + kv_row0 * Dv, offs_n, key_ok, offs_dv, Dv, UPCAST)
+                k, v = load_kv(K, V, kv_row0, offs_n, key_ok, offs_d, D, offs_dv, Dv, UPCAST)
                 ok = allowed(offs_m, offs_n, key_ok, offset, CAUSAL) & row_ok[:, None]
                 if phase == 0:
                     a, sel, dp = _relu_a_dp(q, k, v, do, gs, slope, offs_m, offs_n, ok, offset, tau, HAS_ALIBI,
@@ -289,15 +256,9 @@ def relu_attention_bwd_kernel_dq(Q, K, V, DO, DEN, DDEN, ARG, GAMMA, SLOPES, TAU
     tl.store(DG_DIRECT + rows, g_direct, mask=row_ok)
 
 
-def _config(D: int, Dv: int, dtype: torch.dtype):
-    if interpreting():
-        return 16, 32, 4, 1
-    dmax = max(block_d(D), block_d(Dv))
-    if dmax <= 64:
-        return 64, 64, 4, 2
-    if dmax <= 128:
-        return 64, 32, 4, 2
-    return 32, 32, 4, 1
+# (padded head dim, (BLOCK_M, BLOCK_N, warps, stages) in fp16/bf16, in fp32): see _common.tile_config
+CONFIGS = ((64, (64, 64, 4, 2), (64, 64, 4, 2)), (128, (64, 32, 4, 2), (64, 32, 4, 2)),
+           (256, (32, 32, 4, 1), (32, 32, 4, 1)))
 
 
 def _int8_tokens(x: torch.Tensor):
@@ -347,8 +308,7 @@ def relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, n
                        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """Contract: fastattn/ops/relu_attention.py and CONTRACTS.md §1-2. -> out, den fp32 (B,Hq,Nq) (NaN on
     rows that read a non-finite value), argmax int32 (B,Hq,Nq) (local key index; -1 unless norm max)."""
-    B, Hq, Nq, D = q.shape
-    Hk, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    B, Hq, Hk, Nq, Nk, D, Dv = problem_shape(q, k, v)
     out = torch.empty(B, Hq, Nq, Dv, dtype=q.dtype, device=q.device)
     den = torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
     arg = torch.empty(B, Hq, Nq, dtype=torch.int32, device=q.device)
@@ -361,7 +321,7 @@ def relu_attention_fwd(q, k, v, gamma, sink, alibi_slopes, tau, causal, scale, n
         k, ks = _int8_tokens(k)
         v8, vs, per_key, vnan = _int8_values(v, rg)
         v = v8 if quant else (v8.float() * per_key).to(out.dtype)  # dequantized for a float P V
-    BM, BN, warps, stages = _config(D, Dv, out.dtype)
+    BM, BN, warps, stages = tile_config(D, Dv, out.dtype, CONFIGS)
     relu_attention_fwd_kernel[(triton.cdiv(rg.max_q, BM), rg.n_seq * Hq)](
         q, k, v, qs, ks, vs, vnan, gamma, sink, alibi_slopes if alibi_slopes is not None else gamma,
         tau if tau is not None else den, out, den, arg, *rg.pointers(den), Hq, Hk, Nq, Nk, D, Dv, float(scale),
@@ -377,8 +337,7 @@ def relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slope
                        quant, int8_qkv,
                        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
     """Gradient of the unquantized op -> dq, dk, dv (zeros for padded keys), dgamma (Hq,), dsink (Hq,)."""
-    B, Hq, Nq, D = q.shape
-    Hk, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    B, Hq, Hk, Nq, Nk, D, Dv = problem_shape(q, k, v)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), torch.zeros_like(gamma), torch.zeros_like(sink)
@@ -388,7 +347,7 @@ def relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slope
     dden, den_b = torch.zeros_like(den), den.clone()  # d loss / d den and den: the dQ kernel's first pass
     g_alibi = torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
     g_direct = torch.zeros_like(g_alibi)
-    BM, BN, warps, stages = _config(D, Dv, q.dtype)
+    BM, BN, warps, stages = tile_config(D, Dv, q.dtype, CONFIGS)
     meta = dict(CAUSAL=bool(causal), HAS_ALIBI=alibi_slopes is not None, HAS_TAU=tau is not None, NORM=int(norm),
                 **rg.flags, UPCAST=upcast_dots(q.dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=block_d(D),
                 BLOCK_DV=block_d(Dv), num_warps=warps, num_stages=stages)
@@ -414,7 +373,7 @@ def relu_attention_bwd(dout, q, k, v, out, den, argmax, gamma, sink, alibi_slope
 
 def aot_specs(dtype: torch.dtype, head_dim: int):
     """Default GPU configurations of this module's kernels, for bench/compile_report.py."""
-    BM, BN, warps, stages = _config(head_dim, head_dim, dtype)
+    BM, BN, warps, stages = tile_config(head_dim, head_dim, dtype, CONFIGS)
     p, f, i32 = pointer(dtype), pointer(torch.float32), pointer(torch.int32)
     i8 = pointer(torch.int8)
     shapes = {"Hq": "i32", "Hk": "i32", "Nq": "i32", "Nk": "i32", "D": "i32", "Dv": "i32", "scale": "fp32"}
@@ -434,7 +393,7 @@ def aot_specs(dtype: torch.dtype, head_dim: int):
     bwd = {"Q": p, "K": p, "V": p, "DO": p, "DEN": f, "DDEN": f, "ARG": i32, "GAMMA": f, "SLOPES": f, "TAU": f}
     specs.append(dict(fn=relu_attention_bwd_kernel_dkdv, signature={**bwd, "DK": p, "DV": p, **ragged, **shapes},
                       num_warps=warps, num_stages=stages, constexprs=base))
-    specs.append(dict(fn=relu_attention_bwd_kernel_dq, signature={**bwd, "DQ": p, "DG_ALIBI": f, "DG_DIRECT": f, "SINK": f, "DEN_B": f,
-                                                                  **ragged, **shapes},
+    specs.append(dict(fn=relu_attention_bwd_kernel_dq, signature={**bwd, "DQ": p, "DG_ALIBI": f, "DG_DIRECT": f,
+                                                                  "SINK": f, "DEN_B": f, **ragged, **shapes},
                       num_warps=warps, num_stages=stages, constexprs=dict(base, DIRECT=False)))
     return specs

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ._common import (MAX_TOPK, TIE_MARGIN, Ragged, allowed, any_key, biased_scores, block_d, causal_key_end,
-                      head_params, interpreting, key_mask, load_tile, load_tile_t, pointer, query_block, upcast_dots)
+                      head_params, interpreting, keys_at, load_tile_t, pointer, query_tile, upcast_dots)
 from .softmax_attention import softmax_attention_bwd, softmax_attention_fwd
 
 # Under the interpreter the threshold kernel merges candidates with merge_by_rank (same set as tl.topk);
@@ -50,15 +50,11 @@ def topk_attention_threshold_kernel(Q, K, GAMMA, SLOPES, CAND, COUNT, KPM, CU_Q,
     """Candidates (the K_PAD largest allowed scores) and the allowed-key count of one (row block,
     batch or sequence x head, key split). A non-finite score is a candidate of no row (its row is
     NaN in the attention kernel whatever tau is)."""
-    pid_m = tl.program_id(0)
     split = tl.program_id(2)
-    b, h, offs_m, rows, row_ok, nq, nk, kv_row0 = query_block(pid_m, tl.program_id(1), Hq, Hk, Nq, Nk, CU_Q, CU_K,
-                                                              BLOCK_M, VARLEN)
-    if VARLEN:
-        if pid_m * BLOCK_M >= nq:
-            return
-    offs_d = tl.arange(0, BLOCK_D)
-    q = load_tile(Q, rows, row_ok, offs_d, D, UPCAST)
+    pid_m, b, h, offs_m, rows, row_ok, nq, nk, kv_row0, offs_d, _, q = query_tile(
+        Q, Hq, Hk, Nq, Nk, D, CU_Q, CU_K, BLOCK_M, BLOCK_D, BLOCK_D, VARLEN, UPCAST)
+    if VARLEN and pid_m * BLOCK_M >= nq:  # a tile past its sequence's end
+        return
     gs, slope = head_params(GAMMA, SLOPES, h, scale, HAS_ALIBI)
     offset = nk - nq
     lo = split * keys_per_split
@@ -66,8 +62,7 @@ def topk_attention_threshold_kernel(Q, K, GAMMA, SLOPES, CAND, COUNT, KPM, CU_Q,
     buf = tl.full([BLOCK_M, K_PAD], float("-inf"), dtype=tl.float32)
     count = tl.zeros([BLOCK_M], dtype=tl.int32)
     for start_n in range(lo, hi, K_PAD):
-        offs_n = start_n + tl.arange(0, K_PAD)
-        key_ok = key_mask(KPM, b * Nk, offs_n, hi, HAS_KPM)
+        offs_n, key_ok = keys_at(KPM, b * Nk, start_n, hi, K_PAD, HAS_KPM)
         if any_key(key_ok, HAS_KPM):
             k = load_tile_t(K, kv_row0 + offs_n, key_ok, offs_d, D, UPCAST)
             s = biased_scores(q, k, gs, slope, offs_m, offs_n, offset, HAS_ALIBI)

@@ -190,7 +190,7 @@ def test_opcheck_on_transposed_views(op):
     if op == "softmax_attention":
         bargs = (dout, qd, kd, vd, out, outs[1], True, 0.25, "cpu")
     elif op == "relu_attention":
-        bargs = (dout, qd, kd, vd, out, outs[1], outs[2], *args[3:7], True, 0.25, 1, 0, "cpu")
+        bargs = (dout, qd, kd, vd, out, outs[1], outs[2], *args[3:7], True, 0.25, 1, 0, False, "cpu")
     elif op == "topk_attention":
         bargs = (dout, qd, kd, vd, out, outs[1], outs[2], True, 0.25, "cpu")
     else:

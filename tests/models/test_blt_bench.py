@@ -31,3 +31,19 @@ def test_patch_figure(tmp_path):
              "_fig_starts": [0, 1, 3, 6], "threshold": 2.0}
     path = plot([{"impl": "BLT entropy", "extra": extra}], str(tmp_path))
     assert path.endswith("blt_patches.png") and (tmp_path / "blt_patches.png").stat().st_size > 1000
+
+
+def test_forced_decoding_times_every_model_on_the_middle_of_the_split():
+    from types import SimpleNamespace
+
+    from bench.bench_blt import decoding_text, forced_decoding
+    from fastattn.models import TransformerConfig, TransformerLM
+    from fastattn.models.blt import BLT, BLTConfig
+    data = SimpleNamespace(val=torch.arange(200) % 256)
+    assert decoding_text(data, 8)[0, 0] == 100 and decoding_text(data, 8).shape == (1, 40)
+    models = {"lm": TransformerLM(TransformerConfig(vocab_size=256, dim=32, n_layers=1, n_heads=2, max_seq_len=64)),
+              "blt": BLT(BLTConfig(dim_local=32, dim_global=32, n_heads_local=2, n_heads_global=2, n_enc_layers=1,
+                                   n_dec_layers=1, n_global_layers=1, window=8, max_seq_len=64, ngram_buckets=31,
+                                   patching="stride", stride=4))}
+    speeds = forced_decoding(models, data, n=4, reps=1)
+    assert set(speeds) == {"lm", "blt"} and all(0 < s < float("inf") for s in speeds.values())
