@@ -29,7 +29,7 @@ QUICK = {  # overrides of the bundled configs for the quick variant
     "natural-wonders": ["pretrain.steps=60", "finetune.steps=40", "finetune.batch_size=16",
                         "eval.max_new_tokens=120"],
 }
-QUALITY = {"text-to-sql": ("execution_accuracy", "exact_match", "sql_perplexity"),
+QUALITY = {"text-to-sql": ("execution_accuracy", "exact_match", "sql_perplexity", "literal_nll"),
            "natural-wonders": ("heldout_perplexity", "heldout_country", "heldout_continent", "heldout_kind",
                                "train_country", "train_continent", "train_kind")}
 

@@ -34,6 +34,16 @@ def int8_round(x: Tensor, dim: int, keep: Tensor | None = None, groups: Tensor |
     """
     if x.shape[dim] == 0:  # nothing to round (e.g. an empty KV cache)
         return x
+    levels, scale = int8_levels(x, dim, keep, groups)
+    return straight_through(x, (levels * scale).to(x.dtype))
+
+
+def int8_levels(x: Tensor, dim: int, keep: Tensor | None = None, groups: Tensor | None = None):
+    """int8_round's levels and scales, in the accumulation dtype (no gradient): x ~ levels * scale, levels integers
+    in [-127, 127] (NaN where x is not finite), scale broadcasting over x.
+
+        >>> lv, s = int8_levels(torch.tensor([[0.5, -1.0]]), -1)  # lv = [[64., -127.]], s = [[1 / 127]]
+    """
     with torch.no_grad():
         acc = compute_dtype(x.dtype)
         mag = x.abs().to(acc)
@@ -50,8 +60,7 @@ def int8_round(x: Tensor, dim: int, keep: Tensor | None = None, groups: Tensor |
             per = mag.new_zeros(B, H, S, D).scatter_reduce(2, idx, mag, "amax", include_self=True)
             amax = per.gather(2, idx)
         s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-        r = (round_half_away(x.to(acc) / s) * s).to(x.dtype)
-    return straight_through(x, r)
+        return round_half_away(x.to(acc) / s), s
 
 
 def quant_bits(quant, Nk: int) -> int:

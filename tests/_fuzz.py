@@ -25,6 +25,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 HEAD_DIMS = [1, 2, 3, 5, 8, 16, 17, 24, 32, 33, 40, 64, 72, 96, 128, 130, 255, 256]
 TOPK_GAP = 1e-4  # near-tie rule (docs/semantics.md §3): rows whose K-th and (K+1)-th scores are closer are not compared
 LEVEL_GAP = 1e-4  # quantized levels: rows with p * L within this of a rounding boundary are not compared
+MAX_GAP = 1e-4  # relu norm="max": rows whose two largest weights are this close (relative) are not compared, since
+# the max's gradient goes to whichever key is largest and rounding decides that at a (near-)tie, as for top-K
 
 
 # ---- cases ---------------------------------------------------------------------------------------
@@ -252,10 +254,13 @@ def _compared_rows(c, t, ragged, params):
             kth, nxt = top[..., K - 1], top[..., K]
             fin = torch.isfinite(kth) & torch.isfinite(nxt)
             keep &= ~fin | (kth - nxt > TOPK_GAP * kth.abs().clamp_min(1.0))
-    if op == "relu_attention" and o.get("quant") and Nk:
+    quant = op == "relu_attention" and o.get("quant")
+    max_norm = op == "relu_attention" and o["norm"] == "max" and c["grad"]
+    if (quant or max_norm) and Nk:
         # the weights p themselves: the reference with v = identity over the keys
         eye = torch.eye(Nk, dtype=torch.float64).expand(k.shape[0], k.shape[1], Nk, Nk)
         p = _reference(op, t["q"], t["k"], eye, {**o, **params, "quant": None}, c["causal"], c["scale"], ragged)
+    if quant and Nk:
         from fastattn.reference._common import layout as lay_fn
         nk = lay_fn(Nq, Nk, c["causal"], "cpu", ragged.get("key_padding_mask"), ragged.get("cu_seqlens_q"),
                     ragged.get("cu_seqlens_k")).nkeys
@@ -263,6 +268,9 @@ def _compared_rows(c, t, ragged, params):
         L = quant_levels(o["quant"], nk)
         frac = p * L - torch.floor(p * L)
         keep &= ~((frac - 0.5).abs() < LEVEL_GAP).any(-1)
+    if max_norm and Nk >= 2:
+        top = p.topk(2, dim=-1).values
+        keep &= ~((top[..., 0] > 0) & (top[..., 0] - top[..., 1] <= MAX_GAP * top[..., 0]))
     return keep
 
 

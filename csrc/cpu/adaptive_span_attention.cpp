@@ -171,20 +171,25 @@ struct Task {
   int64_t c0;  // first compacted row (forward) or local key (backward)
 };
 
+// The tasks (sequence, query head, chunk of `bm` compacted rows) of a pass over query rows, with their costs.
+void row_chunk_tasks(const Plan& P, const Ragged& rg, int64_t bm, std::vector<Task>& tasks, std::vector<int64_t>& cost) {
+  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s)
+    for (int32_t h = 0; h < P.d.Hq; ++h) {
+      const HeadPlan& hp = P.head(s, h);
+      for (int64_t c0 = 0; c0 < static_cast<int64_t>(hp.idx.size()); c0 += bm) {
+        tasks.push_back({s, h, c0});
+        cost.push_back(bm * (std::min(rg.seqs[s].nk, hp.reach + 2 * bm) + 16));
+      }
+    }
+}
+
 template <typename T>
 void fwd_kernel(const T* q, const T* k, const T* v, T* out, float* lse, const Plan& P, const Ragged& rg,
                 float scale) {
   const Dims& d = P.d;
   std::vector<Task> tasks;
   std::vector<int64_t> cost;
-  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s)
-    for (int32_t h = 0; h < d.Hq; ++h) {
-      const HeadPlan& hp = P.head(s, h);
-      for (int64_t c0 = 0; c0 < static_cast<int64_t>(hp.idx.size()); c0 += P.bm) {
-        tasks.push_back({s, h, c0});
-        cost.push_back(P.bm * (std::min(rg.seqs[s].nk, hp.reach + 2 * P.bm) + 16));
-      }
-    }
+  row_chunk_tasks(P, rg, P.bm, tasks, cost);
   run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
     std::vector<float> S(kBM * kBN), acc(kBM * d.Dv), mx(kBM), l(kBM), Q(kBM * d.D);
     std::vector<float> kbuf(std::is_same_v<T, float> ? 0 : kBN * d.D);
@@ -289,24 +294,24 @@ template <typename T>
 struct BwdTiles {
   const T *dout, *q, *k, *v;
   const Dims& d;
-  std::vector<float> Pm, dP, Q, dO, kbuf, vbuf;
-  Sanitizer clean;
-  const float *K = nullptr, *V = nullptr, *Qs = nullptr;
+  KeyTile kt;
+  std::vector<float> Pm, dP, Q, dO;
+  const float* Qs = nullptr;
 
   BwdTiles(const T* dout_, const T* q_, const T* k_, const T* v_, const Dims& d_)
-      : dout(dout_), q(q_), k(k_), v(v_), d(d_), Pm(kBMB * kBNB), dP(kBMB * kBNB), Q(kBMB * d.D),
-        dO(kBMB * d.Dv), kbuf(kBNB * d.D), vbuf(kBNB * d.Dv) {}
-  void load_keys(int64_t krow, int64_t cols) {
-    K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
-    V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
-  }
-  // Rows rid[0, rows) of the head starting at row0, against keys [kc, kc + n) of the loaded tile.
-  void scores(int64_t row0, const int32_t* rid, int64_t rows, int64_t kc, int64_t n, float scale) {
+      : dout(dout_), q(q_), k(k_), v(v_), d(d_), kt(kBNB, d_), Pm(kBMB * kBNB), dP(kBMB * kBNB), Q(kBMB * d.D),
+        dO(kBMB * d.Dv) {}
+  void load_keys(int64_t krow, int64_t cols) { kt.load(k, v, krow, cols, d); }
+  // Rows rid[0, rows) of the head starting at row0.
+  void load_queries(int64_t row0, const int32_t* rid, int64_t rows) {
     gather_rows(q + row0 * d.D, rid, rows, d.D, Q.data());
     gather_rows(dout + row0 * d.Dv, rid, rows, d.Dv, dO.data());
-    Qs = clean.q(Q.data(), rows, d.D);
-    gemm_nt(rows, n, d.D, scale, Qs, d.D, K + kc * d.D, d.D, 0.0f, Pm.data(), kBNB);
-    gemm_nt(rows, n, d.Dv, 1.0f, dO.data(), d.Dv, V + kc * d.Dv, d.Dv, 0.0f, dP.data(), kBNB);
+    Qs = kt.clean.q(Q.data(), rows, d.D);
+  }
+  // The loaded rows against keys [kc, kc + n) of the loaded key tile.
+  void scores(int64_t rows, int64_t kc, int64_t n, float scale) {
+    gemm_nt(rows, n, d.D, scale, Qs, d.D, kt.K + kc * d.D, d.D, 0.0f, Pm.data(), kBNB);
+    gemm_nt(rows, n, d.Dv, 1.0f, dO.data(), d.Dv, kt.V + kc * d.Dv, d.Dv, 0.0f, dP.data(), kBNB);
   }
 };
 
@@ -342,14 +347,7 @@ void row_stats_kernel(const T* dout, const T* q, const T* k, const T* v, const f
   const Dims& d = P.d;
   std::vector<Task> tasks;
   std::vector<int64_t> cost;
-  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s)
-    for (int32_t h = 0; h < d.Hq; ++h) {
-      const HeadPlan& hp = P.head(s, h);
-      for (int64_t c0 = 0; c0 < static_cast<int64_t>(hp.idx.size()); c0 += kBMB) {
-        tasks.push_back({s, h, c0});
-        cost.push_back(kBMB * (std::min(rg.seqs[s].nk, hp.reach + 2 * kBMB) + 16));
-      }
-    }
+  row_chunk_tasks(P, rg, kBMB, tasks, cost);
   run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
     BwdTiles<T> tiles(dout, q, k, v, d);
     RowStats st;
@@ -362,6 +360,7 @@ void row_stats_kernel(const T* dout, const T* q, const T* k, const T* v, const f
       const int64_t row0 = rg.row0(d, sq, h);
       const int64_t rows = std::min<int64_t>(kBMB, static_cast<int64_t>(hp.idx.size()) - c0);
       st.reset(rows);
+      tiles.load_queries(row0, rid, rows);
       for (int64_t j0 = 0; j0 < sq.nk; j0 += kBNB) {
         const int64_t cols = std::min(kBNB, sq.nk - j0);
         if (rg.allowed(b, sq.k0 + j0, cols) == 0) continue;  // as bwd_tasks
@@ -371,7 +370,7 @@ void row_stats_kernel(const T* dout, const T* q, const T* k, const T* v, const f
         const int64_t n = sp.jh - sp.jl, kc = sp.jl - j0;
         const bool* keep = rg.keep(b, sq.k0 + j0, cols);
         tiles.load_keys((b * d.Hk + hk) * d.Nk + sq.k0 + j0, cols);
-        tiles.scores(row0, rid, rows, kc, n, scale);
+        tiles.scores(rows, kc, n, scale);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t ip = rid[r] + sq.offset();
           float* p = tiles.Pm.data() + r * kBNB;
@@ -434,7 +433,8 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
           if (sp.jh <= sp.jl) continue;
           const int64_t rows = sp.rows, jl = sp.jl, n = sp.jh - sp.jl, kc = jl - j0;
           const int32_t* rid = hp.idx.data() + c0;
-          tiles.scores(row0, rid, rows, kc, n, scale);
+          tiles.load_queries(row0, rid, rows);
+          tiles.scores(rows, kc, n, scale);
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t i = rid[r], ip = i + sq.offset();
             float* p = tiles.Pm.data() + r * kBNB;
@@ -479,7 +479,7 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
           }
           gemm_tn(n, d.Dv, rows, 1.0f, tiles.Pm.data(), kBNB, tiles.dO.data(), d.Dv, 1.0f, dV.data() + kc * d.Dv, d.Dv);
           gemm_tn(n, d.D, rows, scale, tiles.dP.data(), kBNB, tiles.Qs, d.D, 1.0f, dK.data() + kc * d.D, d.D);
-          gemm_nn(rows, d.D, n, scale, tiles.dP.data(), kBNB, tiles.K + kc * d.D, d.D, 0.0f, dQt.data(), d.D);
+          gemm_nn(rows, d.D, n, scale, tiles.dP.data(), kBNB, tiles.kt.K + kc * d.D, d.D, 0.0f, dQt.data(), d.D);
           for (int64_t r = 0; r < rows; ++r) {
             float* dst = mine.dq + (row0 + rid[r]) * d.D;
             const float* src = dQt.data() + r * d.D;

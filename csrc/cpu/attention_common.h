@@ -125,6 +125,20 @@ struct Sanitizer {
   }
 };
 
+// A backward task's key tile: keys [krow, krow + cols) of contiguous (B, Hk, Nk, D|Dv) k and v as fp32
+// (converted when T is not float), non-finite rows zeroed (Sanitizer; `clean` also serves its q tiles).
+struct KeyTile {
+  std::vector<float> kbuf, vbuf;
+  Sanitizer clean;
+  const float *K = nullptr, *V = nullptr;
+  KeyTile(int64_t max_cols, const Dims& d) : kbuf(max_cols * d.D), vbuf(max_cols * d.Dv) {}
+  template <typename T>
+  void load(const T* k, const T* v, int64_t krow, int64_t cols, const Dims& d) {
+    K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
+    V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
+  }
+};
+
 // A backward score row of a NaN row of the forward: P and dS NaN for the keys c < allowed (causal)
 // that exist (keep[c], when given), 0 for the others.
 inline void nan_row_grad(float* p, float* ds, int64_t cols, int64_t allowed, const bool* keep = nullptr) {

@@ -559,8 +559,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> relu_atte
   const auto c = (norm == kNormLen ? dden.to(at::kDouble) * den_b.to(at::kDouble)
                                    : dden.to(at::kDouble) * sink.to(at::kDouble).view({1, -1, 1}));
   const auto row_part = at::where(gamma != 0, -c.sum({0, 2}) / gamma.to(at::kDouble), at::zeros_like(c.sum({0, 2})));
-  return {dq_acc.sum(0).to(q.scalar_type()), dk, dv, (dg_acc.sum(0).to(at::kDouble) + row_part).to(at::kFloat),
-          dsink};
+  // The same identity fixes dq_i's component along q_i: q_i . dq_i = gamma_h sum_j ds_ij G_ij = -c_i on heads
+  // without ALiBi. Its terms cancel there (with sink 0, p is homogeneous in q: q . dq = 0), and fp32 leaves
+  // eps |terms| amplified by 1 / den (a small q_i: D = 1 rows of fuzz seed 21, dq 1.2e-2 for an exact 0).
+  auto dq = dq_acc.sum(0).to(at::kDouble);
+  const auto qd = q.to(at::kDouble), qq = (qd * qd).sum(-1), qdq = (qd * dq).sum(-1);
+  auto heads = gamma != 0;
+  if (alibi_slopes.numel()) heads = heads & (alibi_slopes == 0);
+  const auto fix = at::where(heads.view({1, -1, 1}) & (qq > 0) & at::isfinite(c) & at::isfinite(qdq),
+                             (-c - qdq) / qq, at::zeros_like(qq));
+  dq = dq + qd * fix.unsqueeze(-1);
+  return {dq.to(q.scalar_type()), dk, dv, (dg_acc.sum(0).to(at::kDouble) + row_part).to(at::kFloat), dsink};
 }
 
 }  // namespace fastattn::cpu

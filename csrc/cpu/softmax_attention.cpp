@@ -35,26 +35,33 @@ constexpr int64_t kBlockN = 512;  // keys per tile (fwd)
 constexpr int64_t kBlockMB = 128; // query rows per inner step (bwd)
 constexpr int64_t kBlockNB = 128; // keys per task (bwd)
 
-// One forward task: (sequence, query head, query tile). Its cost, for the balanced schedule: rows times
-// the keys its last row sees (plus a constant, so rows without keys still get their zeros).
-struct FwdTask {
+// A task of the forward or of the backward's row-statistics pre-pass: (sequence, query head, query
+// tile). Its cost, for the balanced schedule: rows times the keys its last row sees (plus a constant,
+// so rows without keys still get their zeros).
+struct QueryTask {
   int32_t s, h;
   int64_t i0;
 };
 
+// The tasks (sequence, query head, query tile of `block` rows) of a pass over query tiles, with their costs.
+void query_tile_tasks(const Dims& d, const Ragged& rg, bool causal, int64_t block, std::vector<QueryTask>& tasks,
+                      std::vector<int64_t>& cost) {
+  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s) {
+    const Seq& sq = rg.seqs[s];
+    for (int64_t i0 = 0; i0 < sq.nq; i0 += block)
+      for (int32_t h = 0; h < d.Hq; ++h) {
+        tasks.push_back({s, h, i0});
+        cost.push_back(std::min(block, sq.nq - i0) * (sq.limit(causal, std::min(sq.nq, i0 + block) - 1) + 16));
+      }
+  }
+}
+
 template <typename T>
 void fwd_kernel(const T* q, const T* k, const T* v, const float* tau, T* out, float* lse, const Dims& d,
                 const Ragged& rg, bool causal, float scale) {
-  std::vector<FwdTask> tasks;
+  std::vector<QueryTask> tasks;
   std::vector<int64_t> cost;
-  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s) {
-    const Seq& sq = rg.seqs[s];
-    for (int64_t i0 = 0; i0 < sq.nq; i0 += kBlockM)
-      for (int32_t h = 0; h < d.Hq; ++h) {
-        tasks.push_back({s, h, i0});
-        cost.push_back(std::min(kBlockM, sq.nq - i0) * (sq.limit(causal, std::min(sq.nq, i0 + kBlockM) - 1) + 16));
-      }
-  }
+  query_tile_tasks(d, rg, causal, kBlockM, tasks, cost);
   run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
     std::vector<float> S(kBlockM * kBlockN), acc(kBlockM * d.Dv), m(kBlockM), l(kBlockM);
     std::vector<float> qbuf(std::is_same_v<T, float> ? 0 : kBlockM * d.D);
@@ -131,24 +138,23 @@ template <typename T>
 struct BwdTiles {
   const T *dout, *q, *k, *v;
   const Dims& d;
-  std::vector<float> P, dP, qbuf, obuf, kbuf, vbuf;
-  Sanitizer clean;
-  const float *Q = nullptr, *dO = nullptr, *K = nullptr, *V = nullptr;
+  KeyTile kt;
+  std::vector<float> P, dP, qbuf, obuf;
+  const float *Q = nullptr, *dO = nullptr;
 
   BwdTiles(const T* dout_, const T* q_, const T* k_, const T* v_, const Dims& d_)
-      : dout(dout_), q(q_), k(k_), v(v_), d(d_), P(kBlockMB * kBlockNB), dP(kBlockMB * kBlockNB),
-        qbuf(kBlockMB * d.D), obuf(kBlockMB * d.Dv), kbuf(kBlockNB * d.D), vbuf(kBlockNB * d.Dv) {}
-  // Keys [krow, krow + cols) of the (B, Hk, Nk) rows; non-finite rows zeroed (attention_common.h).
-  void load_keys(int64_t krow, int64_t cols) {
-    K = clean.k(tile_ptr(k + krow * d.D, cols, d.D, kbuf.data()), cols, d.D);
-    V = clean.v(tile_ptr(v + krow * d.Dv, cols, d.Dv, vbuf.data()), cols, d.Dv);
-  }
-  // Query rows [row, row + rows) of the (B, Hq, Nq) rows, then P <- scale Q K^T, dP <- dO V^T.
-  void scores(int64_t row, int64_t rows, int64_t cols, float scale) {
-    Q = clean.q(tile_ptr(q + row * d.D, rows, d.D, qbuf.data()), rows, d.D);
+      : dout(dout_), q(q_), k(k_), v(v_), d(d_), kt(kBlockNB, d_), P(kBlockMB * kBlockNB), dP(kBlockMB * kBlockNB),
+        qbuf(kBlockMB * d.D), obuf(kBlockMB * d.Dv) {}
+  void load_keys(int64_t krow, int64_t cols) { kt.load(k, v, krow, cols, d); }
+  // Query rows [row, row + rows) of the (B, Hq, Nq) rows.
+  void load_queries(int64_t row, int64_t rows) {
+    Q = kt.clean.q(tile_ptr(q + row * d.D, rows, d.D, qbuf.data()), rows, d.D);
     dO = tile_ptr(dout + row * d.Dv, rows, d.Dv, obuf.data());
-    gemm_nt(rows, cols, d.D, scale, Q, d.D, K, d.D, 0.0f, P.data(), kBlockNB);
-    gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, V, d.Dv, 0.0f, dP.data(), kBlockNB);
+  }
+  // P <- scale Q K^T, dP <- dO V^T for the loaded tiles.
+  void scores(int64_t rows, int64_t cols, float scale) {
+    gemm_nt(rows, cols, d.D, scale, Q, d.D, kt.K, d.D, 0.0f, P.data(), kBlockNB);
+    gemm_nt(rows, cols, d.Dv, 1.0f, dO, d.Dv, kt.V, d.Dv, 0.0f, dP.data(), kBlockNB);
   }
 };
 
@@ -163,16 +169,9 @@ inline int64_t first_query(const Seq& sq, bool causal, int64_t j0) {
 template <typename T>
 void row_stats_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse_fwd, const float* tau,
                       float* lse, float* delta, const Dims& d, const Ragged& rg, bool causal, float scale) {
-  std::vector<FwdTask> tasks;
+  std::vector<QueryTask> tasks;
   std::vector<int64_t> cost;
-  for (int32_t s = 0; s < static_cast<int32_t>(rg.seqs.size()); ++s) {
-    const Seq& sq = rg.seqs[s];
-    for (int64_t i0 = 0; i0 < sq.nq; i0 += kBlockMB)
-      for (int32_t h = 0; h < d.Hq; ++h) {
-        tasks.push_back({s, h, i0});
-        cost.push_back(std::min(kBlockMB, sq.nq - i0) * (sq.limit(causal, std::min(sq.nq, i0 + kBlockMB) - 1) + 16));
-      }
-  }
+  query_tile_tasks(d, rg, causal, kBlockMB, tasks, cost);
   run_balanced(balance(cost, at::get_num_threads()), [&](int64_t, const std::vector<int64_t>& mine) {
     BwdTiles<T> tiles(dout, q, k, v, d);
     RowStats st;
@@ -181,13 +180,14 @@ void row_stats_kernel(const T* dout, const T* q, const T* k, const T* v, const f
       const int64_t h = tasks[task].h, b = sq.b, hk = h / d.group(), i0 = tasks[task].i0;
       const int64_t rows = std::min(kBlockMB, sq.nq - i0), row0 = rg.row0(d, sq, h) + i0;
       st.reset(rows);
+      tiles.load_queries(row0, rows);
       const int64_t kend = sq.limit(causal, i0 + rows - 1);
       for (int64_t j0 = 0; j0 < kend; j0 += kBlockNB) {
         const int64_t cols = std::min(kBlockNB, sq.nk - j0);
         if (rg.allowed(b, sq.k0 + j0, cols) == 0) continue;  // skipped by the main pass too
         const bool* keep = rg.keep(b, sq.k0 + j0, cols);
         tiles.load_keys((b * d.Hk + hk) * d.Nk + sq.k0 + j0, cols);
-        tiles.scores(row0, rows, cols, scale);
+        tiles.scores(rows, cols, scale);
         for (int64_t r = 0; r < rows; ++r) {
           float* p = tiles.P.data() + r * kBlockNB;
           mask_row(p, j0, cols, sq.limit(causal, i0 + r), tau ? tau + row0 + r : nullptr, keep);
@@ -244,7 +244,8 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
         const int64_t row0 = rg.row0(d, sq, h);
         for (int64_t i0 = (i_first / kBlockMB) * kBlockMB; i0 < sq.nq; i0 += kBlockMB) {
           const int64_t rows = std::min(kBlockMB, sq.nq - i0);
-          tiles.scores(row0 + i0, rows, cols, scale);
+          tiles.load_queries(row0 + i0, rows);
+          tiles.scores(rows, cols, scale);
           for (int64_t r = 0; r < rows; ++r) {
             float* p = tiles.P.data() + r * kBlockNB;
             float* dp = tiles.dP.data() + r * kBlockNB;
@@ -263,7 +264,7 @@ void bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const float* 
           }
           gemm_tn(cols, d.Dv, rows, 1.0f, tiles.P.data(), kBlockNB, tiles.dO, d.Dv, 1.0f, dV.data(), d.Dv);
           gemm_tn(cols, d.D, rows, scale, tiles.dP.data(), kBlockNB, tiles.Q, d.D, 1.0f, dK.data(), d.D);
-          gemm_nn(rows, d.D, cols, scale, tiles.dP.data(), kBlockNB, tiles.K, d.D, 1.0f, dq_mine + (row0 + i0) * d.D, d.D);
+          gemm_nn(rows, d.D, cols, scale, tiles.dP.data(), kBlockNB, tiles.kt.K, d.D, 1.0f, dq_mine + (row0 + i0) * d.D, d.D);
         }
       }
       for (int64_t c = 0; c < cols; ++c) {

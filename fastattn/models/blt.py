@@ -483,7 +483,8 @@ class BLTDecoder:
     entropy model's KV cache; the stride / space / length rules from the bytes so far), runs through
     the cached encoder and decoder byte layers, and a finished patch is encoded once and appended
     to the global layers' caches. Nothing is re-encoded; logits equal a full forward's up to float
-    rounding. `next_logits(seq)` feeds the bytes of seq (1, T) not yet fed -> (1, 256)."""
+    rounding. `next_logits(seq)` feeds the bytes of seq (1, T) not yet fed -> (1, 256); on a fresh
+    decoder it prefills seq (the prompt) at once (`prefill`)."""
 
     def __init__(self, model: BLT):
         self.model, cfg = model, model.config
@@ -548,12 +549,53 @@ class BLTDecoder:
             self.entropy.append(float(-(logp.exp() * logp).sum()))
         return m.head(m.norm(z))[:, -1]
 
+    def prefill(self, prompt: list[int]) -> torch.Tensor:
+        """Feed a whole prompt into a fresh decoder -> logits (1, 256) of the byte after it; the same
+        state as feeding it byte by byte, but each byte stage runs once over all the prompt's bytes
+        (entropy model, encoder and decoder layers; each finished patch still goes through the global
+        layers once, as the full forward's patches do)."""
+        m, cfg = self.model, self.model.config
+        T = len(prompt)
+        if self.bytes or not 0 < T <= cfg.max_seq_len:
+            raise ValueError(f"BLTDecoder.prefill: a fresh decoder and 1..{cfg.max_seq_len} bytes, got {T}")
+        x = torch.tensor([prompt], device=m.head.weight.device)
+        if self.ent is not None:
+            logp = F.log_softmax(m.entropy_model(x, caches=self.ent)[0].float(), -1)
+            self.entropy += (-(logp.exp() * logp).sum(-1)).tolist()
+        starts = []
+        for t, b in enumerate(prompt):
+            if self._starts(t, b):
+                starts.append(t)
+                self.start = t
+            self.bytes.append(b)
+        h = m.embed(x)
+        for block, cache in zip(m.encoder, self.enc):
+            h = block(h, cache)
+        prev = [m.begin.view(1, 1, -1)]  # per patch, the state its bytes' cross-attention reads
+        for a, b in zip(starts, starts[1:]):
+            self.patch = [h[:, a:b]]
+            prev.append(self._close_patch())
+        self.patch = [h[:, starts[-1]:]]
+        ck, dl = cfg.cross_k, cfg.dim_local
+        kv = m.dec_kv(torch.cat(prev, 1))  # (1, P, ck * dl)
+        self.kv = [cross.keys_values(kv[:, -1].view(1, ck, dl)) for cross in m.dec_cross]
+        cu_q = torch.tensor(starts + [T], dtype=torch.int32, device=x.device)
+        cu_k = torch.arange(0, len(starts) * ck + 1, ck, dtype=torch.int32, device=x.device)
+        max_q = max(b - a for a, b in zip(starts, starts[1:] + [T]))
+        z = h
+        for norm, cross, block, cache in zip(m.dec_norms, m.dec_cross, m.decoder, self.dec):
+            z = z + cross(norm(z), kv.view(1, -1, dl), cu_q, cu_k, max_q, ck)
+            z = block(z, cache)
+        return m.head(m.norm(z))[:, -1]
+
     @torch.no_grad()
     def next_logits(self, seq: torch.Tensor) -> torch.Tensor:
         if seq.shape[0] != 1:
             raise ValueError(f"BLTDecoder decodes one sequence, got a batch of {seq.shape[0]}")
         if seq.shape[1] <= len(self.bytes) or seq[0, :len(self.bytes)].tolist() != self.bytes:
             raise ValueError("BLTDecoder: seq must extend the bytes fed so far")
+        if not self.bytes:
+            return self.prefill(seq[0].tolist())
         for b in seq[0, len(self.bytes):].tolist():
             logits = self.feed(int(b))
         return logits

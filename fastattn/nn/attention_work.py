@@ -86,7 +86,8 @@ def span_attention_flops(Nq: int, Nk: int, span: torch.Tensor, g: torch.Tensor |
     """FLOPs the `backend` kernels of adaptive_span_attention execute for one batch element, all
     heads: forward, plus the backward when `training`. span (Hq,) fp32 as the op gets it; g (Hq, Nq)
     the gate as the kernels compute it (None: no gate)."""
-    from ..kernels.adaptive_span_attention import _config, plan, tile_counts
+    from ..kernels._common import tile_config
+    from ..kernels.adaptive_span_attention import CONFIGS, plan, tile_counts
     span = span.detach().float().cpu()
     g = None if g is None else g.detach().cpu()
     Hq = span.shape[0]
@@ -103,7 +104,7 @@ def span_attention_flops(Nq: int, Nk: int, span: torch.Tensor, g: torch.Tensor |
             flops += _cpu_bwd_pairs(Nq, Nk, span, g, ramp, causal) * bwd_pp
         return float(flops)
     if backend == "triton":
-        BM, BN = _config(D, Dv, dtype)[:2]
+        BM, BN = tile_config(D, Dv, dtype, CONFIGS)[:2]
         p = plan(Nq, Nk, span, g, ramp, causal, BM, BN)
         lo, hi = p["qplan"][..., 0].long(), p["qplan"][..., 1].long()
         q_tiles = int(((hi - lo + BN - 1) // BN).sum())

@@ -37,6 +37,9 @@ Math (fp32 accumulation):
          dphase_h = sum_{b,i} dg_i dg/dt / period_h; dperiod_h = sum_{b,i} dg_i dg/dt (-t_i / period_h).
          dspan/dperiod/dphase fp32 (Hq,); without period, dperiod and dphase are EMPTY (0,) fp32
          tensors.
+         The C++ CPU kernel evaluates lse_i and delta_i (as g_i sum_j P~_ij dPraw_ij) from its own
+         recomputed scores, not from the forward's lse and rounded out (issue 21: exact ~0 gradients
+         in one-key rows); `lse` still carries the forward's NaN-row flag.
 Skipping (what makes the method pay; a backend that does not skip is wrong, not slow): build on the
 host, per head, the active query positions (g > 0) compacted in order and run query tiles over those
 compacted rows; per query tile, visit only keys j in [max(0, i'_first - reach_h),

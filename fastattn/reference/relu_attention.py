@@ -2,7 +2,7 @@
 gradient (quantization and int8 rounding straight-through). Materializes Nq x Nk."""
 import torch
 
-from ..rounding import int8_round, quantize_weights, straight_through
+from ..rounding import int8_levels, int8_round, quantize_weights, straight_through
 from ._common import compute_dtype, expand_kv, layout, nan_rows, poison, sanitize, scores, weighted_sum
 from .topk_attention import topk_threshold_ref
 
@@ -17,6 +17,13 @@ def quant_levels(quant, nkeys: torch.Tensor):
     if quant == "auto":
         return torch.where(nkeys <= 64, 127.0, 255.0)
     return float(2 ** int(quant) - 1)
+
+
+def int8_scores(q, k, scale):
+    """scale * q k^T of the int8-rounded q, k (per token), formed from the levels: the level dot is an exact integer
+    in the accumulation dtype (|dot| <= 127^2 * 256 < 2^24), times the two scales. No gradient."""
+    (lq, sq), (lk, sk) = int8_levels(q, -1), int8_levels(k, -1)
+    return torch.matmul(lq, lk.transpose(-1, -2)) * (sq * sk.transpose(-1, -2)) * scale
 
 
 def relu_attention_ref(q, k, v, causal=False, scale=None, gamma=1.0, alibi_slopes=None, sink=0.0, norm="max",
@@ -40,8 +47,8 @@ def relu_attention_ref(q, k, v, causal=False, scale=None, gamma=1.0, alibi_slope
     acc = compute_dtype(q.dtype)
     scale = D ** -0.5 if scale is None else scale
     lay = layout(Nq, Nk, causal, q.device, key_padding_mask, cu_seqlens_q, cu_seqlens_k)
-    q0, kc, vc = sanitize(q), sanitize(k), sanitize(v)
-    qc = q0
+    q0, k0, vc = sanitize(q), sanitize(k), sanitize(v)
+    qc, kc = q0, k0
     if int8_qkv:
         qc, kc = int8_round(q0, -1), int8_round(kc, -1)  # per token
         vc = int8_round(vc, -2, keep=lay.key_mask, groups=lay.key_seq)  # per channel over the existing keys
@@ -51,7 +58,11 @@ def relu_attention_ref(q, k, v, causal=False, scale=None, gamma=1.0, alibi_slope
         t = x if isinstance(x, torch.Tensor) else torch.tensor(float(x), dtype=acc)
         return t.to(device=q.device, dtype=acc).expand(Hq).view(1, Hq, 1, 1)
 
-    s = head_param(gamma) * scores(qc, kc, scale)  # (B, Hq, Nq, Nk)
+    s = scores(qc, kc, scale)  # (B, Hq, Nq, Nk)
+    if int8_qkv:  # value: the integer level dot times the scales, exactly 0 where the level dot is (an inactive key, as
+        # in the kernels' integer products; a float product of the rounded values leaves noise of either sign there)
+        s = int8_scores(q0, expand_kv(k0, Hq), scale) + (s - s.detach())  # (gradient of the rounded q.k)
+    s = head_param(gamma) * s
     if alibi_slopes is not None:
         s = s - head_param(alibi_slopes) * lay.dist.abs().to(acc)
     allowed = lay.allowed.expand(B, Hq, Nq, Nk)

@@ -155,13 +155,23 @@ def finetune(model, seqs, cfg: FinetuneConfig, log=print, progress: bool = True,
 
 
 @torch.no_grad()
-def target_nll(model, seqs, batch_size: int = 32) -> dict:
-    """Mean negative log-likelihood (nats) per target token and its perplexity, over `seqs`."""
+def target_nll(model, seqs, batch_size: int = 32, select=None) -> dict:
+    """Mean negative log-likelihood (nats) per target token and its perplexity, over `seqs`.
+    select: per sequence, one bool per target token; only the True ones count (e.g. the literal
+    values of an SQL query, `text_to_sql.literals.literal_bytes`)."""
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     for b in range(0, len(order), batch_size):
         x, y = _pad([seqs[i] for i in order[b:b + batch_size]])
+        if select is not None:
+            for r, i in enumerate(order[b:b + batch_size]):
+                ids, n_prompt = seqs[i]
+                if len(select[i]) != len(ids) - n_prompt:
+                    raise ValueError(f"target_nll: select[{i}] has {len(select[i])} entries for "
+                                     f"{len(ids) - n_prompt} target tokens")
+                keep = torch.tensor(select[i], dtype=torch.bool)
+                y[r, n_prompt - 1: len(ids) - 1].masked_fill_(~keep, IGNORE)
         logits = model(x)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE,
                                  reduction="sum").item()

@@ -293,5 +293,10 @@ def test_incremental_decoding_equals_full_encoding(patching, kw):
     torch.testing.assert_close(steps, full, rtol=0, atol=1e-5)
     starts = model.patch_starts(x)[0]
     assert dec.glob[0].pos == int(starts.sum()) - 1  # every patch but the open one went through the global layers
+    with torch.no_grad():  # a prompt prefilled at once, then bytes one by one: the same logits and patches
+        pre = BLTDecoder(model)
+        steps = torch.cat([pre.next_logits(x[:, :40])] + [pre.next_logits(x[:, :t]) for t in range(41, 71)])
+    torch.testing.assert_close(steps, full[39:], rtol=0, atol=1e-5)
+    assert pre.glob[0].pos == dec.glob[0].pos and pre.entropy == pytest.approx(dec.entropy, abs=1e-5)
     with pytest.raises(ValueError, match="extend"):
         dec.next_logits(x[:, :5])

@@ -1,11 +1,14 @@
 """The copy-literals decoding constraint: it never rules out a gold query of the generator, it
-rules out numbers and strings the question does not spell, and the decoder obeys it."""
+rules out numbers and strings the question does not spell, and the decoder obeys it. The literal
+bytes of a query and their likelihood (the copying metric)."""
+import pytest
 import torch
 
 from fastattn.data import ByteTokenizer
 from fastattn.models import TransformerConfig, TransformerLM
 from fastattn.tasks.decode import greedy_decode
-from fastattn.tasks.text_to_sql.literals import literal_constraint
+from fastattn.tasks.finetune import encode_pairs, target_nll
+from fastattn.tasks.text_to_sql.literals import literal_bytes, literal_constraint
 
 
 def _allows(question: str, sql: str) -> bool:
@@ -43,3 +46,29 @@ def test_decoder_obeys_the_constraint():
     allow = literal_constraint("a 42")
     first = greedy_decode(model, prompts[:1], 1, constraints=[lambda g: allow(b"x > 4" + g)])[0]
     assert first == [ord("2")]
+
+
+def _marked(sql: str) -> str:
+    return "".join("^" if m else "." for m in literal_bytes(sql))
+
+
+def test_literal_bytes():
+    sql = "SELECT t1.name FROM employees AS t1 WHERE t1.age > 30 AND t1.city IN ('Lima', 'São Paulo') AND x LIKE '%ar%';"
+    raw = sql.encode()  # t1 is a name, not a number; quotes and LIKE wildcards are not copied
+    assert [raw[i:i + 1] for i, m in enumerate(literal_bytes(sql)) if m] == [bytes([b]) for b in b"30LimaS\xc3\xa3o Pauloar"]
+    assert _marked("SELECT COUNT(*) FROM t;") == "." * 23
+
+
+def test_target_nll_select_counts_only_the_selected_tokens():
+    torch.manual_seed(0)
+    model = TransformerLM(TransformerConfig(vocab_size=256, dim=32, n_layers=1, n_heads=2, max_seq_len=64)).eval()
+    seqs = encode_pairs(ByteTokenizer(), [("Q: a 42\nSQL: ", "SELECT 42;"), ("Q: b\nSQL: ", "SELECT b;")])
+    select = [[c.isdigit() for c in "SELECT 42;"], [False] * 9]
+    got = target_nll(model, seqs, select=select)
+    ids, n_prompt = seqs[0]
+    with torch.no_grad():
+        logp = model(torch.tensor([ids[:-1]])).log_softmax(-1)[0]
+    want = -sum(logp[n_prompt - 1 + j, ids[n_prompt + j]].item() for j in (7, 8)) / 2
+    assert got["tokens"] == 2 and abs(got["nll"] - want) < 1e-5
+    with pytest.raises(ValueError, match=r"select\[1\] has 1 entries for 9"):
+        target_nll(model, seqs, select=[[True], [True]])

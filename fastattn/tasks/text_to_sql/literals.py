@@ -27,6 +27,25 @@ import torch
 _DIGITS = frozenset(b"0123456789")
 _IDENT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _QUOTE, _PCT = ord("'"), ord("%")
+_LITERAL = re.compile(rb"'([^']*)'|(?<![A-Za-z0-9_.])([0-9]+)")
+
+
+def literal_bytes(sql: str) -> list[bool]:
+    """Per UTF-8 byte of `sql`: is it part of a literal value (a number not glued to a name, or a
+    quoted string's text without its quotes and LIKE wildcards)? These are the bytes a model must
+    copy from the question; their likelihood measures copying on its own.
+
+        >>> sql = "SELECT a FROM t WHERE b > 42 AND c LIKE 'P%';"
+        >>> sql[26:], "".join("^" if m else "." for m in literal_bytes(sql))[26:]
+        ("42 AND c LIKE 'P%';", '^^.............^...')
+    """
+    raw = sql.encode("utf-8")
+    mask = [False] * len(raw)
+    for m in _LITERAL.finditer(raw):
+        group = 1 if m.group(1) is not None else 2
+        for i in range(*m.span(group)):
+            mask[i] = raw[i] != _PCT
+    return mask
 
 
 def literal_constraint(question: str):

@@ -16,7 +16,7 @@ from ..finetune import encode_pairs, target_nll
 from .database import schema_text
 from .evaluate import evaluate
 from .generator import default_database, make_splits
-from .literals import literal_constraint
+from .literals import literal_bytes, literal_constraint
 from .spider import load_spider
 
 
@@ -56,7 +56,7 @@ def prompt_text(question: str, schema: str | None = None) -> str:
 class TextToSQLTask:
     name = "text-to-sql"
     columns = [("execution_accuracy", "exec acc", "{:.1%}"), ("exact_match", "exact match", "{:.1%}"),
-               ("sql_perplexity", "SQL ppl", "{:.3f}")]
+               ("sql_perplexity", "SQL ppl", "{:.3f}"), ("literal_nll", "literal NLL", "{:.3f}")]
 
     def __init__(self, data: SqlData, ev: SqlEval, max_len: int):
         self.ev, self.tok, self.schemas = ev, ByteTokenizer(), {}
@@ -102,7 +102,9 @@ class TextToSQLTask:
     def evaluate(self, model, progress: bool = False):
         preds = self.predict(model, self.test, progress)
         score = evaluate(self.test, preds, timeout=self.ev.timeout)
-        ppl = target_nll(model, [s for s in self.test_seqs if len(s[0]) <= model.config.max_seq_len])
-        metrics = {**score.as_dict(), "sql_perplexity": ppl["perplexity"]}
+        fit = [(s, ex) for s, ex in zip(self.test_seqs, self.test) if len(s[0]) <= model.config.max_seq_len]
+        ppl = target_nll(model, [s for s, _ in fit])
+        literal = target_nll(model, [s for s, _ in fit], select=[literal_bytes(ex.sql) for _, ex in fit])
+        metrics = {**score.as_dict(), "sql_perplexity": ppl["perplexity"], "literal_nll": literal["nll"]}
         samples = [(ex.question, p, ex.sql) for ex, p in zip(self.test, preds)][: self.ev.samples]
         return metrics, samples
