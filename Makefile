@@ -77,7 +77,8 @@ gpu-check:
 
 # Property-based fuzzing (issue 21): thousands of random calls per op and backend against the reference,
 # every hostile call, in worker processes (a crash or hang is reported with its input). ~10 min on 2
-# quiet cores; failing inputs in build/fuzz/failures.jsonl. FUZZ_ARGS e.g. "--cases 500 --seed 1".
+# quiet cores; failing inputs in build/fuzz/failures.jsonl. FUZZ_ARGS e.g. "--cases 500 --seed 1", or
+# "--replay build/fuzz/failures.jsonl --out build/fuzz/again.jsonl" to rerun the failing cases after a fix.
 FUZZ_ARGS ?=
 fuzz: build
 	rm -f build/fuzz/failures.jsonl
